@@ -1,0 +1,20 @@
+"""nn.Module layers, one file per mechanism, and the attention registry."""
+
+from .cbam import CBAM, ChannelAttention, SpatialAttention
+from .registry import create_attention, list_attention, register_attention
+from .spatial_transformer import GridGenerator, SpatialTransformer, default_localisation
+from .squeeze_excite import SqueezeExcite, reduced_channels
+
+__all__ = [
+    "CBAM",
+    "ChannelAttention",
+    "GridGenerator",
+    "SpatialAttention",
+    "SpatialTransformer",
+    "SqueezeExcite",
+    "create_attention",
+    "default_localisation",
+    "list_attention",
+    "reduced_channels",
+    "register_attention",
+]

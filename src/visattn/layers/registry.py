@@ -1,0 +1,67 @@
+"""Registry of channel-attention layers, so models and the command line can ask for one by name.
+
+``create_attention("se", 256, reduction=8)`` builds ``SqueezeExcite(256, reduction=8)``.
+Registered names: ``"se"`` (SqueezeExcite), ``"cbam"`` (CBAM), ``"channel"`` (CBAM's
+ChannelAttention), ``"spatial"`` (CBAM's SpatialAttention; ignores ``channels``). Third-party
+layers join with :func:`register_attention`.
+
+Tests: ``tests/layers/test_registry.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from .cbam import CBAM, ChannelAttention, SpatialAttention
+from .squeeze_excite import SqueezeExcite
+
+__all__ = ["create_attention", "list_attention", "register_attention"]
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_attention(
+    name: str, factory: Callable[..., nn.Module] | None = None, *, overwrite: bool = False
+) -> Any:
+    """Register ``factory(channels, **kwargs) -> nn.Module`` under ``name`` (usable as decorator)."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name: expected a non-empty string, got {name!r}")
+
+    def add(f: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _REGISTRY and not overwrite:
+            raise ValueError(f"name: {name!r} is already registered (pass overwrite=True)")
+        _REGISTRY[name] = f
+        return f
+
+    return add if factory is None else add(factory)
+
+
+def list_attention() -> list[str]:
+    """Sorted names accepted by :func:`create_attention`."""
+    return sorted(_REGISTRY)
+
+
+def create_attention(name: str, channels: int, **kwargs: Any) -> nn.Module:
+    """Build the attention layer registered as ``name`` for ``channels`` channels.
+
+    Shape of the result: (N, channels, H, W) -> (N, channels, H, W).
+    """
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ValueError(
+            f"name: expected one of {', '.join(map(repr, list_attention()))}, got {name!r}"
+        )
+    return _REGISTRY[name](channels, **kwargs)
+
+
+def _spatial(channels: int, **kwargs: Any) -> nn.Module:
+    del channels  # spatial attention works for any number of channels
+    return SpatialAttention(**kwargs)
+
+
+register_attention("se", SqueezeExcite)
+register_attention("cbam", CBAM)
+register_attention("channel", ChannelAttention)
+register_attention("spatial", _spatial)
