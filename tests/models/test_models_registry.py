@@ -53,7 +53,9 @@ def test_every_model_forward_backward(name: str) -> None:
 
 
 def test_unknown_name_lists_valid_names() -> None:
-    with pytest.raises(ValueError, match=r"name: expected one of .*resnet50.*stcnn.*got 'resnet51'"):
+    with pytest.raises(
+        ValueError, match=r"name: expected one of .*resnet50.*stcnn.*got 'resnet51'"
+    ):
         vm.create_model("resnet51")
     with pytest.raises(ValueError, match="name"):
         vm.create_model(50)  # type: ignore[arg-type]
