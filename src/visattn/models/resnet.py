@@ -324,7 +324,12 @@ class ResNet(nn.Module):
             )
         f = {"device": device, "dtype": dtype}
         self.num_classes = num_classes
-        self.attention = attention
+        # A name only (a factory may be a lambda, which would make the model unpicklable).
+        self.attention = (
+            attention
+            if attention is None or isinstance(attention, str)
+            else getattr(attention, "__name__", type(attention).__name__)
+        )
         self.placement = placement
         self.attention_stages = attention_stages
         self.inplanes = widths[0]
