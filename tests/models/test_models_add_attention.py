@@ -191,6 +191,12 @@ def test_unsupported_models() -> None:
 
     with pytest.raises(ValueError, match=r"does not understand the module body\.2 of type .*Odd"):
         add_attention(Wrapper(), "se")
+    # Convolutions in blocks it does not know (inverted residuals), even inside Sequentials.
+    mobilenet = torchvision.models.mobilenet_v2()
+    names = set(mobilenet.state_dict())
+    with pytest.raises(ValueError, match=r"features\.1 of type .*InvertedResidual"):
+        add_attention(mobilenet, "se")
+    assert set(mobilenet.state_dict()) == names
 
 
 def test_errors_leave_model_untouched() -> None:

@@ -420,6 +420,19 @@ def add_attention(
                 "torchvision / timm / visattn residual blocks (BasicBlock, Bottleneck) and "
                 "convolutions inside nn.Sequential containers (VGG style)"
             )
+        for name, _ in seqs:
+            # Convolutions inside an unknown block (an inverted residual, a dense block, ...)
+            # are not a plain sequential CNN: refuse rather than guess.
+            parts = name.split(".")
+            for k in range(1, len(parts)):
+                ancestor = model.get_submodule(".".join(parts[:k]))
+                if not isinstance(ancestor, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
+                    raise ValueError(
+                        f"model: add_attention does not understand the module "
+                        f"{'.'.join(parts[:k])} of type {_qualname(type(ancestor))} (it "
+                        "contains convolutions but is not a supported residual block, "
+                        "nn.Sequential of layers or Conv2d)"
+                    )
         plan = []
         for name, seq in seqs:
             plan += _plan_sequential(name, seq, build, stages)
