@@ -215,3 +215,14 @@ def test_errors_leave_model_untouched() -> None:
         add_attention(_vgg_sequential(), "se", placement="identity")
     add_attention(model, "cbam", stages=(1, 2, 3))  # the free stages are fine
     assert isinstance(model.layer1[0].se, PreservedAttention)
+    # Sequentials: a second call, or a cnn built with attention, has occupied stages.
+    seq = add_attention(_vgg_sequential(), "se", stages=(1,))
+    names = set(seq.state_dict())
+    with pytest.raises(ValueError, match=r"stage 1 of the model .* already has an attention"):
+        add_attention(seq, "cbam")
+    assert set(seq.state_dict()) == names
+    add_attention(seq, "cbam", stages=(2, 3))
+    assert [i.stage for i in seq.visattn_report.insertions] == [2, 3]
+    cnn = create_model("cnn", attention="se", attention_kw={"reduction": 4})
+    with pytest.raises(ValueError, match=r"stage 2 of features .* already has an attention"):
+        add_attention(cnn, "cbam", stages=(2,))
