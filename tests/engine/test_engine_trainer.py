@@ -123,3 +123,23 @@ def test_corrupt_checkpoint_on_resume(tmp_path):
     ckpt.write_bytes(ckpt.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="truncated"):
         train(_opts(tmp_path, resume=True, epochs=2), explicit={"epochs"})
+
+
+def test_amp_channels_last_and_attention(tmp_path):
+    result = train(
+        _opts(
+            tmp_path,
+            model="cnn",
+            attention="se",
+            amp=True,
+            channels_last=True,
+            epochs=1,
+            val_subset=0,
+        )
+    )
+    assert 0 <= result["test_accuracy"] <= 1
+    model, info = load_model(tmp_path / "run")
+    assert info["options"]["attention"] == "se" and info["options"]["amp"] is True
+    from visattn.layers import SqueezeExcite
+
+    assert any(isinstance(m, SqueezeExcite) for m in model.modules())
