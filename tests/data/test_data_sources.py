@@ -155,3 +155,27 @@ def test_download_fashion_mnist_official_digests(tmp_path, server, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     test = load_dataset("fashion-mnist", "test", data_root=tmp_path)
     assert test.images.shape == (10000, 1, 28, 28)
+
+
+def test_archive_extraction_refuses_escaping_members(tmp_path):
+    import io
+    import tarfile
+
+    from visattn.data.sources import _safe_extract
+
+    def make(name, members):
+        path = tmp_path / name
+        with tarfile.open(path, "w:gz") as tar:
+            for member in members:
+                info = tarfile.TarInfo(member)
+                info.size = 3
+                tar.addfile(info, io.BytesIO(b"abc"))
+        return path
+
+    good = make("good.tar.gz", ["cifar-10-batches-py/test_batch"])
+    _safe_extract(good, tmp_path / "out")
+    assert (tmp_path / "out" / "cifar-10-batches-py" / "test_batch").read_bytes() == b"abc"
+    evil = make("evil.tar.gz", ["../escaped"])
+    with pytest.raises(DownloadError, match="refusing archive member"):
+        _safe_extract(evil, tmp_path / "out2")
+    assert not (tmp_path / "escaped").exists()
