@@ -403,7 +403,6 @@ def train(opts: TrainOptions, *, explicit: set[str] | None = None) -> dict[str, 
     created_out = False
     try:
         device = _resolve_device(opts.device, info)
-        return_value = None
         train_set, val_set, test_set = _load_data(opts)
         if opts.batch_size % info.world_size:
             raise ValueError(
@@ -647,8 +646,7 @@ def train(opts: TrainOptions, *, explicit: set[str] | None = None) -> dict[str, 
                             f"{name}: checkpoint saved at step {counters['global_step']} in "
                             f"{out / 'checkpoints'}; continue with --resume --out {out}",
                         )
-                        return_value = {"interrupted": signum, "out": str(out)}
-                        return return_value
+                        return {"interrupted": signum, "out": str(out)}
                 bar.close()
                 epoch_time = time.perf_counter() - epoch_start
                 g_loss, g_correct, g_count = vdist.all_reduce_sum(
@@ -657,7 +655,7 @@ def train(opts: TrainOptions, *, explicit: set[str] | None = None) -> dict[str, 
                 record: dict[str, Any] = {
                     "epoch": epoch + 1,
                     "step": counters["global_step"],
-                    "lr": lr_at(opts.schedule, opts.lr, counters["global_step"], total_steps),
+                    "lr": lr_at(opts.schedule, opts.lr, counters["global_step"] - 1, total_steps),
                     "train_loss": g_loss / max(g_count, 1),
                     "train_accuracy": g_correct / max(g_count, 1),
                     "train_images_per_s": seen * info.world_size / epoch_time if seen else None,
@@ -665,7 +663,7 @@ def train(opts: TrainOptions, *, explicit: set[str] | None = None) -> dict[str, 
                 }
                 if val_pipe is not None:
                     v = evaluate(
-                        run_model, val_pipe, batch_size=local_batch, info=info, amp_dtype=amp_dtype
+                        model, val_pipe, batch_size=local_batch, info=info, amp_dtype=amp_dtype
                     )
                     record.update(val_loss=v["loss"], val_accuracy=v["accuracy"])
                 record["time_s"] = epoch_time
@@ -687,8 +685,10 @@ def train(opts: TrainOptions, *, explicit: set[str] | None = None) -> dict[str, 
                     ),
                 )
 
+        # the unwrapped model: DDP's forward would broadcast buffers, a collective that hangs when
+        # the processes' shards have different numbers of batches
         test = evaluate(
-            run_model, test_pipe, batch_size=max(local_batch, 256), info=info, amp_dtype=amp_dtype
+            model, test_pipe, batch_size=max(local_batch, 256), info=info, amp_dtype=amp_dtype
         )
         rates = [r["train_images_per_s"] for r in history if r.get("train_images_per_s")]
         data_rates = [r["data_images_per_s"] for r in history if r.get("data_images_per_s")]
