@@ -69,7 +69,7 @@ def test_two_processes_resnet_cbam_on_image_folder(tmp_path):
             )
     args = [
         "--model", "resnet20_cifar", "--attention", "cbam", "--dataset",
-        f"folder:{tmp_path / 'img'}", "--image-size", "8", "--epochs", "1", "--batch-size", "4",
+        "folder:img", "--image-size", "8", "--epochs", "1", "--batch-size", "4",
         "--quiet", "--device", "cpu", "--out", "run",
     ]  # fmt: skip
     result = _torchrun(args, tmp_path)
@@ -81,4 +81,5 @@ def test_two_processes_resnet_cbam_on_image_folder(tmp_path):
         "options.json",
     ]  # fmt: skip
     assert sorted(p.name for p in tmp_path.iterdir()) == ["img", "run"]
-    assert main(["eval", "--checkpoint", str(run), "--device", "cpu"]) == 0
+    assert json.loads((run / "options.json").read_text())["dataset"] == f"folder:{tmp_path / 'img'}"
+    assert main(["eval", "--checkpoint", str(run), "--device", "cpu"]) == 0  # from another cwd

@@ -27,6 +27,7 @@ Tests: ``tests/engine/test_engine_trainer.py``, ``tests/engine/test_engine_resum
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -392,6 +393,12 @@ def train(opts: TrainOptions, *, explicit: set[str] | None = None) -> dict[str, 
     ``explicit`` names the options the user set (used by ``--resume`` to detect conflicts).
     """
     validate_options(opts)
+    # absolute data paths, so that `visattn eval` finds the data from any working directory
+    if opts.dataset.startswith("folder:"):
+        folder = Path(opts.dataset[len("folder:") :]).expanduser().resolve()
+        opts = dataclasses.replace(opts, dataset=f"folder:{folder}")
+    if opts.data_root:
+        opts = dataclasses.replace(opts, data_root=str(Path(opts.data_root).expanduser().resolve()))
     opts, out, ckpt_path = _prepare_run(opts, explicit or set())
     resume_state: dict[str, Any] | None = None
     resume_tensors: dict[str, torch.Tensor] = {}
