@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 
 import pytest
 import torch
@@ -143,3 +145,23 @@ def test_amp_channels_last_and_attention(tmp_path):
     from visattn.layers import SqueezeExcite
 
     assert any(isinstance(m, SqueezeExcite) for m in model.modules())
+
+
+class _Terminal(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+@pytest.mark.parametrize(("tty", "quiet"), [(True, False), (False, False), (True, True)])
+def test_progress_bar_only_on_a_terminal(tmp_path, monkeypatch, tty, quiet):
+    stream = _Terminal(tty)
+    monkeypatch.setattr(sys, "stderr", stream)
+    train(_opts(tmp_path, epochs=1, val_subset=0, train_subset=64, quiet=quiet))
+    text = stream.getvalue()
+    has_bar = "img_s=" in text and "loss=" in text and "acc=" in text
+    assert has_bar == (tty and not quiet)
+    assert ("epoch 1/1: loss" in text) == (not quiet)

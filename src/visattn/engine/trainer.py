@@ -654,6 +654,8 @@ def train(opts: TrainOptions, *, explicit: set[str] | None = None) -> dict[str, 
                             f"{out / 'checkpoints'}; continue with --resume --out {out}",
                         )
                         return {"interrupted": signum, "out": str(out)}
+                if show_bar:
+                    bar.refresh()  # the final postfix, also for epochs shorter than mininterval
                 bar.close()
                 epoch_time = time.perf_counter() - epoch_start
                 g_loss, g_correct, g_count = vdist.all_reduce_sum(
