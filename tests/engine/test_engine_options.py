@@ -83,3 +83,22 @@ def test_augment_shift_and_flip_are_exact_pixel_moves():
         src = plain[i][plain[i] > 0].sort().values
         assert kept.numel() <= src.numel()
         assert torch.isin(kept, src).all()
+
+
+def test_preprocess_matches_pipeline_and_adapts_inputs():
+    from visattn.engine import preprocess
+
+    data = load_dataset("fashion-mnist-small", "test").subset(6)
+    mean, std = channel_stats(data.images)
+    info = {"in_chans": 1, "input_size": 28, "mean": mean, "std": std}
+    expected, _ = Pipeline(data, mean=mean, std=std).batch(torch.arange(6))
+    torch.testing.assert_close(preprocess(data.images, info), expected)
+    torch.testing.assert_close(preprocess(data.images[0].float() / 255, info), expected[:1])
+    rgb = data.images.expand(-1, 3, -1, -1)
+    torch.testing.assert_close(preprocess(rgb, info), expected, atol=1e-5, rtol=0)
+    big = preprocess(
+        torch.rand(2, 3, 40, 33), {**info, "in_chans": 3, "mean": [0.0] * 3, "std": [1.0] * 3}
+    )
+    assert big.shape == (2, 3, 28, 28)
+    with pytest.raises(ValueError, match="images: expected"):
+        preprocess(torch.rand(28, 28), info)
