@@ -165,3 +165,17 @@ def test_progress_bar_only_on_a_terminal(tmp_path, monkeypatch, tty, quiet):
     has_bar = "img_s=" in text and "loss=" in text and "acc=" in text
     assert has_bar == (tty and not quiet)
     assert ("epoch 1/1: loss" in text) == (not quiet)
+
+
+def test_resume_before_first_checkpoint_starts_over(tmp_path):
+    ref = train(_opts(tmp_path, epochs=1, out=str(tmp_path / "ref")))
+    run = tmp_path / "run"
+    train(_opts(tmp_path, epochs=1))
+    for ckpt in (run / "checkpoints").iterdir():  # as if killed before the first checkpoint
+        ckpt.unlink()
+    (run / "metrics.json").unlink()
+    (run / "model.safetensors").unlink()
+    again = train(TrainOptions(resume=True, out=str(run), quiet=True))
+    assert again["test_accuracy"] == ref["test_accuracy"] and again["steps"] == ref["steps"]
+    a, b = load_file(run / "model.safetensors"), load_file(tmp_path / "ref" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

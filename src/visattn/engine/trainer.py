@@ -381,9 +381,9 @@ def _prepare_run(opts: TrainOptions, explicit: set[str]) -> tuple[TrainOptions, 
                 f"{', '.join('--' + n.replace('_', '-') for n in RESUMABLE_OVERRIDES)} may change)"
             )
     merged.update(resume=True, out=str(out))
+    # killed before its first checkpoint: the run starts again from step 0 with its options,
+    # which gives the same result as a run never interrupted
     ckpt = latest_checkpoint(out / "checkpoints")
-    if ckpt is None:
-        raise ValueError(f"--resume: no checkpoint in {out / 'checkpoints'}")
     return validate_options(TrainOptions.from_dict(merged)), out, ckpt
 
 
