@@ -141,7 +141,9 @@ class AttentionRecorder:
         def post(_m: nn.Module, args: tuple, _out: Any) -> None:
             if len(records) == count["before"] and args and isinstance(args[0], torch.Tensor):
                 with torch.no_grad():
-                    records.append(_cpu(recompute(args[0])))
+                    value = _cpu(recompute(args[0]))
+                del records[count["before"] :]  # what sub-module hooks saw while recomputing
+                records.append(value)
 
         self._handles.append(layer.register_forward_pre_hook(pre))
         self._handles.append(layer.register_forward_hook(post))
