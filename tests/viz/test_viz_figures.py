@@ -44,7 +44,7 @@ def test_stn_figure(tiny_net, tmp_path, n):
     with torch.no_grad():
         v = model.stn(x)
     p = plot_stn(x, v, maps.grid["stn"], tmp_path / "stn.png", labels=torch.zeros(n, dtype=int))
-    w, h = _check_png(p)
+    w, _h = _check_png(p)
     assert w >= 150 * n  # one column per image
 
 
