@@ -56,6 +56,8 @@ def test_stn_theta_and_grid(tiny_net):
     torch.testing.assert_close(maps.theta["stn"], model.stn.localisation(x))
     torch.testing.assert_close(maps.grid["stn"], model.stn.grid_generator(maps.theta["stn"]))
     assert maps.grid["stn"].shape == (2, 12, 12, 2)
+    torch.testing.assert_close(maps.stn_input["stn"], x)
+    torch.testing.assert_close(maps.stn_output["stn"], model.stn(x))
 
 
 def test_recorder_concatenates_and_removes_hooks(tiny_net):

@@ -10,7 +10,7 @@ What is recorded, per layer (keyed by the layer's qualified name in ``model.name
   the output of the layer's ``bn`` (BatchNorm or Identity, after the convolution), then sigma.
 - ``SpatialTransformer`` (Jaderberg et al., arXiv:1506.02025, §3.2): theta (N, P) and the sampling
   grid (N, H_out, W_out, 2) in normalised [-1, 1] (x, y) coordinates: input and output of the
-  layer's ``grid_generator``.
+  layer's ``grid_generator``; also the layer's input U and output V, to draw them.
 
 If a fast implementation of a layer bypasses the observed sub-module, a hook on the layer itself
 recomputes the value from the layer's input (``excitation`` / ``attention``), so capture never
@@ -47,6 +47,8 @@ class AttentionMaps:
         spatial: CBAM spatial-attention name -> M_s, (N, 1, H, W).
         theta: spatial-transformer name -> theta, (N, P).
         grid: spatial-transformer name -> sampling grid, (N, H_out, W_out, 2), (x, y) in [-1, 1].
+        stn_input: spatial-transformer name -> its input U, (N, C, H, W).
+        stn_output: spatial-transformer name -> its output V, (N, C, H_out, W_out).
     """
 
     output: torch.Tensor | None = None
@@ -55,6 +57,8 @@ class AttentionMaps:
     spatial: dict[str, torch.Tensor] = field(default_factory=dict)
     theta: dict[str, torch.Tensor] = field(default_factory=dict)
     grid: dict[str, torch.Tensor] = field(default_factory=dict)
+    stn_input: dict[str, torch.Tensor] = field(default_factory=dict)
+    stn_output: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def is_empty(self) -> bool:
         """True when the model has no SE, CBAM or spatial-transformer layer."""
@@ -96,7 +100,7 @@ class AttentionRecorder:
         self.model = model
         self.kinds = attention_layers(model)
         self._store: dict[str, dict[str, list[torch.Tensor]]] = {
-            k: defaultdict(list) for k in ("se", "channel", "spatial", "theta", "grid")
+            k: defaultdict(list) for k in ("se", "channel", "spatial", "theta", "grid", "stn_input", "stn_output")
         }
         self._handles: list[Any] = []
 
@@ -181,6 +185,13 @@ class AttentionRecorder:
             grids.append(_cpu(out))
 
         self._handles.append(layer.grid_generator.register_forward_hook(on_grid))
+        inputs, outputs = self._store["stn_input"][name], self._store["stn_output"][name]
+
+        def on_layer(_m: nn.Module, args: tuple, out: torch.Tensor) -> None:
+            inputs.append(_cpu(args[0]))
+            outputs.append(_cpu(out))
+
+        self._handles.append(layer.register_forward_hook(on_layer))
 
     # -- results -----------------------------------------------------------------------
     def maps(self, output: torch.Tensor | None = None) -> AttentionMaps:
