@@ -100,7 +100,8 @@ class AttentionRecorder:
         self.model = model
         self.kinds = attention_layers(model)
         self._store: dict[str, dict[str, list[torch.Tensor]]] = {
-            k: defaultdict(list) for k in ("se", "channel", "spatial", "theta", "grid", "stn_input", "stn_output")
+            k: defaultdict(list)
+            for k in ("se", "channel", "spatial", "theta", "grid", "stn_input", "stn_output")
         }
         self._handles: list[Any] = []
 

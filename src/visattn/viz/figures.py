@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from .._checks import check_tensor
+from ._io import atomic_write
 
 __all__ = [
     "DPI",
@@ -58,18 +58,7 @@ _CMAP = "jet"  # attention heat maps (as in the CBAM / Grad-CAM figures)
 
 # -- helpers -----------------------------------------------------------------------------
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent, prefix=".tmp-")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=DPI, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=DPI, format="png"), ".png")
 
 
 def _subplots(*shape: int, figsize: tuple[float, float], **kw) -> tuple[Figure, np.ndarray]:

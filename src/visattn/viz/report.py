@@ -12,10 +12,11 @@ from __future__ import annotations
 import html
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from ._io import atomic_write
 
 __all__ = ["Figure", "write_report"]
 
@@ -135,15 +136,10 @@ def write_report(
     if notes:
         parts.append("<footer>" + "".join(f"<p>{html.escape(n)}</p>" for n in notes) + "</footer>")
     parts.append("</body></html>\n")
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / filename
-    fd, tmp = tempfile.mkstemp(suffix=".html", dir=out, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write("\n".join(parts))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    text = "\n".join(parts)
+
+    def write(tmp: str) -> None:
+        Path(tmp).write_text(text, encoding="utf-8")
+
+    path = atomic_write(out / filename, write, ".html")
     return path

@@ -1,0 +1,173 @@
+"""``visattn viz``: the figures of the demo report for any trained checkpoint.
+
+``visattn viz --checkpoint PATH (--dataset NAME | --images PATH...) --out DIR``
+
+Draws the figures that apply to the model's attention layers and writes them with a
+``report.html`` into DIR:
+
+- spatial transformer (arXiv:1506.02025): inputs, sampling grid, outputs;
+- CBAM (arXiv:1807.06521): spatial-attention maps per layer;
+- SE (arXiv:1709.01507): excitation per class and depth (needs labels: ``--dataset``);
+- Grad-CAM (arXiv:1610.02391) of the predicted class, for every model;
+- with ``--dataset``: confusion matrix and hardest misclassified test images.
+
+With ``--dataset`` the test split is used; if the checkpoint was trained on RTS-distorted images
+(its ``info["distortion"]``), the same distortion is applied, and images are resized to the
+model's input otherwise. Exit code 0 on success, 2 on a bad command; errors are one line on stderr.
+
+Tests: ``tests/viz/test_viz_command.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .capture import capture
+from .checkpoint import ModelCard, load_checkpoint
+from .figures import (
+    plot_confusion_matrix,
+    plot_gradcam,
+    plot_hardest_examples,
+    plot_se_excitation,
+    plot_spatial_attention,
+    plot_stn,
+)
+from .gradcam import grad_cam
+from .images import load_images
+from .report import Figure, write_report
+
+__all__ = ["add_arguments", "dataset_images", "main", "run", "visualise"]
+
+
+def dataset_images(
+    name: str, card: ModelCard, *, limit: int = 2000, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Test images (N, C, H, W) in [0, 1] prepared for ``card``'s model, labels and class names."""
+    from ..data import Distorter, load_dataset
+
+    ds = load_dataset(name, "test")
+    n = min(len(ds), limit) if limit else len(ds)
+    x = ds.images[:n].float() / 255
+    if card.info.get("distortion") not in (None, "none"):
+        kind = card.info["distortion"]
+        x = Distorter(kind, x, seed=10_000 + seed)(x, torch.arange(n))
+    if x.shape[1] != card.in_chans:
+        x = x.mean(1, keepdim=True) if card.in_chans == 1 else x.expand(-1, card.in_chans, -1, -1)
+    if tuple(x.shape[-2:]) != tuple(card.input_size):
+        x = F.interpolate(x, size=tuple(card.input_size), mode="bilinear", align_corners=False)
+    return x.contiguous(), ds.labels[:n], list(card.classes or ds.classes)
+
+
+def visualise(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    out: str | Path,
+    *,
+    labels: torch.Tensor | None = None,
+    class_names: Sequence[str] | None = None,
+    title: str = "visattn viz",
+    max_images: int = 6,
+) -> Path:
+    """Write every figure that applies to ``model`` and a report into ``out``; return the report."""
+    out = Path(out)
+    model.eval()
+    x = images[:max_images]
+    y = None if labels is None else labels[:max_images]
+    figs: list[Figure] = []
+    maps = capture(model, x)
+    for i, layer in enumerate(maps.grid):
+        name = f"stn_{i}.png"
+        plot_stn(maps.stn_input[layer], maps.stn_output[layer], maps.grid[layer], out / name,
+                 labels=y, class_names=class_names,
+                 title=f"Spatial transformer {layer!r}: input, sampling grid, output")  # fmt: skip
+        figs.append(Figure(name, f"Spatial transformer {layer}",
+                           "Top: inputs; middle: the sampling grid (red: its border); bottom: "
+                           "the transformer's output."))  # fmt: skip
+    if maps.spatial:
+        plot_spatial_attention(x, maps.spatial, out / "cbam_spatial.png")
+        figs.append(Figure("cbam_spatial.png", "CBAM spatial attention per layer",
+                           "M_s of each CBAM layer over the input (red: kept, blue: damped)."))  # fmt: skip
+    if maps.se and labels is not None:
+        gates = capture(model, images).se
+        plot_se_excitation(gates, labels, out / "se_excitation.png", class_names=class_names)
+        figs.append(Figure("se_excitation.png", "SE excitation per class",
+                           "Mean gate value per channel and class, shallow to deep layers."))  # fmt: skip
+    cam, logits = grad_cam(model, x)
+    plot_gradcam(x, {"model": cam}, out / "gradcam.png", labels=y,
+                 preds={"model": logits.argmax(1)}, class_names=class_names)  # fmt: skip
+    figs.append(Figure("gradcam.png", "Grad-CAM of the predicted class",
+                       "Where the model looks for its prediction (last convolution stage)."))  # fmt: skip
+    rows = []
+    if labels is not None:
+        with torch.no_grad():
+            probs = torch.cat([model(images[i : i + 500]).softmax(1)
+                               for i in range(0, len(images), 500)])  # fmt: skip
+        pred = probs.argmax(1)
+        k = probs.shape[1]
+        plot_confusion_matrix(labels, pred, out / "confusion.png", class_names=class_names,
+                              num_classes=k)  # fmt: skip
+        plot_hardest_examples(images, labels, probs, out / "hardest.png", class_names=class_names)
+        figs += [
+            Figure("confusion.png", "Confusion matrix", "Rows: true class; columns: predicted."),
+            Figure("hardest.png", "Hardest misclassified examples",
+                   "Lowest probability of the true class among the misclassified images."),
+        ]  # fmt: skip
+        rows.append(
+            {"images": len(labels), "accuracy": f"{float((pred == labels).float().mean()):.1%}"}
+        )
+    return write_report(out, title=title, tables={"Evaluation": rows} if rows else None,
+                        figures=figs)  # fmt: skip
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``visattn viz``."""
+    parser.add_argument("--checkpoint", required=True, help="model checkpoint (.pt)")
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dataset", help="dataset name (its test split), e.g. fashion-mnist-small")
+    src.add_argument("--images", nargs="+", metavar="PATH", help="image files")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--num-images", type=int, default=6, help="images per figure")
+    parser.add_argument("--limit", type=int, default=2000, help="dataset images to evaluate")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of the ``viz`` sub-command; returns the exit code."""
+    model, card = load_checkpoint(args.checkpoint)
+    if args.num_images < 1:
+        raise ValueError(f"--num-images: expected an int >= 1, got {args.num_images}")
+    if args.dataset:
+        x, y, names = dataset_images(args.dataset, card, limit=args.limit)
+    else:
+        x, good, failed = load_images(args.images, card.in_chans, card.input_size)
+        for _, msg in failed:
+            print(f"visattn viz: skipped {msg}", file=sys.stderr)
+        if not good:
+            raise ValueError("images: none of the files could be read")
+        y, names = None, card.classes
+    title = f"visattn viz: {Path(args.checkpoint).name} ({card.name})"
+    path = visualise(model, x, args.out, labels=y, class_names=names, title=title,
+                     max_images=args.num_images)  # fmt: skip
+    print(f"report: {path}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m visattn.viz.command ...``: the same as ``visattn viz``."""
+    parser = argparse.ArgumentParser(prog="visattn viz", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"visattn viz: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

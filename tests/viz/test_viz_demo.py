@@ -1,0 +1,51 @@
+"""``visattn demo`` end to end in its tiny setting: every figure, metrics.json, checkpoints, and
+the report opens in headless Chromium (that part is skipped only without Chromium)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from visattn.demo import main
+from visattn.viz.browser import check_page, find_chromium
+from visattn.viz.checkpoint import load_checkpoint
+
+FIGURES = {
+    "curves_plain.png", "curves_rts.png", "stn_affine.png", "cbam_spatial.png",
+    "se_excitation.png", "gradcam.png", "confusion.png", "hardest.png",
+}  # fmt: skip
+
+
+def test_demo_tiny_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["--preset", "tiny", "--out", str(out), "--threads", "1"]) == 0
+    printed = capsys.readouterr().out
+    for label in ("CNN", "CNN+SE", "CNN+CBAM", "ST-CNN (affine)", "test acc", "attn time"):
+        assert label in printed
+    files = {p.name for p in out.iterdir()}
+    assert FIGURES | {"report.html", "metrics.json", "checkpoints"} == files
+    metrics = json.loads((out / "metrics.json").read_text())
+    rows = metrics["results"]
+    assert len(rows) == 8 and {r["data"] for r in rows} == {"plain", "rts"}
+    for r in rows:
+        assert 0 <= r["test_accuracy"] <= 1 and r["params"] > 0 and r["mflops"] > 0
+        assert r["train_images_per_s"] > 0 and r["inference_images_per_s"] > 0
+        assert 0 <= r["attention_time_share"] < 1
+        assert (r["attention_time_share"] == 0) == (r["model"] == "CNN")
+    assert set(metrics["figures"]) == FIGURES
+    model, card = load_checkpoint(out / "checkpoints" / "rts-st-cnn-affine.pt")
+    assert card.input_size == (42, 42) and card.info["distortion"] == "rts"
+    html = (out / "report.html").read_text()
+    assert all(f in html for f in FIGURES)
+    if find_chromium() is None:
+        pytest.skip("chromium is not installed: report not opened in a browser")
+    check = check_page(out / "report.html", screenshot=tmp_path / "report.png")
+    assert check.images == {f: True for f in metrics["figures"]} and check.errors == []
+
+
+def test_demo_bad_options_one_line(tmp_path, capsys):
+    assert main(["--preset", "tiny", "--models", "cnn,xyz", "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "models" in err and "xyz" in err
+    assert not (tmp_path / "d").exists()
