@@ -14,17 +14,19 @@ arXiv:1506.02025, §4.1), it trains
 
 prints a comparison table (test accuracy, parameters, FLOPs, training and inference images/s and
 the share of inference time spent in the attention layers) and writes ``runs/demo/`` (or
-``--out``): ``report.html``, the PNG figures of ``visattn.viz``, ``metrics.json`` and one checkpoint
-per model (``checkpoints/*.pt``, readable by ``visattn predict`` / ``visattn viz``).
+``--out``): ``report.html``, the PNG figures of ``visattn.viz``, ``metrics.json`` and the run folder
+of every model (``models/<data>-<model>/``, from ``visattn.engine.train``; readable by
+``visattn predict`` / ``visattn viz`` / ``visattn eval``).
 
 Settings (``--preset``): ``default`` (about 10 minutes on 2 CPU cores), ``quick`` (about 2
 minutes), ``tiny`` (seconds; for tests, numbers are not meaningful) and ``full`` (the whole
 bundled subset, wider nets, more epochs). Every value of a preset can be overridden by a flag.
 
-Measurements: FLOPs are counted with ``torch.utils.flop_counter`` for one image (2 per multiply-
-add; convolutions and matrix products only). Training images/s is the number of training images
-seen divided by the time of the training steps (no evaluation). Inference images/s is measured in
-eval mode without autograd on the test set. The attention share is the time inside the attention
+Every model is trained by ``visattn.engine.train`` (AdamW, cosine schedule, the same seed, data
+order and distortions for all models). Measurements: FLOPs are counted by the engine with
+``torch.utils.flop_counter`` for one image (2 per multiply-add; convolutions and matrix products
+only); training images/s is the engine's rate of the last epoch (input pipeline included).
+Inference images/s is measured here in eval mode without autograd on the prepared test set. The attention share is the time inside the attention
 modules (forward hooks around each outermost ``SqueezeExcite`` / ``CBAM`` / ``SpatialTransformer``)
 divided by the model's forward time, in a separate inference pass.
 
@@ -35,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import shutil
@@ -43,7 +44,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +53,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
-from .data import Distorter, ImageSet, distorted_size, load_dataset
+from .data import load_dataset
+from .engine import TEST_DISTORTION_SEED, Pipeline, TrainOptions, load_model, train
 from .layers import CBAM, ChannelAttention, SpatialAttention, SpatialTransformer, SqueezeExcite
-from .models import create_model
 from .viz import (
     Figure,
     capture,
@@ -69,7 +70,6 @@ from .viz import (
     write_report,
 )
 from .viz._io import public_mode
-from .viz.checkpoint import save_checkpoint
 
 __all__ = ["PRESETS", "DemoConfig", "add_arguments", "main", "run", "run_demo"]
 
@@ -83,7 +83,8 @@ class DemoConfig:
 
     out: str = "runs/demo"
     dataset: str = "fashion-mnist-small"
-    train_size: int = 12000
+    train_size: int = 11000
+    val_size: int = 1000
     test_size: int = 2000
     epochs: int = 6
     batch_size: int = 128
@@ -97,19 +98,18 @@ class DemoConfig:
     seed: int = 0
     threads: int = 0
     figure_images: int = 6
-    save_checkpoints: bool = True
     preset: str = "default"
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
-    "quick": {"train_size": 4000, "test_size": 1000, "epochs": 3},
+    "quick": {"train_size": 4000, "val_size": 500, "test_size": 1000, "epochs": 3},
     "tiny": {
-        "train_size": 256, "test_size": 128, "epochs": 1, "batch_size": 64,
+        "train_size": 256, "val_size": 64, "test_size": 128, "epochs": 1, "batch_size": 64,
         "channels": (4, 8), "kernel_sizes": (5, 3), "figure_images": 4,
     },
-    "full": {"train_size": 0, "test_size": 0, "epochs": 12, "channels": (32, 32)},
+    "full": {"train_size": 0, "val_size": 1000, "test_size": 0, "epochs": 12,
+             "channels": (32, 32)},
 }  # fmt: skip
 
 
@@ -117,67 +117,40 @@ def _label(kind: str, transform: str = "affine") -> str:
     return {"cnn": "CNN", "se": "CNN+SE", "cbam": "CNN+CBAM"}.get(kind, f"ST-CNN ({transform})")
 
 
-def _model_specs(cfg: DemoConfig) -> list[tuple[str, str, dict[str, Any]]]:
-    """(label, registry name, kwargs) of every model to train."""
-    base = {"channels": cfg.channels, "kernel_sizes": cfg.kernel_sizes}
-    specs = []
+def _model_specs(cfg: DemoConfig) -> list[tuple[str, str, str | None, dict[str, Any]]]:
+    """(label, registry name, attention, model_args) of every model to train."""
+    base: dict[str, Any] = {"channels": list(cfg.channels), "kernel_sizes": list(cfg.kernel_sizes)}
+    specs: list[tuple[str, str, str | None, dict[str, Any]]] = []
     for kind in cfg.models:
         if kind == "stn":
             for t in cfg.transforms:
-                specs.append((_label("stn", t), "stcnn", {**base, "transform": t}))
+                specs.append((_label("stn", t), "stcnn", None, {**base, "transform": t}))
         elif kind == "cnn":
-            specs.append((_label(kind), "cnn", dict(base)))
+            specs.append((_label(kind), "cnn", None, dict(base)))
         else:
-            kw = {**base, "attention": kind, "attention_kw": {"reduction": cfg.reduction}}
-            specs.append((_label(kind), "cnn", kw))
+            kw = {**base, "attention_kw": {"reduction": cfg.reduction}}
+            specs.append((_label(kind), "cnn", kind, kw))
     return specs
 
 
-# -- data ----------------------------------------------------------------------------------
 @dataclass
 class _Split:
-    images: torch.Tensor  # float (N, 1, S, S) in [0, 1], distorted for the test split
+    """Prepared test inputs (normalised as in training) and labels."""
+
+    images: torch.Tensor
     labels: torch.Tensor
-    distorter: Distorter | None = None  # train split: distortion drawn per (epoch seed, index)
 
 
-def _load(cfg: DemoConfig) -> tuple[ImageSet, ImageSet]:
-    train = load_dataset(cfg.dataset, "train")
-    test = load_dataset(cfg.dataset, "test")
-    g = torch.Generator().manual_seed(cfg.seed)
-    # Random (but seeded) subsets, so every class is present even in tiny settings.
-    tr = torch.randperm(len(train), generator=g)[: cfg.train_size or len(train)]
-    te = torch.randperm(len(test), generator=g)[: cfg.test_size or len(test)]
-    train = ImageSet(train.images[tr], train.labels[tr], train.classes, train.name)
-    test = ImageSet(test.images[te], test.labels[te], test.classes, test.name)
-    return train, test
-
-
-def _splits(train: ImageSet, test: ImageSet, dataset: str, seed: int) -> tuple[_Split, _Split]:
-    xtr = train.images.float() / 255
-    xte = test.images.float() / 255
-    if dataset == "plain":
-        return _Split(xtr, train.labels), _Split(xte, test.labels)
-    distorted = Distorter("rts", xte, seed=10_000 + seed)(xte, torch.arange(len(test)))
-    return (
-        _Split(xtr, train.labels, Distorter("rts", xtr, seed=seed)),
-        _Split(distorted, test.labels),
-    )
+def _test_split(cfg: DemoConfig, ds: str, info: dict[str, Any]) -> _Split:
+    test = load_dataset(cfg.dataset, "test").subset(cfg.test_size)
+    pipe = Pipeline(test, mean=info["mean"], std=info["std"],
+                    distortion="none" if ds == "plain" else "rts",
+                    distortion_seed=TEST_DISTORTION_SEED)  # fmt: skip
+    x, y = pipe.batch(torch.arange(len(test)))
+    return _Split(x, y)
 
 
 # -- measurements --------------------------------------------------------------------------
-def count_flops(model: nn.Module, shape: Sequence[int]) -> int:
-    """FLOPs of one forward pass on a (1, *shape) input (2 per multiply-add)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    was = model.training
-    model.eval()
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(torch.zeros(1, *shape))
-    model.train(was)
-    return int(counter.get_total_flops())
-
-
 _ATTENTION = (SqueezeExcite, CBAM, ChannelAttention, SpatialAttention, SpatialTransformer)
 
 
@@ -192,15 +165,27 @@ def _outermost_attention(model: nn.Module) -> list[nn.Module]:
 
 @torch.no_grad()
 def measure_inference(
-    model: nn.Module, x: torch.Tensor, batch_size: int = 256
+    model: nn.Module, x: torch.Tensor, batch_size: int = 256, min_time: float = 0.5
 ) -> tuple[float, float]:
-    """(images/s, share of forward time spent in attention modules) on ``x``, eval mode."""
+    """(images/s, share of forward time spent in attention modules) on ``x``, eval mode.
+
+    Passes over ``x`` are repeated until ``min_time`` seconds have passed (at least one pass).
+    """
     model.eval()
     model(x[:batch_size])  # warm-up
-    start = time.perf_counter()
-    for i in range(0, len(x), batch_size):
-        model(x[i : i + batch_size])
-    ips = len(x) / max(time.perf_counter() - start, 1e-9)
+
+    def passes() -> tuple[int, float]:
+        images, start = 0, time.perf_counter()
+        while True:
+            for i in range(0, len(x), batch_size):
+                model(x[i : i + batch_size])
+            images += len(x)
+            elapsed = time.perf_counter() - start
+            if elapsed >= min_time:
+                return images, elapsed
+
+    images, elapsed = passes()
+    ips = images / max(elapsed, 1e-9)
     layers = _outermost_attention(model)
     if not layers:
         return ips, 0.0
@@ -216,15 +201,11 @@ def measure_inference(
     handles = [h for m in layers for h in (m.register_forward_pre_hook(pre),
                                           m.register_forward_hook(post))]  # fmt: skip
     try:
-        total = 0.0
-        for i in range(0, len(x), batch_size):
-            t = time.perf_counter()
-            model(x[i : i + batch_size])
-            total += time.perf_counter() - t
+        _, total = passes()
     finally:
         for h in handles:
             h.remove()
-    return ips, spent[0] / max(total, 1e-9)
+    return ips, min(spent[0] / max(total, 1e-9), 1.0)
 
 
 @torch.no_grad()
@@ -239,57 +220,6 @@ def evaluate(
     loss = float(F.cross_entropy(logits, split.labels))
     acc = float((logits.argmax(1) == split.labels).float().mean())
     return loss, acc, logits
-
-
-def train_model(
-    model: nn.Module, train: _Split, test: _Split, cfg: DemoConfig, *, log=print
-) -> tuple[list[dict[str, float]], float]:
-    """Adam with a cosine learning-rate schedule; returns (per-epoch records, train images/s)."""
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    steps = cfg.epochs * math.ceil(len(train.labels) / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.15
-    )
-    g = torch.Generator().manual_seed(cfg.seed)
-    history: list[dict[str, float]] = []
-    seen, train_time = 0, 0.0
-    for epoch in range(1, cfg.epochs + 1):
-        model.train()
-        order = torch.randperm(len(train.labels), generator=g)
-        distorter = None
-        if train.distorter is not None:  # a fresh distortion of every image each epoch
-            distorter = Distorter("rts", train.images, seed=cfg.seed * 1000 + epoch)
-        loss_sum, correct = 0.0, 0
-        for i in range(0, len(order), cfg.batch_size):
-            idx = order[i : i + cfg.batch_size]
-            x, y = train.images[idx], train.labels[idx]
-            if distorter is not None:
-                x = distorter(x, idx)
-            t = time.perf_counter()
-            out = model(x)
-            loss = F.cross_entropy(out, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            train_time += time.perf_counter() - t
-            seen += len(idx)
-            loss_sum += float(loss.detach()) * len(idx)
-            correct += int((out.argmax(1) == y).sum())
-        test_loss, test_acc, _ = evaluate(model, test)
-        rec = {
-            "epoch": epoch,
-            "train_loss": loss_sum / len(order),
-            "train_acc": correct / len(order),
-            "test_loss": test_loss,
-            "test_acc": test_acc,
-        }
-        history.append(rec)
-        log(
-            f"    epoch {epoch}/{cfg.epochs}: train loss {rec['train_loss']:.3f} "
-            f"acc {rec['train_acc']:.1%} | test loss {test_loss:.3f} acc {test_acc:.1%}"
-        )
-    return history, seen / max(train_time, 1e-9)
 
 
 # -- figures -------------------------------------------------------------------------------
@@ -430,11 +360,10 @@ def run_demo(cfg: DemoConfig, *, log=print) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     started = time.perf_counter()
-    train_set, test_set = _load(cfg)
-    classes = train_set.classes
-    log(f"visattn demo: {len(train_set)} training / {len(test_set)} test images of "
-        f"{cfg.dataset}, {cfg.epochs} epochs, {torch.get_num_threads()} threads, "
-        f"preset {cfg.preset!r}")  # fmt: skip
+    classes = load_dataset(cfg.dataset, "test").classes
+    log(f"visattn demo: {cfg.train_size or 'all'} training / {cfg.test_size or 'all'} test "
+        f"images of {cfg.dataset}, {cfg.epochs} epochs per model, "
+        f"{torch.get_num_threads()} threads, preset {cfg.preset!r}")  # fmt: skip
     # Everything is written to a temporary directory first and moved into place at the end,
     # so an interrupted run never leaves a half-written report.
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -444,47 +373,52 @@ def run_demo(cfg: DemoConfig, *, log=print) -> dict[str, Any]:
         tests: dict[str, _Split] = {}
         rows = []
         for ds in cfg.datasets:
-            train, test = _splits(train_set, test_set, ds, cfg.seed)
-            tests[ds] = test
-            size = 28 if ds == "plain" else distorted_size("rts", 28)
-            for label, name, kw in _model_specs(cfg):
-                torch.manual_seed(cfg.seed)
-                kwargs = {"num_classes": len(classes), "in_chans": 1, "input_size": size, **kw}
-                model = create_model(name, **kwargs)
+            for label, name, attention, model_args in _model_specs(cfg):
                 log(f"  [{_ds_title(ds)}] {label}")
-                t0 = time.perf_counter()
-                history, train_ips = train_model(model, train, test, cfg, log=log)
-                seconds = time.perf_counter() - t0
+                run_dir = work / "models" / f"{ds}-{_slug(label)}"
+                opts = TrainOptions(
+                    model=name, attention=attention, model_args=model_args,
+                    dataset=cfg.dataset, distortion="none" if ds == "plain" else "rts",
+                    epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
+                    train_subset=cfg.train_size, val_subset=cfg.val_size,
+                    test_subset=cfg.test_size, out=str(run_dir), device="cpu",
+                    keep_checkpoints=1,
+                )  # fmt: skip
+                final = train(opts)
+                shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # keep final weights
+                model, info = load_model(run_dir)
+                if ds not in tests:
+                    tests[ds] = _test_split(cfg, ds, info)
+                test = tests[ds]
                 _, acc, logits = evaluate(model, test)
                 infer_ips, share = measure_inference(model, test.images)
+                history = [
+                    json.loads(line)
+                    for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+                ]
+                size = int(info["input_size"])
                 row = {
                     "data": ds,
                     "model": label,
                     "test_accuracy": acc,
-                    "params": sum(p.numel() for p in model.parameters()),
-                    "mflops": count_flops(model, (1, size, size)) / 1e6,
-                    "train_images_per_s": train_ips,
+                    "params": int(final["params"]),
+                    "mflops": (final["flops_per_image"] or 0) / 1e6,
+                    "train_images_per_s": float(final["train_images_per_s"] or 0),
                     "inference_images_per_s": infer_ips,
                     "attention_time_share": share,
-                    "train_seconds": seconds,
+                    "train_seconds": float(final["elapsed_s"]),
+                    "input_size": size,
+                    "run": str(run_dir.relative_to(work)),
                 }
                 rows.append(row)
                 runs[ds, label] = {"model": model, "history": history, "test_acc": acc,
                                    "logits": logits, "label": label}  # fmt: skip
-                if cfg.save_checkpoints:
-                    ckpt = work / "checkpoints" / f"{ds}-{_slug(label)}.pt"
-                    save_checkpoint(
-                        ckpt, model, name=name, kwargs=kwargs, classes=classes,
-                        input_size=(size, size), in_chans=1,
-                        info={"dataset": cfg.dataset, "distortion": "none" if ds == "plain" else "rts",
-                              "test_accuracy": acc, "epochs": cfg.epochs},
-                    )  # fmt: skip
         log("drawing figures ...")
         figures = _figures(work, runs, tests, classes, cfg)
         elapsed = time.perf_counter() - started
         metrics = {
             "visattn_version": __version__,
-            "settings": {k: v for k, v in asdict(cfg).items() if k != "extra"},
+            "settings": asdict(cfg),
             "environment": {
                 "torch": torch.__version__,
                 "python": platform.python_version(),
@@ -513,9 +447,10 @@ def run_demo(cfg: DemoConfig, *, log=print) -> dict[str, Any]:
             work,
             title="visattn demo: what attention does",
             intro=(
-                f"{len(train_set)} training and {len(test_set)} test images of {cfg.dataset} "
-                f"({len(classes)} classes), plain and RTS-distorted (rotation ±45°, scale "
-                f"0.7-1.2, translation in a 42x42 canvas); {cfg.epochs} epochs per model."
+                f"{cfg.train_size or 'All'} training and {len(tests[cfg.datasets[0]].labels)} "
+                f"test images of {cfg.dataset} ({len(classes)} classes), plain and RTS-distorted "
+                f"(rotation ±45°, scale 0.7-1.2, translation in a 42x42 canvas); {cfg.epochs} "
+                "epochs per model. Validation curves use held-out training images."
             ),
             tables={"Comparison": report_rows},
             figures=figures,
@@ -525,8 +460,8 @@ def run_demo(cfg: DemoConfig, *, log=print) -> dict[str, Any]:
                 "FLOPs: convolutions and matrix products of one forward pass (2 per "
                 "multiply-add). Attention share: time inside SE / CBAM / spatial-transformer "
                 "modules over the forward time, eval mode.",
-                "Checkpoints of every model are in checkpoints/; try "
-                "'visattn viz --checkpoint checkpoints/rts-st-cnn-affine.pt --dataset "
+                "The trained weights of every model are in models/ (visattn run folders); try "
+                "'visattn viz --checkpoint models/rts-st-cnn-affine --dataset "
                 "fashion-mnist-small --out viz'.",
             ],
         )
@@ -566,24 +501,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--datasets", type=_csv, help="subset of plain,rts")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--train-size", type=int, help="training images (0: all)")
+    parser.add_argument("--val-size", type=int, help="held-out training images for curves")
     parser.add_argument("--test-size", type=int, help="test images (0: all)")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--lr", type=float)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
-    parser.add_argument("--no-checkpoints", action="store_true", help="do not save checkpoints")
 
 
 def config_from_args(args: argparse.Namespace) -> DemoConfig:
     preset = "quick" if args.quick and args.preset == "default" else args.preset
     cfg = replace(DemoConfig(), preset=preset, out=args.out, **PRESETS[preset])
-    for key in ("models", "transforms", "datasets", "epochs", "train_size", "test_size",
+    for key in ("models", "transforms", "datasets", "epochs", "train_size", "val_size", "test_size",
                 "batch_size", "lr", "seed", "threads"):  # fmt: skip
         value = getattr(args, key, None)
         if value is not None:
             setattr(cfg, key, value)
-    if args.no_checkpoints:
-        cfg.save_checkpoints = False
     for key in ("epochs", "batch_size"):
         if getattr(cfg, key) < 1:
             raise ValueError(

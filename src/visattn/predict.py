@@ -2,8 +2,10 @@
 
 ``visattn predict --checkpoint PATH IMAGES... [--out predictions.csv] [--overlay DIR]``
 
-Every file (PNG, JPEG, ... of any size) is converted to the model's channels and resized to its
-input size (see ``visattn.viz.images``). The CSV has one row per file, in the given order::
+``--checkpoint`` is anything ``visattn.engine.load_model`` reads: a run folder of ``visattn train``
+(or of ``visattn demo``: ``runs/demo/models/...``), its ``model.safetensors`` or a training
+checkpoint. Every file (PNG, JPEG, ... of any size) is converted to the model's channels, resized
+to its input size (see ``visattn.viz.images``) and normalised with the training mean and std. The CSV has one row per file, in the given order::
 
     file,status,class_index,class_name,probability,top3,error
 
@@ -31,16 +33,24 @@ from typing import Any
 
 import torch
 
+from .engine import load_model
 from .viz._io import atomic_write
 from .viz.capture import capture
-from .viz.checkpoint import load_checkpoint
 from .viz.figures import plot_overlay, plot_stn
 from .viz.gradcam import grad_cam
 from .viz.images import load_images
 
-__all__ = ["COLUMNS", "add_arguments", "main", "predict_files", "run"]
+__all__ = ["COLUMNS", "add_arguments", "main", "normalise", "predict_files", "run"]
 
 COLUMNS = ("file", "status", "class_index", "class_name", "probability", "top3", "error")
+
+
+def normalise(images: torch.Tensor, info: dict[str, Any]) -> torch.Tensor:
+    """x' = (x - mean_c) / std_c with the training statistics of a checkpoint's ``info``."""
+    c = images.shape[1]
+    mean = torch.tensor(info.get("mean") or [0.0] * c, dtype=images.dtype).view(1, c, 1, 1)
+    std = torch.tensor(info.get("std") or [1.0] * c, dtype=images.dtype).view(1, c, 1, 1)
+    return (images - mean) / std
 
 
 def predict_files(
@@ -56,16 +66,19 @@ def predict_files(
     err = err or sys.stderr
     if not files:
         raise ValueError("images: expected at least one image file, got none")
-    model, card = load_checkpoint(checkpoint)
-    images, good, failed = load_images(files, card.in_chans, card.input_size)
+    model, info = load_model(checkpoint)
+    size = int(info["input_size"])
+    images, good, failed = load_images(files, int(info["in_chans"]), (size, size))
+    images = normalise(images, info)
     for _, msg in failed:
         print(f"visattn predict: skipped {msg}", file=err)
     probs = []
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
             probs.append(model(images[i : i + batch_size]).softmax(1))
-    probs_t = torch.cat(probs) if probs else torch.zeros(0, len(card.classes) or 1)
-    names = card.classes or [str(i) for i in range(probs_t.shape[1])]
+    classes = list(info.get("classes") or [])
+    probs_t = torch.cat(probs) if probs else torch.zeros(0, len(classes) or 1)
+    names = classes or [str(i) for i in range(probs_t.shape[1])]
     result: dict[str, dict[str, Any]] = {}
     for path, p in zip(good, probs_t, strict=True):
         top = p.topk(min(3, p.numel()))
@@ -115,7 +128,8 @@ def _overlays(model, images, paths, probs, names, folder: Path) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``visattn predict``."""
-    parser.add_argument("--checkpoint", required=True, help="model checkpoint (.pt)")
+    parser.add_argument("--checkpoint", required=True,
+                        help="run folder, model.safetensors or a training checkpoint")  # fmt: skip
     parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...; any size)")
     parser.add_argument("--out", default="predictions.csv", help="CSV file to write")
     parser.add_argument("--overlay", metavar="DIR", help="also save attention overlays here")
@@ -139,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return run(args)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
+    except (ValueError, TypeError, OSError) as exc:
         print(f"visattn predict: error: {exc}", file=sys.stderr)
         return 2
 

@@ -46,3 +46,31 @@ class TinyNet(nn.Module):
 def tiny_net():
     torch.manual_seed(int(torch.randint(0, 10_000, ()).item()))
     return TinyNet
+
+
+def write_run(folder, *, model="cnn", attention=None, size=28, distortion="none", classes=None,
+              **model_args):  # fmt: skip
+    """A ``model.safetensors`` as ``visattn.engine.train`` writes it, for an untrained model.
+
+    Returns (path, model in eval mode).
+    """
+    from visattn.engine import TrainOptions, build_model, write_safetensors
+    from visattn.engine.checkpoint import MODEL_FORMAT
+
+    classes = classes or [f"class{i}" for i in range(10)]
+    model_args = {"channels": [4, 8], "kernel_sizes": [3, 3], **model_args}
+    opts = TrainOptions(model=model, attention=attention, model_args=model_args,
+                        distortion=distortion)  # fmt: skip
+    net = build_model(model, num_classes=len(classes), in_chans=1, input_size=size,
+                      attention=attention, model_args=model_args)  # fmt: skip
+    data = {"classes": classes, "in_chans": 1, "input_size": size, "mean": [0.3], "std": [0.35],
+            "dataset": "fashion-mnist-small", "distortion": distortion}  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
+    path = write_safetensors(folder / "model.safetensors", net.state_dict(), MODEL_FORMAT,
+                             {"options": opts.to_dict(), "data": data})  # fmt: skip
+    return path, net.eval()
+
+
+@pytest.fixture
+def make_run():
+    return write_run

@@ -6,20 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from visattn.models import create_model
-from visattn.viz.checkpoint import save_checkpoint
 from visattn.viz.command import main
-
-CLASSES = [f"c{i}" for i in range(10)]
-
-
-def _ckpt(tmp_path, name, size=28, info=None, **kw):
-    kwargs = {"num_classes": 10, "in_chans": 1, "input_size": size, "channels": (4, 8),
-              "kernel_sizes": (3, 3), **kw}  # fmt: skip
-    model = create_model(name, **kwargs)
-    return save_checkpoint(tmp_path / f"{name}.pt", model, name=name, kwargs=kwargs,
-                           classes=CLASSES, input_size=(size, size), in_chans=1,
-                           info=info)  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -30,9 +17,10 @@ def _ckpt(tmp_path, name, size=28, info=None, **kw):
         ("stcnn", {"transform": "affine"}, {"stn_0.png"}),
     ],
 )
-def test_viz_dataset(tmp_path, name, kw, expected):
-    info = {"distortion": "rts"} if name == "stcnn" else None
-    ckpt = _ckpt(tmp_path, name, size=42 if info else 28, info=info, **kw)
+def test_viz_dataset(make_run, tmp_path, name, kw, expected):
+    rts = name == "stcnn"
+    ckpt, _ = make_run(tmp_path / "run", model=name, size=42 if rts else 28,
+                       distortion="rts" if rts else "none", **kw)  # fmt: skip
     out = tmp_path / "viz"
     assert main(["--checkpoint", str(ckpt), "--dataset", "fashion-mnist-small", "--out", str(out),
                  "--limit", "60", "--num-images", "2"]) == 0  # fmt: skip
@@ -43,8 +31,8 @@ def test_viz_dataset(tmp_path, name, kw, expected):
     assert all(f in html for f in (base | expected) - {"report.html"})
 
 
-def test_viz_images_and_errors(tmp_path, capsys):
-    ckpt = _ckpt(tmp_path, "cnn", attention="cbam", attention_kw={"reduction": 2})
+def test_viz_images_and_errors(make_run, tmp_path, capsys):
+    ckpt, _ = make_run(tmp_path / "run", attention="cbam", attention_kw={"reduction": 2})
     img = tmp_path / "a.png"
     Image.fromarray(np.random.default_rng().integers(0, 255, (50, 30), dtype=np.uint8)).save(img)
     (tmp_path / "bad.png").write_bytes(b"xx")

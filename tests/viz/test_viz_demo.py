@@ -8,8 +8,8 @@ import json
 import pytest
 
 from visattn.demo import main
+from visattn.engine import load_model
 from visattn.viz.browser import check_page, find_chromium
-from visattn.viz.checkpoint import load_checkpoint
 
 FIGURES = {
     "curves_plain.png", "curves_rts.png", "stn_affine.png", "cbam_spatial.png",
@@ -24,7 +24,7 @@ def test_demo_tiny_end_to_end(tmp_path, capsys):
     for label in ("CNN", "CNN+SE", "CNN+CBAM", "ST-CNN (affine)", "test acc", "attn time"):
         assert label in printed
     files = {p.name for p in out.iterdir()}
-    assert FIGURES | {"report.html", "metrics.json", "checkpoints"} == files
+    assert FIGURES | {"report.html", "metrics.json", "models"} == files
     metrics = json.loads((out / "metrics.json").read_text())
     rows = metrics["results"]
     assert len(rows) == 8 and {r["data"] for r in rows} == {"plain", "rts"}
@@ -34,8 +34,9 @@ def test_demo_tiny_end_to_end(tmp_path, capsys):
         assert 0 <= r["attention_time_share"] < 1
         assert (r["attention_time_share"] == 0) == (r["model"] == "CNN")
     assert set(metrics["figures"]) == FIGURES
-    model, card = load_checkpoint(out / "checkpoints" / "rts-st-cnn-affine.pt")
-    assert card.input_size == (42, 42) and card.info["distortion"] == "rts"
+    _, info = load_model(out / "models" / "rts-st-cnn-affine")
+    assert info["input_size"] == 42 and info["distortion"] == "rts"
+    assert {r["run"] for r in rows} == {f"models/{p.name}" for p in (out / "models").iterdir()}
     html = (out / "report.html").read_text()
     assert all(f in html for f in FIGURES)
     if find_chromium() is None:

@@ -9,22 +9,17 @@ import pytest
 import torch
 from PIL import Image
 
-from visattn.models import create_model
-from visattn.predict import main, predict_files
-from visattn.viz.checkpoint import load_checkpoint, save_checkpoint
+from visattn.predict import main, normalise, predict_files
 from visattn.viz.images import load_image
 
 CLASSES = ["zero", "one", "two"]
 
 
-def _checkpoint(tmp_path, **kw):
-    kwargs = {"num_classes": 3, "in_chans": 1, "input_size": 16, "channels": (4, 8),
-              "kernel_sizes": (3, 3), **kw}  # fmt: skip
+def _checkpoint(make_run, tmp_path, **kw):
     name = "stcnn" if "transform" in kw else "cnn"
-    model = create_model(name, **kwargs)
-    path = save_checkpoint(tmp_path / f"{name}.pt", model, name=name, kwargs=kwargs,
-                           classes=CLASSES, input_size=(16, 16), in_chans=1)  # fmt: skip
-    return path, model
+    folder = tmp_path / f"run-{name}-{kw.get('attention')}"
+    _, model = make_run(folder, model=name, size=16, classes=CLASSES, **kw)
+    return folder, model
 
 
 def _images(tmp_path):
@@ -45,22 +40,6 @@ def _images(tmp_path):
     return good, [truncated, text, missing]
 
 
-def test_checkpoint_round_trip(tmp_path):
-    path, model = _checkpoint(tmp_path, attention="cbam", attention_kw={"reduction": 2})
-    loaded, card = load_checkpoint(path)
-    assert card.classes == CLASSES and card.input_size == (16, 16) and card.in_chans == 1
-    x = torch.rand(2, 1, 16, 16)
-    torch.testing.assert_close(loaded(x), model.eval()(x))
-    (tmp_path / "junk.pt").write_bytes(b"junk")
-    with pytest.raises(ValueError, match="checkpoint"):
-        load_checkpoint(tmp_path / "junk.pt")
-    torch.save({"weights": 1}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="visattn model checkpoint"):
-        load_checkpoint(tmp_path / "other.pt")
-    with pytest.raises(FileNotFoundError):
-        load_checkpoint(tmp_path / "none.pt")
-
-
 def test_load_image_any_size_and_mode(tmp_path):
     good, bad = _images(tmp_path)
     for p in good:
@@ -72,8 +51,8 @@ def test_load_image_any_size_and_mode(tmp_path):
             load_image(p, 1, (16, 16))
 
 
-def test_predict_mixed_files(tmp_path, capsys):
-    ckpt, model = _checkpoint(tmp_path)
+def test_predict_mixed_files(make_run, tmp_path, capsys):
+    ckpt, model = _checkpoint(make_run, tmp_path)
     good, bad = _images(tmp_path)
     files = [good[0], bad[0], good[1], bad[1], bad[2], good[2]]
     out = tmp_path / "pred.csv"
@@ -88,6 +67,10 @@ def test_predict_mixed_files(tmp_path, capsys):
     assert [r["file"] for r in rows] == [str(f) for f in files]
     assert [r["status"] for r in rows] == ["ok", "error", "ok", "error", "error", "ok"]
     x = torch.stack([load_image(p, 1, (16, 16)) for p in good])
+    x = normalise(x, {"mean": [0.3], "std": [0.35]})
+    torch.testing.assert_close(
+        x, (torch.stack([load_image(p, 1, (16, 16)) for p in good]) - 0.3) / 0.35
+    )
     with torch.no_grad():
         expect = model.eval()(x).softmax(1)
     for r, p in zip([rows[0], rows[2], rows[5]], expect, strict=True):
@@ -102,22 +85,25 @@ def test_predict_mixed_files(tmp_path, capsys):
     ]
 
 
-def test_predict_all_good_and_overlays_per_attention(tmp_path):
+def test_predict_all_good_and_overlays_per_attention(make_run, tmp_path):
     good, _ = _images(tmp_path)
     for kw in ({"transform": "affine"}, {"attention": "cbam", "attention_kw": {"reduction": 2}}):
-        ckpt, _ = _checkpoint(tmp_path, **kw)
+        ckpt, _ = _checkpoint(make_run, tmp_path, **kw)
         rows, failed = predict_files(ckpt, good[:1], out=tmp_path / "p.csv",
                                      overlay=tmp_path / "ov2")  # fmt: skip
         assert failed == 0 and rows[0]["status"] == "ok"
         with Image.open(tmp_path / "ov2" / "img0.png") as im:
             assert im.size[0] > 200
-    assert main(["--checkpoint", str(ckpt), str(good[0]), "--out", str(tmp_path / "q.csv")]) == 0
+    assert main(["--checkpoint", str(ckpt / "model.safetensors"), str(good[0]),
+                 "--out", str(tmp_path / "q.csv")]) == 0  # fmt: skip
 
 
 def test_predict_bad_checkpoint_is_one_line(tmp_path, capsys):
     good, _ = _images(tmp_path)
-    code = main(["--checkpoint", str(tmp_path / "nope.pt"), str(good[0]),
+    (tmp_path / "junk.safetensors").write_bytes(b"junk")
+    code = main(["--checkpoint", str(tmp_path / "junk.safetensors"), str(good[0]),
                  "--out", str(tmp_path / "x.csv")])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "x.csv").exists()
+    assert main(["--checkpoint", str(tmp_path / "none"), str(good[0])]) == 2

@@ -24,12 +24,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from .capture import capture
-from .checkpoint import ModelCard, load_checkpoint
 from .figures import (
     plot_confusion_matrix,
     plot_gradcam,
@@ -46,22 +46,32 @@ __all__ = ["add_arguments", "dataset_images", "main", "run", "visualise"]
 
 
 def dataset_images(
-    name: str, card: ModelCard, *, limit: int = 2000, seed: int = 0
+    name: str, info: dict[str, Any], *, limit: int = 2000
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Test images (N, C, H, W) in [0, 1] prepared for ``card``'s model, labels and class names."""
-    from ..data import Distorter, load_dataset
+    """Test images prepared as in training (distortion, normalisation), labels and class names.
+
+    ``info`` is the second value of ``visattn.engine.load_model``. The distortion of the
+    checkpoint's training data is applied with the engine's test seed; images are converted to the
+    model's channels and resized to its input size if they differ.
+    """
+    from ..data import load_dataset
+    from ..engine import TEST_DISTORTION_SEED, Pipeline
 
     ds = load_dataset(name, "test")
-    n = min(len(ds), limit) if limit else len(ds)
-    x = ds.images[:n].float() / 255
-    if card.info.get("distortion") not in (None, "none"):
-        kind = card.info["distortion"]
-        x = Distorter(kind, x, seed=10_000 + seed)(x, torch.arange(n))
-    if x.shape[1] != card.in_chans:
-        x = x.mean(1, keepdim=True) if card.in_chans == 1 else x.expand(-1, card.in_chans, -1, -1)
-    if tuple(x.shape[-2:]) != tuple(card.input_size):
-        x = F.interpolate(x, size=tuple(card.input_size), mode="bilinear", align_corners=False)
-    return x.contiguous(), ds.labels[:n], list(card.classes or ds.classes)
+    ds = ds.subset(limit)
+    c = ds.shape[0]
+    mean, std = info.get("mean") or [0.0] * c, info.get("std") or [1.0] * c
+    if len(mean) != c:  # statistics of another channel count: use the average
+        mean, std = [sum(mean) / len(mean)] * c, [sum(std) / len(std)] * c
+    pipe = Pipeline(ds, mean=mean, std=std, distortion=info.get("distortion") or "none",
+                    distortion_seed=TEST_DISTORTION_SEED)  # fmt: skip
+    x, y = pipe.batch(torch.arange(len(ds)))
+    in_chans, size = int(info["in_chans"]), int(info["input_size"])
+    if x.shape[1] != in_chans:
+        x = x.mean(1, keepdim=True) if in_chans == 1 else x.expand(-1, in_chans, -1, -1)
+    if tuple(x.shape[-2:]) != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return x.contiguous(), y, list(info.get("classes") or ds.classes)
 
 
 def visualise(
@@ -127,7 +137,8 @@ def visualise(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``visattn viz``."""
-    parser.add_argument("--checkpoint", required=True, help="model checkpoint (.pt)")
+    parser.add_argument("--checkpoint", required=True,
+                        help="run folder, model.safetensors or a training checkpoint")  # fmt: skip
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--dataset", help="dataset name (its test split), e.g. fashion-mnist-small")
     src.add_argument("--images", nargs="+", metavar="PATH", help="image files")
@@ -138,19 +149,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of the ``viz`` sub-command; returns the exit code."""
-    model, card = load_checkpoint(args.checkpoint)
+    from ..engine import load_model
+    from ..predict import normalise
+
+    model, info = load_model(args.checkpoint)
     if args.num_images < 1:
         raise ValueError(f"--num-images: expected an int >= 1, got {args.num_images}")
     if args.dataset:
-        x, y, names = dataset_images(args.dataset, card, limit=args.limit)
+        x, y, names = dataset_images(args.dataset, info, limit=args.limit)
     else:
-        x, good, failed = load_images(args.images, card.in_chans, card.input_size)
+        size = int(info["input_size"])
+        x, good, failed = load_images(args.images, int(info["in_chans"]), (size, size))
         for _, msg in failed:
             print(f"visattn viz: skipped {msg}", file=sys.stderr)
         if not good:
             raise ValueError("images: none of the files could be read")
-        y, names = None, card.classes
-    title = f"visattn viz: {Path(args.checkpoint).name} ({card.name})"
+        x = normalise(x, info)
+        y, names = None, list(info.get("classes") or [])
+    title = f"visattn viz: {Path(args.checkpoint).name} ({info['options']['model']})"
     path = visualise(model, x, args.out, labels=y, class_names=names, title=title,
                      max_images=args.num_images)  # fmt: skip
     print(f"report: {path}")
@@ -164,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return run(args)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
+    except (ValueError, TypeError, OSError) as exc:
         print(f"visattn viz: error: {exc}", file=sys.stderr)
         return 2
 
