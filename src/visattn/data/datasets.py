@@ -155,7 +155,7 @@ def load_idx_dataset(folder: str | os.PathLike, split: str, *, name: str = "") -
 
 
 class _RefusingUnpickler(pickle.Unpickler):
-    """Unpickler for CIFAR batches: plain containers, numbers, strings and bytes only."""
+    """Unpickler for CIFAR batches: containers, numbers, strings, bytes and numpy arrays only."""
 
     _ALLOWED = frozenset(
         {
@@ -163,13 +163,14 @@ class _RefusingUnpickler(pickle.Unpickler):
             ("numpy._core.multiarray", "_reconstruct"),
             ("numpy", "ndarray"),
             ("numpy", "dtype"),
+            ("_codecs", "encode"),  # bytes in protocol-2 pickles written by Python 3
         }
     )
 
     def find_class(self, module: str, name: str):
         if (module, name) in self._ALLOWED:
-            if module == "numpy":
-                return getattr(np, name)
+            if module in ("numpy", "_codecs"):
+                return getattr(importlib.import_module(module), name)
             try:
                 multiarray = importlib.import_module("numpy._core.multiarray")
             except ImportError:  # numpy < 2

@@ -92,7 +92,7 @@ _HELP = {
     "lr": "peak learning rate",
     "optimizer": "sgd (with momentum, Nesterov off) or adamw",
     "momentum": "SGD momentum",
-    "schedule": "learning-rate schedule over all steps: cosine, step (x0.1 at 50%% and 75%%), "
+    "schedule": "learning-rate schedule over all steps: cosine, step (x0.1 at 50% and 75%), "
     "constant",
     "weight_decay": "weight decay (decoupled for adamw)",
     "augment": "random 4-pixel-shift crops and horizontal flips (CIFAR / folder data)",

@@ -114,9 +114,11 @@ def build_model(
     others (the ResNets are size-agnostic).
     """
     try:
-        from ..models import create_model
+        from ..models import create_model, list_models
     except ImportError as exc:
         raise ValueError(f"--model: the model zoo visattn.models is unavailable ({exc})") from None
+    if name not in list_models():
+        raise ValueError(f"--model: expected one of {', '.join(list_models())}, got {name!r}")
     kw = dict(model_args or {})
     common = {"num_classes": num_classes, "in_chans": in_chans, "attention": attention}
     if "input_size" not in kw:
