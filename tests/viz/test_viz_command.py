@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from visattn.viz.command import main
+from visattn.cli import main
 
 
 @pytest.mark.parametrize(
@@ -22,7 +22,7 @@ def test_viz_dataset(make_run, tmp_path, name, kw, expected):
     ckpt, _ = make_run(tmp_path / "run", model=name, size=42 if rts else 28,
                        distortion="rts" if rts else "none", **kw)  # fmt: skip
     out = tmp_path / "viz"
-    assert main(["--checkpoint", str(ckpt), "--dataset", "fashion-mnist-small", "--out", str(out),
+    assert main(["viz", "--checkpoint", str(ckpt), "--dataset", "fashion-mnist-small", "--out", str(out),
                  "--limit", "60", "--num-images", "2"]) == 0  # fmt: skip
     files = {p.name for p in out.iterdir()}
     base = {"gradcam.png", "confusion.png", "hardest.png", "report.html"}
@@ -37,12 +37,12 @@ def test_viz_images_and_errors(make_run, tmp_path, capsys):
     Image.fromarray(np.random.default_rng().integers(0, 255, (50, 30), dtype=np.uint8)).save(img)
     (tmp_path / "bad.png").write_bytes(b"xx")
     out = tmp_path / "v"
-    assert main(["--checkpoint", str(ckpt), "--images", str(img), str(tmp_path / "bad.png"),
+    assert main(["viz", "--checkpoint", str(ckpt), "--images", str(img), str(tmp_path / "bad.png"),
                  "--out", str(out)]) == 0  # fmt: skip
     assert "bad.png" in capsys.readouterr().err
     assert {"cbam_spatial.png", "gradcam.png", "report.html"} <= {p.name for p in out.iterdir()}
     assert not (out / "confusion.png").exists()  # no labels for plain images
-    code = main(["--checkpoint", str(ckpt), "--images", str(tmp_path / "bad.png"), "--out",
+    code = main(["viz", "--checkpoint", str(ckpt), "--images", str(tmp_path / "bad.png"), "--out",
                  str(tmp_path / "w")])  # fmt: skip
     err = capsys.readouterr().err
-    assert code == 2 and "none of the files" in err and "Traceback" not in err
+    assert code == 1 and "none of the files" in err and "Traceback" not in err

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from visattn.demo import main
+from visattn.cli import main
 from visattn.engine import load_model
 from visattn.viz.browser import check_page, find_chromium
 
@@ -19,7 +19,7 @@ FIGURES = {
 
 def test_demo_tiny_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["--preset", "tiny", "--out", str(out), "--threads", "1"]) == 0
+    assert main(["demo", "--preset", "tiny", "--out", str(out), "--threads", "1"]) == 0
     printed = capsys.readouterr().out
     for label in ("CNN", "CNN+SE", "CNN+CBAM", "ST-CNN (affine)", "test acc", "attn time"):
         assert label in printed
@@ -46,7 +46,9 @@ def test_demo_tiny_end_to_end(tmp_path, capsys):
 
 
 def test_demo_bad_options_one_line(tmp_path, capsys):
-    assert main(["--preset", "tiny", "--models", "cnn,xyz", "--out", str(tmp_path / "d")]) == 2
+    assert (
+        main(["demo", "--preset", "tiny", "--models", "cnn,xyz", "--out", str(tmp_path / "d")]) == 1
+    )
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "models" in err and "xyz" in err
     assert not (tmp_path / "d").exists()

@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from visattn.predict import main, normalise, predict_files
+from visattn.cli import main
+from visattn.commands.predict import normalise, predict_files
 from visattn.viz.images import load_image
 
 CLASSES = ["zero", "one", "two"]
@@ -56,7 +57,7 @@ def test_predict_mixed_files(make_run, tmp_path, capsys):
     good, bad = _images(tmp_path)
     files = [good[0], bad[0], good[1], bad[1], bad[2], good[2]]
     out = tmp_path / "pred.csv"
-    code = main(["--checkpoint", str(ckpt), *map(str, files), "--out", str(out),
+    code = main(["predict", "--checkpoint", str(ckpt), *map(str, files), "--out", str(out),
                  "--overlay", str(tmp_path / "ov")])  # fmt: skip
     assert code == 1
     err = capsys.readouterr().err
@@ -94,16 +95,16 @@ def test_predict_all_good_and_overlays_per_attention(make_run, tmp_path):
         assert failed == 0 and rows[0]["status"] == "ok"
         with Image.open(tmp_path / "ov2" / "img0.png") as im:
             assert im.size[0] > 200
-    assert main(["--checkpoint", str(ckpt / "model.safetensors"), str(good[0]),
+    assert main(["predict", "--checkpoint", str(ckpt / "model.safetensors"), str(good[0]),
                  "--out", str(tmp_path / "q.csv")]) == 0  # fmt: skip
 
 
 def test_predict_bad_checkpoint_is_one_line(tmp_path, capsys):
     good, _ = _images(tmp_path)
     (tmp_path / "junk.safetensors").write_bytes(b"junk")
-    code = main(["--checkpoint", str(tmp_path / "junk.safetensors"), str(good[0]),
+    code = main(["predict", "--checkpoint", str(tmp_path / "junk.safetensors"), str(good[0]),
                  "--out", str(tmp_path / "x.csv")])  # fmt: skip
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "x.csv").exists()
-    assert main(["--checkpoint", str(tmp_path / "none"), str(good[0])]) == 2
+    assert main(["predict", "--checkpoint", str(tmp_path / "none"), str(good[0])]) == 1

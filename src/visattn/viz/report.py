@@ -31,9 +31,9 @@ section { background: #fff; border: 1px solid #dde1e8; border-radius: 8px; paddi
           margin: 18px 0; }
 h2 { font-size: 1.2em; margin: 6px 0 10px 0; }
 table { border-collapse: collapse; font-size: 0.92em; margin: 6px 0; }
-th, td { border: 1px solid #d3d8e0; padding: 4px 10px; text-align: right; }
+th, td { border: 1px solid #d3d8e0; padding: 4px 10px; text-align: left; }
 th { background: #eef1f6; }
-td:first-child, th:first-child { text-align: left; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.best td { font-weight: 600; }
 figure { margin: 8px 0 14px 0; }
 figure img { max-width: 100%; height: auto; border: 1px solid #e2e5ea; }
@@ -64,13 +64,27 @@ def _cell(v: object) -> str:
     return "–" if v is None else str(v)
 
 
+def _numeric(v: object) -> bool:
+    """Numbers and number-like strings ("91.2%", "1,024") are right-aligned."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return True
+    return isinstance(v, str) and bool(v) and all(ch in "0123456789.,%+-–× " for ch in v)
+
+
 def _table(rows: Sequence[Mapping[str, object]]) -> str:
     cols: list[str] = []
     for r in rows:
         cols += [k for k in r if k not in cols]
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_cell(r.get(c)))}</td>" for c in cols) + "</tr>"
+        "<tr>"
+        + "".join(
+            f'<td class="num">{html.escape(_cell(r.get(c)))}</td>'
+            if _numeric(r.get(c))
+            else f"<td>{html.escape(_cell(r.get(c)))}</td>"
+            for c in cols
+        )
+        + "</tr>"
         for r in rows
     )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"

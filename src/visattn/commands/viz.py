@@ -13,7 +13,8 @@ Draws the figures that apply to the model's attention layers and writes them wit
 
 With ``--dataset`` the test split is used; if the checkpoint was trained on RTS-distorted images
 (its ``info["distortion"]``), the same distortion is applied, and images are resized to the
-model's input otherwise. Exit code 0 on success, 2 on a bad command; errors are one line on stderr.
+model's input otherwise. Exit code 0 on success, 1 on an error (one line on stderr), 2 for a
+command-line syntax error.
 
 Tests: ``tests/viz/test_viz_command.py``.
 """
@@ -29,8 +30,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .capture import capture
-from .figures import (
+from ..viz.capture import capture
+from ..viz.figures import (
     plot_confusion_matrix,
     plot_gradcam,
     plot_hardest_examples,
@@ -38,11 +39,11 @@ from .figures import (
     plot_spatial_attention,
     plot_stn,
 )
-from .gradcam import grad_cam
-from .images import load_images
-from .report import Figure, write_report
+from ..viz.gradcam import grad_cam
+from ..viz.images import load_images
+from ..viz.report import Figure, write_report
 
-__all__ = ["add_arguments", "dataset_images", "main", "run", "visualise"]
+__all__ = ["add_arguments", "add_parser", "dataset_images", "run", "visualise"]
 
 
 def dataset_images(
@@ -150,7 +151,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Entry point of the ``viz`` sub-command; returns the exit code."""
     from ..engine import load_model
-    from ..predict import normalise
+    from .predict import normalise
 
     model, info = load_model(args.checkpoint)
     if args.num_images < 1:
@@ -173,17 +174,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m visattn.viz.command ...``: the same as ``visattn viz``."""
-    parser = argparse.ArgumentParser(prog="visattn viz", description=__doc__.split("\n")[0])
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``visattn viz`` (see ``visattn.cli``)."""
+    from ..cli import HelpFormatter
+
+    parser = subparsers.add_parser(
+        "viz",
+        help="draw the attention figures and a report for a trained model",
+        description=__doc__,
+        formatter_class=HelpFormatter,
+    )
     add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except (ValueError, TypeError, OSError) as exc:
-        print(f"visattn viz: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return parser

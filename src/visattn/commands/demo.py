@@ -40,10 +40,8 @@ import json
 import os
 import platform
 import shutil
-import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -52,11 +50,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import __version__
-from .data import load_dataset
-from .engine import TEST_DISTORTION_SEED, Pipeline, TrainOptions, load_model, train
-from .layers import CBAM, ChannelAttention, SpatialAttention, SpatialTransformer, SqueezeExcite
-from .viz import (
+from .. import __version__
+from ..data import load_dataset
+from ..engine import TEST_DISTORTION_SEED, Pipeline, TrainOptions, load_model, train
+from ..layers import CBAM, ChannelAttention, SpatialAttention, SpatialTransformer, SqueezeExcite
+from ..viz import (
     Figure,
     capture,
     grad_cam,
@@ -69,9 +67,9 @@ from .viz import (
     plot_training_curves,
     write_report,
 )
-from .viz._io import public_mode
+from ..viz._io import public_mode
 
-__all__ = ["PRESETS", "DemoConfig", "add_arguments", "main", "run", "run_demo"]
+__all__ = ["PRESETS", "DemoConfig", "add_arguments", "add_parser", "run", "run_demo"]
 
 MODEL_KINDS = ("cnn", "se", "cbam", "stn")
 DATASETS = ("plain", "rts")
@@ -437,8 +435,9 @@ def run_demo(cfg: DemoConfig, *, log=print) -> dict[str, Any]:
             {
                 "data": _ds_title(r["data"]), "model": r["model"],
                 "test accuracy": f"{r['test_accuracy']:.1%}", "parameters": r["params"],
-                "MFLOPs / image": r["mflops"], "train images/s": r["train_images_per_s"],
-                "inference images/s": r["inference_images_per_s"],
+                "MFLOPs / image": f"{r['mflops']:.2f}",
+                "train images/s": f"{r['train_images_per_s']:,.0f}",
+                "inference images/s": f"{r['inference_images_per_s']:,.0f}",
                 "attention share of inference time": f"{r['attention_time_share']:.0%}",
             }
             for r in rows
@@ -531,17 +530,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m visattn.demo [options]``: the same as ``visattn demo``."""
-    parser = argparse.ArgumentParser(prog="visattn demo", description=__doc__.split("\n")[0])
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``visattn demo`` (see ``visattn.cli``)."""
+    from ..cli import HelpFormatter
+
+    parser = subparsers.add_parser(
+        "demo",
+        help="train and compare CNN, SE, CBAM and ST-CNN on bundled data; write a report",
+        description=__doc__,
+        formatter_class=HelpFormatter,
+    )
     add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
-        print(f"visattn demo: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return parser

@@ -11,7 +11,8 @@ to its input size (see ``visattn.viz.images``) and normalised with the training 
 
 ``status`` is ``ok`` or ``error`` (with the reason in ``error``); unreadable or corrupt files are
 also reported on stderr and skipped, the others processed. Exit code: 0 when every file was
-classified, 1 when at least one failed, 2 for a bad command (no checkpoint, bad options).
+classified, 1 when at least one failed or the command could not run (an unreadable checkpoint:
+one line on stderr, no CSV written), 2 for a command-line syntax error.
 
 ``--overlay DIR`` saves one PNG per image showing the model's attention: for a model with a
 spatial transformer its sampling grid and output (Jaderberg et al., arXiv:1506.02025); with CBAM
@@ -33,14 +34,14 @@ from typing import Any
 
 import torch
 
-from .engine import load_model
-from .viz._io import atomic_write
-from .viz.capture import capture
-from .viz.figures import plot_overlay, plot_stn
-from .viz.gradcam import grad_cam
-from .viz.images import load_images
+from ..engine import load_model
+from ..viz._io import atomic_write
+from ..viz.capture import capture
+from ..viz.figures import plot_overlay, plot_stn
+from ..viz.gradcam import grad_cam
+from ..viz.images import load_images
 
-__all__ = ["COLUMNS", "add_arguments", "main", "normalise", "predict_files", "run"]
+__all__ = ["COLUMNS", "add_arguments", "add_parser", "normalise", "predict_files", "run"]
 
 COLUMNS = ("file", "status", "class_index", "class_name", "probability", "top3", "error")
 
@@ -146,17 +147,15 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m visattn.predict ...``: the same as ``visattn predict``."""
-    parser = argparse.ArgumentParser(prog="visattn predict", description=__doc__.split("\n")[0])
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``visattn predict`` (see ``visattn.cli``)."""
+    from ..cli import HelpFormatter
+
+    parser = subparsers.add_parser(
+        "predict",
+        help="classify image files with a trained model; write a CSV",
+        description=__doc__,
+        formatter_class=HelpFormatter,
+    )
     add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except (ValueError, TypeError, OSError) as exc:
-        print(f"visattn predict: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return parser
