@@ -147,6 +147,14 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+DESCRIPTION = """Classify image files (PNG, JPEG, ...; any size) with a trained model and write a CSV
+(file,status,class_index,class_name,probability,top3,error). Unreadable files are reported in the
+CSV and on stderr and skipped. Exit status 0 if every file was classified, 1 otherwise.
+
+example:
+  visattn predict --checkpoint runs/demo/models/rts-st-cnn-affine a.png b.jpg --overlay overlays/"""
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``visattn predict`` (see ``visattn.cli``)."""
     from ..cli import HelpFormatter
@@ -154,7 +162,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "predict",
         help="classify image files with a trained model; write a CSV",
-        description=__doc__,
+        description=DESCRIPTION,
         formatter_class=HelpFormatter,
     )
     add_arguments(parser)

@@ -174,6 +174,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+DESCRIPTION = """Draw the attention figures that apply to a trained model (spatial-transformer grids,
+CBAM maps, SE excitation per class, Grad-CAM, confusion matrix, hardest examples) and a report.html.
+
+examples:
+  visattn viz --checkpoint runs/demo/models/rts-cnn-cbam --dataset fashion-mnist-small --out viz/
+  visattn viz --checkpoint runs/my-run --images a.png b.png --out viz/"""
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``visattn viz`` (see ``visattn.cli``)."""
     from ..cli import HelpFormatter
@@ -181,7 +189,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "viz",
         help="draw the attention figures and a report for a trained model",
-        description=__doc__,
+        description=DESCRIPTION,
         formatter_class=HelpFormatter,
     )
     add_arguments(parser)
