@@ -240,14 +240,15 @@ def _figures(
     classes: list[str], cfg: DemoConfig,
 ) -> list[Figure]:  # fmt: skip
     figs: list[Figure] = []
+    curves: list[Figure] = []  # shown after the attention figures
     for ds in cfg.datasets:
         hist = {label: r["history"] for (d, label), r in runs.items() if d == ds}
         if hist:
             name = f"curves_{ds}.png"
             plot_training_curves(hist, out / name, title=f"Training curves, {_ds_title(ds)}")
-            figs.append(Figure(name, f"Training curves: {_ds_title(ds)}",
-                               "Loss and accuracy per epoch; solid lines on the training images, "
-                               "dashed lines on the held-out test images."))  # fmt: skip
+            curves.append(Figure(name, f"Training curves: {_ds_title(ds)}",
+                                 "Loss and accuracy per epoch; solid lines on the training "
+                                 "images, dashed lines on held-out validation images."))  # fmt: skip
     ds = "rts" if "rts" in cfg.datasets else cfg.datasets[0]
     test = tests[ds]
     idx = _pick(test.labels, cfg.figure_images)
@@ -295,6 +296,7 @@ def _figures(
                            "Where each model looks for its prediction (Grad-CAM on the last "
                            "convolution stage), on the same test images; green: correct, "
                            "red: wrong."))  # fmt: skip
+    figs += curves
     best = max((r for (d, _), r in runs.items() if d == ds), key=lambda r: r["test_acc"])
     probs = best["logits"].softmax(1)
     plot_confusion_matrix(test.labels, probs.argmax(1), out / "confusion.png",

@@ -29,6 +29,7 @@ from pathlib import Path
 import matplotlib
 import matplotlib.cm
 import matplotlib.colors
+import matplotlib.patches
 import matplotlib.ticker
 import numpy as np
 import torch
@@ -251,12 +252,18 @@ def plot_stn(
                 color="tab:red" if edge else "yellow",
                 lw=1.6 if edge else 0.6,
             )
-        ax.set_xlim(-0.5, w - 0.5)
-        ax.set_ylim(h - 0.5, -0.5)
+        # Show the whole frame, also where it reaches outside the input (zero padding there).
+        x0, x1 = min(-0.5, float(g[..., 0].min())), max(w - 0.5, float(g[..., 0].max()))
+        y0, y1 = min(-0.5, float(g[..., 1].min())), max(h - 0.5, float(g[..., 1].max()))
+        pad = 0.02 * max(x1 - x0, y1 - y0)
+        ax.set_xlim(x0 - pad, x1 + pad)
+        ax.set_ylim(y1 + pad, y0 - pad)
+        ax.add_patch(matplotlib.patches.Rectangle((-0.5, -0.5), w, h, fill=False, lw=0.8,
+                                                  ls=":", ec="white"))  # fmt: skip
         if names is not None and j < names.numel():
             axes[0, j].set_title(_names(class_names, int(names.max()) + 1)[names[j]], fontsize=8)
     axes[0, 0].set_ylabel("distorted input U")
-    axes[1, 0].set_ylabel("sampling grid\n(red: border)")
+    axes[1, 0].set_ylabel("sampling grid on U\n(red: output border)")
     axes[2, 0].set_ylabel("transformer output V")
     fig.suptitle(title)
     return _save(fig, path)
