@@ -52,3 +52,8 @@ def test_demo_bad_options_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "models" in err and "xyz" in err
     assert not (tmp_path / "d").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("precious")
+    assert main(["demo", "--preset", "tiny", "--out", str(tmp_path / "mine")]) == 1
+    assert "not empty" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"

@@ -359,6 +359,7 @@ def run_demo(cfg: DemoConfig, *, log=print) -> dict[str, Any]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
+    _check_out(out)
     started = time.perf_counter()
     classes = load_dataset(cfg.dataset, "test").classes
     log(f"visattn demo: {cfg.train_size or 'all'} training / {cfg.test_size or 'all'} test "
@@ -478,6 +479,21 @@ def run_demo(cfg: DemoConfig, *, log=print) -> dict[str, Any]:
     log("")
     log(f"report: {out / 'report.html'}  ({elapsed:.0f} s)")
     return metrics
+
+
+def _check_out(out: Path) -> None:
+    """Refuse to replace anything but an empty folder or an earlier demo report."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ValueError(f"--out: expected a directory, got the file {out}")
+    if any(out.iterdir()) and not (
+        (out / "report.html").is_file() and (out / "metrics.json").is_file()
+    ):
+        raise ValueError(
+            f"--out: {out} is not empty and holds no earlier demo report (report.html and "
+            "metrics.json); choose another folder"
+        )
 
 
 def _slug(label: str) -> str:
