@@ -315,7 +315,7 @@ def _figures(
 
 
 def _ds_title(ds: str) -> str:
-    return "plain 28x28" if ds == "plain" else "RTS-distorted 42x42"
+    return "plain 28x28" if ds == "plain" else "RTS 42x42"
 
 
 # -- orchestration -------------------------------------------------------------------------

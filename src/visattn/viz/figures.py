@@ -134,6 +134,7 @@ def plot_training_curves(
     fig, axes = _subplots(1, 2, figsize=(11, 4.2))
     colours = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     drawn = [0, 0]
+    xs_all: set[float] = set()
     xlabel = "epoch"
     for i, (model, records) in enumerate(histories.items()):
         records = [r for r in records if isinstance(r, Mapping)]
@@ -149,6 +150,7 @@ def plot_training_curves(
             if not pts:
                 continue
             xs, ys = zip(*sorted(pts), strict=True)
+            xs_all.update(xs)
             style = "-" if key.startswith("train") else "--"
             axes[panel].plot(
                 xs,
@@ -162,7 +164,10 @@ def plot_training_curves(
             drawn[panel] += 1
     for ax, what, n in zip(axes, ("loss", "accuracy"), drawn, strict=True):
         ax.set_xlabel(xlabel)
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        if 0 < len(xs_all) <= 12:
+            ax.set_xticks(sorted(xs_all))
+        else:
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_ylabel(what)
         ax.set_title(f"{what} (solid: training, dashed: validation)")
         ax.grid(alpha=0.3)

@@ -33,6 +33,7 @@ h2 { font-size: 1.2em; margin: 6px 0 10px 0; }
 table { border-collapse: collapse; font-size: 0.92em; margin: 6px 0; }
 th, td { border: 1px solid #d3d8e0; padding: 4px 10px; text-align: left; }
 th { background: #eef1f6; }
+td { white-space: nowrap; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.best td { font-weight: 600; }
 figure { margin: 8px 0 14px 0; }
