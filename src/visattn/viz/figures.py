@@ -487,6 +487,12 @@ def plot_confusion_matrix(
     return _save(fig, path)
 
 
+def _p(value: torch.Tensor | float) -> str:
+    """A probability for a title: 0.86, or 3e-04 when it would round to 0.00."""
+    v = float(value)
+    return f"{v:.2f}" if v >= 0.005 or v == 0 else f"{v:.0e}"
+
+
 def plot_hardest_examples(
     images: torch.Tensor,
     targets: torch.Tensor | Sequence[int],
@@ -540,8 +546,8 @@ def plot_hardest_examples(
         ax.axis("on")
         _show(ax, images[i])
         ax.set_title(
-            f"true: {names[t[i]]} (p={p_true[i]:.2f})\npred: {names[pred[i]]} "
-            f"(p={probs[i, pred[i]]:.2f})",
+            f"true: {names[t[i]]} (p={_p(p_true[i])})\npred: {names[pred[i]]} "
+            f"(p={_p(probs[i, pred[i]])})",
             fontsize=7,
         )
     fig.suptitle(title)
