@@ -282,8 +282,11 @@ def _figures(
                            title=f"SE excitation per class, {_ds_title(se_ds)}")  # fmt: skip
         figs.append(Figure("se_excitation.png", "Squeeze-and-Excitation: excitation per class",
                            "Mean gate value s_c of every channel, per class, for each SE layer "
-                           "(shallow left, deep right). As in the SE paper, early layers weigh "
-                           "channels alike for all classes; deeper ones become class-specific."))  # fmt: skip
+                           "(shallow left, deep right); below, each class's difference from the "
+                           "mean over all classes. The SE paper finds early layers weigh channels "
+                           "alike for all classes and deep ones class-specifically; in this "
+                           "shallow two-layer net the differences stay small (see the scale of "
+                           "the lower row)."))  # fmt: skip
     cams, preds = {}, {}
     for label in ("CNN", "CNN+SE", "CNN+CBAM"):
         if (ds, label) in runs:

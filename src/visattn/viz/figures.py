@@ -338,7 +338,10 @@ def plot_se_excitation(
     max_classes: int = 10,
     title: str = "SE excitation per class at increasing depth",
 ) -> Path:
-    """Mean excitation s_c per channel, one line per class, one panel per depth (SE paper Fig. 6).
+    """Mean excitation s_c per channel, one line per class, one column per depth (SE paper Fig. 6).
+
+    Top row: the class means; bottom row: each class mean minus the mean over all classes, on one
+    scale for every depth, which shows how class-specific each depth is.
 
     Args:
         gates: layer name -> s (N, C), in network order (shallow first).
@@ -354,9 +357,12 @@ def plot_se_excitation(
         names = [names[i] for i in idx]
     classes = sorted(set(labels.tolist()))[:max_classes]
     cls_names = _names(class_names, max(classes) + 1 if classes else 1)
-    fig, axes = _subplots(1, len(names), figsize=(3.6 * len(names) + 1.6, 3.4), squeeze=False)
+    fig, axes = _subplots(
+        2, len(names), figsize=(3.6 * len(names) + 1.6, 6.2), squeeze=False, sharex="col"
+    )
     cmap = matplotlib.colormaps["tab10"]
-    for ax, name in zip(axes[0], names, strict=True):
+    spread = 0.0
+    for col, name in enumerate(names):
         s = gates[name].detach().float().cpu()
         s = s.reshape(s.shape[0], -1)
         if s.shape[0] != labels.numel():
@@ -365,20 +371,30 @@ def plot_se_excitation(
                 f"{tuple(s.shape)}"
             )
         ch = np.arange(s.shape[1])
+        mean_all = s.mean(0)
+        top, bottom = axes[0, col], axes[1, col]
         for i, c in enumerate(classes):
-            ax.plot(
-                ch, s[labels == c].mean(0).numpy(), lw=1, color=cmap(i % 10), label=cls_names[c]
-            )
-        ax.plot(ch, s.mean(0).numpy(), lw=1.8, color="black", ls="--", label="all classes")
-        ax.set_title(f"{name} ({s.shape[1]} channels)", fontsize=9)
-        ax.set_xlabel("channel index")
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        ax.set_ylim(-0.02, 1.02 if float(s.max()) <= 1 else None)
-        ax.grid(alpha=0.3)
-    axes[0, 0].set_ylabel("mean excitation $s_c$")
+            per_class = s[labels == c].mean(0)
+            top.plot(ch, per_class.numpy(), lw=1, color=cmap(i % 10), label=cls_names[c])
+            diff = (per_class - mean_all).numpy()
+            bottom.plot(ch, diff, lw=1, color=cmap(i % 10))
+            spread = max(spread, float(np.abs(diff).max()))
+        top.plot(ch, mean_all.numpy(), lw=1.8, color="black", ls="--", label="all classes")
+        bottom.axhline(0, color="black", lw=1.2, ls="--")
+        top.set_title(f"{name} ({s.shape[1]} channels)", fontsize=9)
+        bottom.set_xlabel("channel index")
+        bottom.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        top.set_ylim(-0.02, 1.02 if float(s.max()) <= 1 else None)
+        top.grid(alpha=0.3)
+        bottom.grid(alpha=0.3)
+    lim = 1.1 * spread if spread > 0 else 0.05
+    for ax in axes[1]:
+        ax.set_ylim(-lim, lim)  # one scale for every depth, so their spread compares
+    axes[0, 0].set_ylabel("mean excitation $s_c$ per class")
+    axes[1, 0].set_ylabel("class mean minus\nmean over all classes")
     handles, leg = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, leg, loc="outside right center", fontsize=7, title="class")
-    fig.suptitle(title + " (similar across classes early, class-specific late)")
+    fig.suptitle(title)
     return _save(fig, path)
 
 
