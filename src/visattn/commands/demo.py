@@ -264,9 +264,10 @@ def _figures(
                  title=f"{label} on {_ds_title(ds)}: input, sampling grid, output")  # fmt: skip
         figs.append(Figure(fname, f"Spatial transformer: {label}",
                            "Top: distorted test images. Middle: where the transformer samples "
-                           "(the red frame is the border of its output). Bottom: the "
-                           "transformer's output, which the classifier sees: rotation, scale "
-                           "and position are largely undone."))  # fmt: skip
+                           "(red: the border of its output; dotted white: the input's edge). "
+                           "Bottom: the transformer's output, which the classifier sees: the "
+                           "object is moved to the centre and rescaled; rotation is undone "
+                           "only in part."))  # fmt: skip
     if (ds, "CNN+CBAM") in runs:
         maps = capture(runs[ds, "CNN+CBAM"]["model"].eval(), x)
         plot_spatial_attention(x, maps.spatial, out / "cbam_spatial.png",

@@ -230,37 +230,31 @@ def plot_stn(
     names = None if labels is None else _long(labels, "labels")
     h, w = inputs.shape[-2:]
     fig, axes = _subplots(3, n, figsize=(max(_PANEL * n, 4.5), 3 * _PANEL + 0.8), squeeze=False)
+    frames = [_grid_to_pixels(grids[j], h, w, align_corners) for j in range(n)]
+    # One view for the whole row: the input and every frame, also where a frame reaches outside
+    # the input (zero padding there), so panels keep one size and scale.
+    x0 = min(-0.5, *(float(g[..., 0].min()) for g in frames))
+    x1 = max(w - 0.5, *(float(g[..., 0].max()) for g in frames))
+    y0 = min(-0.5, *(float(g[..., 1].min()) for g in frames))
+    y1 = max(h - 0.5, *(float(g[..., 1].max()) for g in frames))
+    pad = 0.02 * max(x1 - x0, y1 - y0)
     for j in range(n):
         _show(axes[0, j], inputs[j])
         _show(axes[1, j], inputs[j])
         _show(axes[2, j], outputs[j])
-        g = _grid_to_pixels(grids[j], h, w, align_corners)
+        g = frames[j]
         ho, wo = g.shape[:2]
         rows = np.unique(np.linspace(0, ho - 1, lines).round().astype(int))
         cols = np.unique(np.linspace(0, wo - 1, lines).round().astype(int))
         ax = axes[1, j]
         for r in rows:
             edge = r in (0, ho - 1)
-            ax.plot(
-                g[r, :, 0],
-                g[r, :, 1],
-                "-",
-                color="tab:red" if edge else "yellow",
-                lw=1.6 if edge else 0.6,
-            )
+            ax.plot(g[r, :, 0], g[r, :, 1], "-", color="tab:red" if edge else "yellow",
+                    lw=1.6 if edge else 0.6)  # fmt: skip
         for c in cols:
             edge = c in (0, wo - 1)
-            ax.plot(
-                g[:, c, 0],
-                g[:, c, 1],
-                "-",
-                color="tab:red" if edge else "yellow",
-                lw=1.6 if edge else 0.6,
-            )
-        # Show the whole frame, also where it reaches outside the input (zero padding there).
-        x0, x1 = min(-0.5, float(g[..., 0].min())), max(w - 0.5, float(g[..., 0].max()))
-        y0, y1 = min(-0.5, float(g[..., 1].min())), max(h - 0.5, float(g[..., 1].max()))
-        pad = 0.02 * max(x1 - x0, y1 - y0)
+            ax.plot(g[:, c, 0], g[:, c, 1], "-", color="tab:red" if edge else "yellow",
+                    lw=1.6 if edge else 0.6)  # fmt: skip
         ax.set_xlim(x0 - pad, x1 + pad)
         ax.set_ylim(y1 + pad, y0 - pad)
         ax.add_patch(matplotlib.patches.Rectangle((-0.5, -0.5), w, h, fill=False, lw=0.8,

@@ -34,7 +34,7 @@ table { border-collapse: collapse; font-size: 0.92em; margin: 6px 0; }
 th, td { border: 1px solid #d3d8e0; padding: 4px 10px; text-align: left; }
 th { background: #eef1f6; }
 td { white-space: nowrap; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.best td { font-weight: 600; }
 figure { margin: 8px 0 14px 0; }
 figure img { max-width: 100%; height: auto; border: 1px solid #e2e5ea; }
@@ -76,7 +76,12 @@ def _table(rows: Sequence[Mapping[str, object]]) -> str:
     cols: list[str] = []
     for r in rows:
         cols += [k for k in r if k not in cols]
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    head = "".join(
+        f'<th class="num">{html.escape(c)}</th>'
+        if rows and all(_numeric(r.get(c)) for r in rows)
+        else f"<th>{html.escape(c)}</th>"
+        for c in cols
+    )
     body = "".join(
         "<tr>"
         + "".join(
