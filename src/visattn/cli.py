@@ -203,8 +203,16 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
     suffix = path.suffix.lower()
     try:
         if suffix == ".toml":
-            import tomllib
-
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10
+                try:
+                    import tomli as tomllib
+                except ImportError:
+                    raise ValueError(
+                        "--config: TOML files need Python 3.11+ or `pip install tomli`; "
+                        "or use a YAML file"
+                    ) from None
             data = tomllib.loads(raw.decode("utf-8"))
         elif suffix in (".yaml", ".yml"):
             import yaml

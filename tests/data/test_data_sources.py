@@ -34,13 +34,17 @@ from visattn.data.sources import BUNDLED_DIR, DEBIAN_DIR
 REQUIRED = ["train-images-idx3-ubyte.gz"]
 
 
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
 @pytest.fixture
 def server(tmp_path):
     """(folder served, base URL) of a local HTTP server."""
     folder = tmp_path / "served"
     folder.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
-    handler.log_message = lambda *a, **k: None
+    handler = functools.partial(_QuietHandler, directory=str(folder))
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
     thread.start()
@@ -151,3 +155,27 @@ def test_download_fashion_mnist_official_digests(tmp_path, server, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     test = load_dataset("fashion-mnist", "test", data_root=tmp_path)
     assert test.images.shape == (10000, 1, 28, 28)
+
+
+def test_archive_extraction_refuses_escaping_members(tmp_path):
+    import io
+    import tarfile
+
+    from visattn.data.sources import _safe_extract
+
+    def make(name, members):
+        path = tmp_path / name
+        with tarfile.open(path, "w:gz") as tar:
+            for member in members:
+                info = tarfile.TarInfo(member)
+                info.size = 3
+                tar.addfile(info, io.BytesIO(b"abc"))
+        return path
+
+    good = make("good.tar.gz", ["cifar-10-batches-py/test_batch"])
+    _safe_extract(good, tmp_path / "out")
+    assert (tmp_path / "out" / "cifar-10-batches-py" / "test_batch").read_bytes() == b"abc"
+    evil = make("evil.tar.gz", ["../escaped"])
+    with pytest.raises(DownloadError, match="refusing archive member"):
+        _safe_extract(evil, tmp_path / "out2")
+    assert not (tmp_path / "escaped").exists()

@@ -200,7 +200,10 @@ def _safe_extract(archive: Path, dest: Path) -> None:
                 member.isfile() or member.isdir()
             ):
                 raise DownloadError(f"{archive.name}: refusing archive member {member.name!r}")
-        tar.extractall(dest, filter="data")
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(dest, filter="data")
+        else:  # Python < 3.10.12 / 3.11.4: members were checked above
+            tar.extractall(dest)
 
 
 def download_files(

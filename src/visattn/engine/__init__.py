@@ -8,7 +8,7 @@ Tests: ``tests/engine/``.
 
 from .checkpoint import CheckpointError, atomic_write_bytes, read_safetensors, write_safetensors
 from .options import TrainOptions, lr_at, validate_options
-from .pipeline import Pipeline, channel_stats, derive_seed, epoch_permutation
+from .pipeline import Pipeline, channel_stats, derive_seed, epoch_permutation, preprocess
 from .trainer import (
     TEST_DISTORTION_SEED,
     build_model,
@@ -36,6 +36,7 @@ __all__ = [
     "latest_checkpoint",
     "load_model",
     "lr_at",
+    "preprocess",
     "read_safetensors",
     "train",
     "validate_options",

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from ..data.datasets import ImageSet
 from ..data.distortions import Distorter
 
-__all__ = ["Pipeline", "channel_stats", "derive_seed", "epoch_permutation"]
+__all__ = ["Pipeline", "channel_stats", "derive_seed", "epoch_permutation", "preprocess"]
 
 
 def derive_seed(*values: int | str) -> int:
@@ -103,3 +103,45 @@ class Pipeline:
             x = x.contiguous(memory_format=torch.channels_last)
         y = self.data.labels[indices].to(self.device, non_blocking=True)
         return x, y
+
+
+def preprocess(
+    images: torch.Tensor, info: dict, *, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """Turn user images into the inputs a trained model expects (for predict / demo / viz).
+
+    Args:
+        images: (N, C, H, W) or (C, H, W), uint8 in [0, 255] or float in [0, 1].
+        info: the ``info`` dict of ``visattn.engine.load_model`` (``in_chans``, ``input_size``,
+            ``mean``, ``std``).
+
+    Returns:
+        float32 (N, in_chans, S, S) on ``device``: channels matched (RGB -> grey as the mean of
+        the channels, grey -> RGB by repetition), resized to S = ``input_size`` (bilinear,
+        antialiased) when the size differs, and normalised with the training statistics.
+    """
+    if not isinstance(images, torch.Tensor) or images.dim() not in (3, 4):
+        raise ValueError(
+            f"images: expected a tensor (N, C, H, W) or (C, H, W), got {type(images).__name__} "
+            f"of shape {tuple(getattr(images, 'shape', ()))}"
+        )
+    x = images if images.dim() == 4 else images.unsqueeze(0)
+    if device is not None:
+        x = x.to(device)
+    x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+    want, have = int(info["in_chans"]), x.shape[1]
+    if have != want:
+        if want == 1:
+            x = x.mean(dim=1, keepdim=True)
+        elif have == 1:
+            x = x.expand(-1, want, -1, -1)
+        else:
+            raise ValueError(f"images: expected 1 or {want} channels, got {have}")
+    size = int(info["input_size"])
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(
+            x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
+    mean = torch.tensor(info["mean"], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(info["std"], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - mean) / std

@@ -27,6 +27,7 @@ Tests: ``tests/engine/test_engine_trainer.py``, ``tests/engine/test_engine_resum
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -380,9 +381,9 @@ def _prepare_run(opts: TrainOptions, explicit: set[str]) -> tuple[TrainOptions, 
                 f"{', '.join('--' + n.replace('_', '-') for n in RESUMABLE_OVERRIDES)} may change)"
             )
     merged.update(resume=True, out=str(out))
+    # killed before its first checkpoint: the run starts again from step 0 with its options,
+    # which gives the same result as a run never interrupted
     ckpt = latest_checkpoint(out / "checkpoints")
-    if ckpt is None:
-        raise ValueError(f"--resume: no checkpoint in {out / 'checkpoints'}")
     return validate_options(TrainOptions.from_dict(merged)), out, ckpt
 
 
@@ -392,6 +393,12 @@ def train(opts: TrainOptions, *, explicit: set[str] | None = None) -> dict[str, 
     ``explicit`` names the options the user set (used by ``--resume`` to detect conflicts).
     """
     validate_options(opts)
+    # absolute data paths, so that `visattn eval` finds the data from any working directory
+    if opts.dataset.startswith("folder:"):
+        folder = Path(opts.dataset[len("folder:") :]).expanduser().resolve()
+        opts = dataclasses.replace(opts, dataset=f"folder:{folder}")
+    if opts.data_root:
+        opts = dataclasses.replace(opts, data_root=str(Path(opts.data_root).expanduser().resolve()))
     opts, out, ckpt_path = _prepare_run(opts, explicit or set())
     resume_state: dict[str, Any] | None = None
     resume_tensors: dict[str, torch.Tensor] = {}
@@ -403,7 +410,6 @@ def train(opts: TrainOptions, *, explicit: set[str] | None = None) -> dict[str, 
     created_out = False
     try:
         device = _resolve_device(opts.device, info)
-        return_value = None
         train_set, val_set, test_set = _load_data(opts)
         if opts.batch_size % info.world_size:
             raise ValueError(
@@ -647,8 +653,9 @@ def train(opts: TrainOptions, *, explicit: set[str] | None = None) -> dict[str, 
                             f"{name}: checkpoint saved at step {counters['global_step']} in "
                             f"{out / 'checkpoints'}; continue with --resume --out {out}",
                         )
-                        return_value = {"interrupted": signum, "out": str(out)}
-                        return return_value
+                        return {"interrupted": signum, "out": str(out)}
+                if show_bar:
+                    bar.refresh()  # the final postfix, also for epochs shorter than mininterval
                 bar.close()
                 epoch_time = time.perf_counter() - epoch_start
                 g_loss, g_correct, g_count = vdist.all_reduce_sum(
@@ -657,7 +664,7 @@ def train(opts: TrainOptions, *, explicit: set[str] | None = None) -> dict[str, 
                 record: dict[str, Any] = {
                     "epoch": epoch + 1,
                     "step": counters["global_step"],
-                    "lr": lr_at(opts.schedule, opts.lr, counters["global_step"], total_steps),
+                    "lr": lr_at(opts.schedule, opts.lr, counters["global_step"] - 1, total_steps),
                     "train_loss": g_loss / max(g_count, 1),
                     "train_accuracy": g_correct / max(g_count, 1),
                     "train_images_per_s": seen * info.world_size / epoch_time if seen else None,
@@ -665,7 +672,7 @@ def train(opts: TrainOptions, *, explicit: set[str] | None = None) -> dict[str, 
                 }
                 if val_pipe is not None:
                     v = evaluate(
-                        run_model, val_pipe, batch_size=local_batch, info=info, amp_dtype=amp_dtype
+                        model, val_pipe, batch_size=local_batch, info=info, amp_dtype=amp_dtype
                     )
                     record.update(val_loss=v["loss"], val_accuracy=v["accuracy"])
                 record["time_s"] = epoch_time
@@ -687,8 +694,10 @@ def train(opts: TrainOptions, *, explicit: set[str] | None = None) -> dict[str, 
                     ),
                 )
 
+        # the unwrapped model: DDP's forward would broadcast buffers, a collective that hangs when
+        # the processes' shards have different numbers of batches
         test = evaluate(
-            run_model, test_pipe, batch_size=max(local_batch, 256), info=info, amp_dtype=amp_dtype
+            model, test_pipe, batch_size=max(local_batch, 256), info=info, amp_dtype=amp_dtype
         )
         rates = [r["train_images_per_s"] for r in history if r.get("train_images_per_s")]
         data_rates = [r["data_images_per_s"] for r in history if r.get("data_images_per_s")]
