@@ -35,16 +35,16 @@ def _pretrained_like(model: nn.Module) -> nn.Module:
 
 def _vgg_sequential() -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
+        nn.Conv2d(3, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
         nn.ReLU(),
         nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1),
+        nn.Conv2d(32, 32, 3, padding=1),
         nn.ReLU(),
-        nn.Conv2d(16, 16, 3, padding=1),
+        nn.Conv2d(32, 48, 3, padding=1),
         nn.ReLU(),
         nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1),
+        nn.Conv2d(48, 64, 3, padding=1),
         nn.ReLU(),
     )
 
@@ -60,9 +60,16 @@ FAMILIES: dict[str, tuple[Callable[[], nn.Module], int, int]] = {
 }
 
 
-@pytest.mark.parametrize("kind", ["se", "cbam"])
-@pytest.mark.parametrize("family", list(FAMILIES))
-@pytest.mark.parametrize("train", [False, True])
+CASES = [(f, k, False) for f in FAMILIES for k in ("se", "cbam")] + [
+    # Train mode (BatchNorm on batch statistics) on the four families, both kinds covered.
+    ("torchvision_resnet18", "cbam", True),
+    ("timm_resnet18", "se", True),
+    ("visattn_resnet18", "cbam", True),
+    ("vgg_sequential", "se", True),
+]
+
+
+@pytest.mark.parametrize(("family", "kind", "train"), CASES)
 def test_output_preserved_and_gradients(family: str, kind: str, train: bool) -> None:
     make, size, expected = FAMILIES[family]
     torch.manual_seed(torch.initial_seed() % 2**31)
@@ -75,7 +82,9 @@ def test_output_preserved_and_gradients(family: str, kind: str, train: bool) -> 
     old_grads = {n: p.grad.clone() for n, p in reference.named_parameters()}
     old_names = set(model.state_dict())
 
-    out = add_attention(model, kind, reduction=4)
+    # >= 16 hidden units per MLP: a ReLU unit that is off for the whole batch gets no gradient
+    # (in any SE network); with 16 units "all off" is improbable enough for a test.
+    out = add_attention(model, kind, reduction=2)
     assert out is model
     report = model.visattn_report
     assert len(report) == expected
@@ -98,7 +107,7 @@ def test_output_preserved_and_gradients(family: str, kind: str, train: bool) -> 
     # comparison is made in eval mode).
     for name, g in old_grads.items() if not train else ():
         torch.testing.assert_close(
-            dict(model.named_parameters())[name].grad, g, atol=1e-5, rtol=1e-4
+            dict(model.named_parameters())[name].grad, g, atol=1e-4, rtol=1e-3
         )
     for ins in report.insertions:
         assert isinstance(model.get_submodule(ins.path), PreservedAttention)
@@ -182,6 +191,12 @@ def test_unsupported_models() -> None:
 
     with pytest.raises(ValueError, match=r"does not understand the module body\.2 of type .*Odd"):
         add_attention(Wrapper(), "se")
+    # Convolutions in blocks it does not know (inverted residuals), even inside Sequentials.
+    mobilenet = torchvision.models.mobilenet_v2()
+    names = set(mobilenet.state_dict())
+    with pytest.raises(ValueError, match=r"features\.1 of type .*InvertedResidual"):
+        add_attention(mobilenet, "se")
+    assert set(mobilenet.state_dict()) == names
 
 
 def test_errors_leave_model_untouched() -> None:
@@ -200,3 +215,14 @@ def test_errors_leave_model_untouched() -> None:
         add_attention(_vgg_sequential(), "se", placement="identity")
     add_attention(model, "cbam", stages=(1, 2, 3))  # the free stages are fine
     assert isinstance(model.layer1[0].se, PreservedAttention)
+    # Sequentials: a second call, or a cnn built with attention, has occupied stages.
+    seq = add_attention(_vgg_sequential(), "se", stages=(1,))
+    names = set(seq.state_dict())
+    with pytest.raises(ValueError, match=r"stage 1 of the model .* already has an attention"):
+        add_attention(seq, "cbam")
+    assert set(seq.state_dict()) == names
+    add_attention(seq, "cbam", stages=(2, 3))
+    assert [i.stage for i in seq.visattn_report.insertions] == [2, 3]
+    cnn = create_model("cnn", attention="se", attention_kw={"reduction": 4})
+    with pytest.raises(ValueError, match=r"stage 2 of features .* already has an attention"):
+        add_attention(cnn, "cbam", stages=(2,))

@@ -84,6 +84,11 @@ def test_default_num_classes_and_channels() -> None:
     st = vm.create_model("stcnn")
     assert st.in_chans == 1 and st.input_size == (28, 28)
     assert vm.create_model("resnet18", in_chans=1).conv1.in_channels == 1
+    # A uniform interface: every model accepts input_size (the ResNets work at any size).
+    for name in ("resnet18", "resnet20_cifar", "stcnn"):
+        vm.create_model(name, input_size=32)
+    with pytest.raises(TypeError, match="input_size"):
+        vm.create_model("resnet18", input_size="big")
 
 
 def test_register_model() -> None:

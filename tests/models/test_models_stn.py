@@ -70,7 +70,7 @@ def test_general_channels_and_sizes() -> None:
     model = create_model("stfcn", num_classes=5, in_chans=3, input_size=(24, 36))
     assert model(torch.randn(1, 3, 24, 36)).shape == (1, 5)
     model = create_model("stcnn", in_chans=3, input_size=60, st_output_size=30)
-    assert model.classifier[-1].in_features == 32 * 7 * 7
+    assert model.classifier[-1].in_features == 64 * 7 * 7
     assert model(torch.randn(1, 3, 60, 60).contiguous(memory_format=torch.channels_last)).shape == (
         1,
         10,

@@ -1,4 +1,6 @@
-"""Model zoo (ResNets with attention, the Spatial Transformer paper's networks) and tools.
+"""Model zoo and tools: ResNets (He et al., arXiv:1512.03385) with Squeeze-and-Excitation
+(Hu et al., arXiv:1709.01507) or CBAM (Woo et al., arXiv:1807.06521), the Spatial Transformer
+paper's networks (Jaderberg et al., arXiv:1506.02025), ``add_attention`` and ``summary``.
 
 See docs/models.md. Tests: ``tests/models/``.
 """

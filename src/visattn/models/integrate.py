@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from .._checks import check_choice
+from ..layers import CBAM, ChannelAttention, SpatialAttention, SqueezeExcite
 from ..layers.registry import create_attention
 from .resnet import PLACEMENTS, BasicBlock, Bottleneck, _Block
 
@@ -88,6 +89,9 @@ class PreservedAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + (self.attention(x) - self.reference(x))
+
+
+_ATTENTION_TYPES = (SqueezeExcite, CBAM, ChannelAttention, SpatialAttention, PreservedAttention)
 
 
 @dataclass(frozen=True)
@@ -250,6 +254,13 @@ def _wrap(first: nn.Module, first_name: str, second: nn.Module, second_name: str
     return nn.Sequential(OrderedDict([(first_name, first), (second_name, second)]))
 
 
+def _holds_attention(module: nn.Module) -> bool:
+    """An attention layer, or the wrapper that add_attention put into a Sequential."""
+    return isinstance(module, _ATTENTION_TYPES) or (
+        isinstance(module, nn.Sequential) and "se" in module._modules
+    )
+
+
 def _has_conv(module: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in module.modules())
 
@@ -267,16 +278,28 @@ def _plan_sequential(
     pending = False
     stage = 0
     last_conv: nn.Module | None = None
-    plan: list[tuple[str, int, int, int]] = []  # ("stage", end index, stage, channels)
+    occupied = False  # an attention module already sits in the current stage
+    plan: list[tuple[bool, int, int, int]] = []  # (occupied, end index, stage, channels)
+
+    def end_stage(idx: int) -> None:
+        nonlocal stage, pending, occupied
+        if pending:
+            stage += 1
+            plan.append((occupied, idx, stage, channels))
+        pending = occupied = False
+
     for idx, (child_name, child) in enumerate(children):
         if isinstance(child, nn.Conv2d):
             channels, pending, last_conv = child.out_channels, True, child
             continue
-        if isinstance(child, _POOLS) or isinstance(child, _HEAD):
-            if pending:
-                stage += 1
-                plan.append(("stage", idx, stage, channels))
-                pending = False
+        if _holds_attention(child):
+            occupied = True
+            inner = child._modules.get("layer") if isinstance(child, nn.Sequential) else None
+            if isinstance(inner, (*_POOLS, *_HEAD)):
+                end_stage(idx)
+            continue
+        if isinstance(child, (*_POOLS, *_HEAD)):
+            end_stage(idx)
             if isinstance(child, _HEAD):
                 break
             continue
@@ -293,15 +316,19 @@ def _plan_sequential(
             )
         # BatchNorm, activations, dropout, ...: part of the current stage.
     else:
-        if pending:
-            stage += 1
-            plan.append(("stage", len(children), stage, channels))
+        end_stage(len(children))
     # Apply from the back so indices stay valid; existing names never change.
     prefix = f"{seq_name}." if seq_name else ""
     out = []
-    for _, idx, st, ch in reversed(plan):
+    for occupied, idx, st, ch in reversed(plan):
         if stages is not None and st not in stages:
             continue
+        if occupied:
+            raise ValueError(
+                f"model: stage {st} of {seq_name or 'the model'} ({_qualname(type(seq))}) already "
+                "has an attention module; add_attention only fills stages without one (choose "
+                "other stages=)"
+            )
         att = build(ch, last_conv if last_conv is not None else seq)
         if idx < len(children) and _no_params(children[idx][1]):
             name, nxt = children[idx]
@@ -420,6 +447,19 @@ def add_attention(
                 "torchvision / timm / visattn residual blocks (BasicBlock, Bottleneck) and "
                 "convolutions inside nn.Sequential containers (VGG style)"
             )
+        for name, _ in seqs:
+            # Convolutions inside an unknown block (an inverted residual, a dense block, ...)
+            # are not a plain sequential CNN: refuse rather than guess.
+            parts = name.split(".")
+            for k in range(1, len(parts)):
+                ancestor = model.get_submodule(".".join(parts[:k]))
+                if not isinstance(ancestor, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
+                    raise ValueError(
+                        f"model: add_attention does not understand the module "
+                        f"{'.'.join(parts[:k])} of type {_qualname(type(ancestor))} (it "
+                        "contains convolutions but is not a supported residual block, "
+                        "nn.Sequential of layers or Conv2d)"
+                    )
         plan = []
         for name, seq in seqs:
             plan += _plan_sequential(name, seq, build, stages)

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._checks import check_choice, check_int
+from .._checks import check_choice, check_int, check_pair
 from ..layers.registry import create_attention
 
 __all__ = [
@@ -324,7 +324,12 @@ class ResNet(nn.Module):
             )
         f = {"device": device, "dtype": dtype}
         self.num_classes = num_classes
-        self.attention = attention
+        # A name only (a factory may be a lambda, which would make the model unpicklable).
+        self.attention = (
+            attention
+            if attention is None or isinstance(attention, str)
+            else getattr(attention, "__name__", type(attention).__name__)
+        )
         self.placement = placement
         self.attention_stages = attention_stages
         self.inplanes = widths[0]
@@ -428,9 +433,16 @@ def imagenet_resnet(
     in_chans: int = 3,
     attention: AttentionSpec = None,
     attention_kw: dict[str, Any] | None = None,
+    input_size: int | tuple[int, int] | None = None,
     **kw: Any,
 ) -> ResNet:
-    """ImageNet ResNet-``depth`` (18, 34, 50, 101 or 152), torchvision / timm parameter names."""
+    """ImageNet ResNet-``depth`` (18, 34, 50, 101 or 152), torchvision / timm parameter names.
+
+    ``input_size`` is accepted (and checked) for a uniform ``create_model`` interface; the
+    network works at any size (global average pooling).
+    """
+    if input_size is not None:
+        check_pair(input_size, "input_size")
     if depth not in _IMAGENET_DEPTHS:
         raise ValueError(f"depth: expected one of {sorted(_IMAGENET_DEPTHS)}, got {depth!r}")
     block, layers = _IMAGENET_DEPTHS[depth]
@@ -453,6 +465,7 @@ def cifar_resnet(
     in_chans: int = 3,
     attention: AttentionSpec = None,
     attention_kw: dict[str, Any] | None = None,
+    input_size: int | tuple[int, int] | None = None,
     **kw: Any,
 ) -> ResNet:
     """CIFAR ResNet-``depth`` (depth = 6n + 2): three stages of n basic blocks, 16/32/64 channels.
@@ -460,6 +473,8 @@ def cifar_resnet(
     3 x 3 convolution stem without pooling, option-A shortcuts by default (``shortcut="B"`` for
     projections), global average pooling and ``fc``. ResNet-110 has 1.73M parameters.
     """
+    if input_size is not None:
+        check_pair(input_size, "input_size")  # accepted for a uniform interface; any size works
     check_int(depth, "depth", minimum=8)
     if (depth - 2) % 6:
         raise ValueError(f"depth: expected 6n + 2 (20, 32, 44, 56, 110, ...), got {depth}")

@@ -5,9 +5,9 @@ Appendix A. Our reading of the architecture (widths are keyword options):
 
 - ``fcn``: Flatten -> FC(hidden) -> ReLU -> FC(hidden) -> ReLU -> FC(num_classes); three weight
   layers, ``hidden=128``.
-- ``cnn``: conv 9 x 9 (32) -> ReLU -> max-pool 2 -> conv 7 x 7 (32) -> ReLU -> max-pool 2 ->
+- ``cnn``: conv 9 x 9 (32) -> ReLU -> max-pool 2 -> conv 7 x 7 (64) -> ReLU -> max-pool 2 ->
   FC(num_classes): two max-pooling layers and three weight layers. Convolutions are padded
-  ("same"), so every input size works: 28 x 28 -> 7 x 7 x 32 features, 42 -> 10 x 10,
+  ("same"), so every input size works: 28 x 28 -> 7 x 7 x 64 features, 42 -> 10 x 10,
   60 -> 15 x 15.
 - ``stfcn`` / ``stcnn``: one or more spatial transformers on the input, then ``fcn`` / ``cnn``.
   The localisation net of ``stfcn`` is fully connected (FC 32 -> ReLU -> FC 32 -> ReLU ->
@@ -115,7 +115,7 @@ class STNClassifier(nn.Module):
         st_output_size: int | tuple[int, int] | None = None,
         localisation: str | None = None,
         hidden: int = 128,
-        channels: Sequence[int] = (32, 32),
+        channels: Sequence[int] = (32, 64),
         kernel_sizes: Sequence[int] = (9, 7),
         attention: AttentionSpec = None,
         attention_kw: dict[str, Any] | None = None,
