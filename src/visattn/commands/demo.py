@@ -25,7 +25,8 @@ bundled subset, wider nets, more epochs). Every value of a preset can be overrid
 Every model is trained by ``visattn.engine.train`` (AdamW, cosine schedule, the same seed, data
 order and distortions for all models). Measurements: FLOPs are counted by the engine with
 ``torch.utils.flop_counter`` for one image (2 per multiply-add; convolutions and matrix products
-only); training images/s is the engine's rate of the last epoch (input pipeline included).
+only); training images/s is the median over epochs of the engine's per-epoch rate (input
+pipeline included).
 Inference images/s is measured here in eval mode without autograd on the prepared test set. The attention share is the time inside the attention
 modules (forward hooks around each outermost ``SqueezeExcite`` / ``CBAM`` / ``SpatialTransformer``)
 divided by the model's forward time, in a separate inference pass.
@@ -408,7 +409,7 @@ def run_demo(cfg: DemoConfig, *, log=print) -> dict[str, Any]:
                     "test_accuracy": acc,
                     "params": int(final["params"]),
                     "mflops": (final["flops_per_image"] or 0) / 1e6,
-                    "train_images_per_s": float(final["train_images_per_s"] or 0),
+                    "train_images_per_s": _median_rate(history, final),
                     "inference_images_per_s": infer_ips,
                     "attention_time_share": share,
                     "train_seconds": float(final["elapsed_s"]),
@@ -483,6 +484,15 @@ def run_demo(cfg: DemoConfig, *, log=print) -> dict[str, Any]:
     log("")
     log(f"report: {out / 'report.html'}  ({elapsed:.0f} s)")
     return metrics
+
+
+def _median_rate(history: list[dict[str, Any]], final: dict[str, Any]) -> float:
+    """Median training images/s over the epochs (robust to one slow epoch on a busy machine)."""
+    rates = sorted(float(r["train_images_per_s"]) for r in history if r.get("train_images_per_s"))
+    if not rates:
+        return float(final.get("train_images_per_s") or 0.0)
+    mid = len(rates) // 2
+    return rates[mid] if len(rates) % 2 else (rates[mid - 1] + rates[mid]) / 2
 
 
 def _check_out(out: Path) -> None:
