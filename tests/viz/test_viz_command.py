@@ -29,6 +29,8 @@ def test_viz_dataset(make_run, tmp_path, name, kw, expected):
     assert base | expected <= files
     html = (out / "report.html").read_text()
     assert all(f in html for f in (base | expected) - {"report.html"})
+    # behind a transformer, Grad-CAM is drawn over what the convolutions see
+    assert ("spatial transformer&#x27;s output" in html) == rts
 
 
 def test_viz_images_and_errors(make_run, tmp_path, capsys):

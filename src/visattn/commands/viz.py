@@ -110,10 +110,19 @@ def visualise(
         figs.append(Figure("se_excitation.png", "SE excitation per class",
                            "Mean gate value per channel and class, shallow to deep layers."))  # fmt: skip
     cam, logits = grad_cam(model, x)
-    plot_gradcam(x, {"model": cam}, out / "gradcam.png", labels=y,
-                 preds={"model": logits.argmax(1)}, class_names=class_names)  # fmt: skip
+    # Behind a spatial transformer the last convolution stage sees the transformer's output, so
+    # the map is drawn over that output (same size as the map's frame), not over the input.
+    base, column, where = x, "model", "over the input"
+    if maps.stn_output:
+        last = list(maps.stn_output)[-1]
+        v = maps.stn_output[last]
+        if v.shape[1] in (1, 3):
+            base, column, where = v, "model (on ST output)", "over the spatial transformer's output"
+    plot_gradcam(base, {column: cam}, out / "gradcam.png", labels=y,
+                 preds={column: logits.argmax(1)}, class_names=class_names)  # fmt: skip
     figs.append(Figure("gradcam.png", "Grad-CAM of the predicted class",
-                       "Where the model looks for its prediction (last convolution stage)."))  # fmt: skip
+                       f"Where the model looks for its prediction (last convolution stage), "
+                       f"drawn {where}."))  # fmt: skip
     rows = []
     if labels is not None:
         with torch.no_grad():
