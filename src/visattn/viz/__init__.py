@@ -1,0 +1,42 @@
+"""Visualise attention: capture hooks, Grad-CAM, figures and the HTML report.
+
+- :func:`capture` / :class:`AttentionRecorder`: raw SE gates, CBAM maps, STN theta and grids.
+- :func:`grad_cam`: Grad-CAM maps (arXiv:1610.02391).
+- ``plot_*``: matplotlib figures written as PNG files.
+- :func:`write_report`: a self-contained ``report.html`` over those figures.
+
+Tests: ``tests/viz/``.
+"""
+
+from .capture import AttentionMaps, AttentionRecorder, attention_layers, capture
+from .figures import (
+    plot_confusion_matrix,
+    plot_gradcam,
+    plot_hardest_examples,
+    plot_overlay,
+    plot_se_excitation,
+    plot_spatial_attention,
+    plot_stn,
+    plot_training_curves,
+)
+from .gradcam import find_target_layer, grad_cam
+from .report import Figure, write_report
+
+__all__ = [
+    "AttentionMaps",
+    "AttentionRecorder",
+    "Figure",
+    "attention_layers",
+    "capture",
+    "find_target_layer",
+    "grad_cam",
+    "plot_confusion_matrix",
+    "plot_gradcam",
+    "plot_hardest_examples",
+    "plot_overlay",
+    "plot_se_excitation",
+    "plot_spatial_attention",
+    "plot_stn",
+    "plot_training_curves",
+    "write_report",
+]

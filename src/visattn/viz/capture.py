@@ -1,0 +1,252 @@
+"""Capture the attention of SE, CBAM and Spatial Transformer layers through forward hooks.
+
+What is recorded, per layer (keyed by the layer's qualified name in ``model.named_modules()``):
+
+- ``SqueezeExcite`` (Hu et al., arXiv:1709.01507, eq. 3): the excitation s = gate(W_2 ReLU(W_1 z)),
+  shape (N, C). Observed as the output of the layer's ``fc2`` (W_2 ...) passed through its gate.
+- CBAM ``ChannelAttention`` (Woo et al., arXiv:1807.06521, eq. 2): M_c = sigma(sum_p MLP(pool_p F)),
+  shape (N, C). Observed as the sum of the ``fc2`` outputs of one call (one per pool), then sigma.
+- CBAM ``SpatialAttention`` (eq. 3): M_s = sigma(f^{k x k}([...])), shape (N, 1, H, W). Observed as
+  the output of the layer's ``bn`` (BatchNorm or Identity, after the convolution), then sigma.
+- ``SpatialTransformer`` (Jaderberg et al., arXiv:1506.02025, §3.2): theta (N, P) and the sampling
+  grid (N, H_out, W_out, 2) in normalised [-1, 1] (x, y) coordinates: input and output of the
+  layer's ``grid_generator``; also the layer's input U and output V, to draw them.
+
+If a fast implementation of a layer bypasses the observed sub-module, a hook on the layer itself
+recomputes the value from the layer's input (``excitation`` / ``attention``), so capture never
+silently misses a layer. No global state: all hooks are removed when the recorder closes.
+
+Tests: ``tests/viz/test_viz_capture.py``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._checks import check_tensor
+from ..functional.attention import gate as apply_gate
+from ..layers import ChannelAttention, SpatialAttention, SpatialTransformer, SqueezeExcite
+
+__all__ = ["AttentionMaps", "AttentionRecorder", "attention_layers", "capture"]
+
+
+@dataclass
+class AttentionMaps:
+    """Raw attention tensors of one or more forward passes (detached, on the CPU, float32).
+
+    Attributes:
+        output: the model's output for the captured inputs (e.g. logits (N, K)), or ``None``.
+        se: SE layer name -> excitation s, (N, C).
+        channel: CBAM channel-attention name -> M_c, (N, C).
+        spatial: CBAM spatial-attention name -> M_s, (N, 1, H, W).
+        theta: spatial-transformer name -> theta, (N, P).
+        grid: spatial-transformer name -> sampling grid, (N, H_out, W_out, 2), (x, y) in [-1, 1].
+        stn_input: spatial-transformer name -> its input U, (N, C, H, W).
+        stn_output: spatial-transformer name -> its output V, (N, C, H_out, W_out).
+    """
+
+    output: torch.Tensor | None = None
+    se: dict[str, torch.Tensor] = field(default_factory=dict)
+    channel: dict[str, torch.Tensor] = field(default_factory=dict)
+    spatial: dict[str, torch.Tensor] = field(default_factory=dict)
+    theta: dict[str, torch.Tensor] = field(default_factory=dict)
+    grid: dict[str, torch.Tensor] = field(default_factory=dict)
+    stn_input: dict[str, torch.Tensor] = field(default_factory=dict)
+    stn_output: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def is_empty(self) -> bool:
+        """True when the model has no SE, CBAM or spatial-transformer layer."""
+        return not (self.se or self.channel or self.spatial or self.theta)
+
+
+def attention_layers(model: nn.Module) -> dict[str, str]:
+    """Name -> kind (``"se"``, ``"channel"``, ``"spatial"``, ``"stn"``) of the attention layers."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    kinds: dict[str, str] = {}
+    for name, m in model.named_modules():
+        if isinstance(m, SqueezeExcite):
+            kinds[name] = "se"
+        elif isinstance(m, ChannelAttention):
+            kinds[name] = "channel"
+        elif isinstance(m, SpatialAttention):
+            kinds[name] = "spatial"
+        elif isinstance(m, SpatialTransformer):
+            kinds[name] = "stn"
+    return kinds
+
+
+def _cpu(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().float().cpu()
+
+
+class AttentionRecorder:
+    """Context manager that records attention tensors of every forward pass of ``model``.
+
+    >>> with AttentionRecorder(model) as rec:
+    ...     model(x1); model(x2)
+    >>> rec.maps().se["layer1.0.se"].shape   # (N1 + N2, C)
+
+    Batches are concatenated along N. The hooks are removed on exit (or by :meth:`close`).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.kinds = attention_layers(model)
+        self._store: dict[str, dict[str, list[torch.Tensor]]] = {
+            k: defaultdict(list)
+            for k in ("se", "channel", "spatial", "theta", "grid", "stn_input", "stn_output")
+        }
+        self._handles: list[Any] = []
+
+    # -- hook installation -------------------------------------------------------------
+    def __enter__(self) -> AttentionRecorder:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def open(self) -> None:
+        """Install the hooks (idempotent)."""
+        if self._handles:
+            return
+        modules = dict(self.model.named_modules())
+        for name, kind in self.kinds.items():
+            layer = modules[name]
+            if kind == "se":
+                self._hook_gate(name, layer, "se", _se_value(layer))
+            elif kind == "channel":
+                self._hook_gate(name, layer, "channel", _channel_value(layer))
+            elif kind == "spatial":
+                self._hook_spatial(name, layer)
+            else:
+                self._hook_stn(name, layer)
+
+    def close(self) -> None:
+        """Remove every hook."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def _guard(self, name: str, layer: nn.Module, store: str, recompute: Callable) -> None:
+        """Layer-level fallback: if the sub-module hook saw nothing during a call, recompute."""
+        count = {"before": 0}
+        records = self._store[store][name]
+
+        def pre(_m: nn.Module, _args: tuple) -> None:
+            count["before"] = len(records)
+
+        def post(_m: nn.Module, args: tuple, _out: Any) -> None:
+            if len(records) == count["before"] and args and isinstance(args[0], torch.Tensor):
+                with torch.no_grad():
+                    value = _cpu(recompute(args[0]))
+                del records[count["before"] :]  # what sub-module hooks saw while recomputing
+                records.append(value)
+
+        self._handles.append(layer.register_forward_pre_hook(pre))
+        self._handles.append(layer.register_forward_hook(post))
+
+    def _hook_gate(self, name: str, layer: nn.Module, store: str, finish: _GateValue) -> None:
+        records = self._store[store][name]
+        partial: list[torch.Tensor] = []
+
+        def on_fc2(_m: nn.Module, _args: tuple, out: torch.Tensor) -> None:
+            partial.append(out.detach())
+            if len(partial) == finish.calls:
+                logits = partial[0] if len(partial) == 1 else torch.stack(partial).sum(0)
+                partial.clear()
+                records.append(_cpu(finish(logits)).flatten(1))
+
+        self._handles.append(layer.fc2.register_forward_hook(on_fc2))
+        recompute = layer.excitation if store == "se" else layer.attention
+        self._guard(name, layer, store, lambda x: recompute(x).flatten(1))
+
+    def _hook_spatial(self, name: str, layer: SpatialAttention) -> None:
+        records = self._store["spatial"][name]
+
+        def on_bn(_m: nn.Module, _args: tuple, out: torch.Tensor) -> None:
+            records.append(_cpu(torch.sigmoid(out.detach())))
+
+        self._handles.append(layer.bn.register_forward_hook(on_bn))
+        self._guard(name, layer, "spatial", layer.attention)
+
+    def _hook_stn(self, name: str, layer: SpatialTransformer) -> None:
+        thetas = self._store["theta"][name]
+        grids = self._store["grid"][name]
+
+        def on_grid(_m: nn.Module, args: tuple, out: torch.Tensor) -> None:
+            thetas.append(_cpu(args[0]))
+            grids.append(_cpu(out))
+
+        self._handles.append(layer.grid_generator.register_forward_hook(on_grid))
+        inputs, outputs = self._store["stn_input"][name], self._store["stn_output"][name]
+
+        def on_layer(_m: nn.Module, args: tuple, out: torch.Tensor) -> None:
+            inputs.append(_cpu(args[0]))
+            outputs.append(_cpu(out))
+
+        self._handles.append(layer.register_forward_hook(on_layer))
+
+    # -- results -----------------------------------------------------------------------
+    def maps(self, output: torch.Tensor | None = None) -> AttentionMaps:
+        """Everything recorded so far, batches concatenated along N."""
+        res = AttentionMaps(output=None if output is None else _cpu(output))
+        for store, per_layer in self._store.items():
+            target = getattr(res, store)
+            for name, items in per_layer.items():
+                if items:
+                    target[name] = torch.cat(items, 0)
+        return res
+
+    def clear(self) -> None:
+        """Forget what was recorded (hooks stay installed)."""
+        for per_layer in self._store.values():
+            for items in per_layer.values():
+                items.clear()
+
+
+class _GateValue:
+    """Turns the summed ``fc2`` output(s) of one call into the gate value."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], calls: int) -> None:
+        self.fn = fn
+        self.calls = calls
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        return self.fn(logits)
+
+
+def _se_value(layer: SqueezeExcite) -> _GateValue:
+    return _GateValue(lambda t: apply_gate(layer.gate, t), 1)
+
+
+def _channel_value(layer: ChannelAttention) -> _GateValue:
+    return _GateValue(torch.sigmoid, len(layer.pool))
+
+
+def capture(model: nn.Module, x: torch.Tensor, *, grad: bool = False) -> AttentionMaps:
+    """Run ``model(x)`` once and return its attention tensors per layer (see :class:`AttentionMaps`).
+
+    Args:
+        model: any module containing visattn ``SqueezeExcite``, ``CBAM`` (its ``ChannelAttention``
+            / ``SpatialAttention``) or ``SpatialTransformer`` layers; its mode (train / eval) is
+            left as it is, so call ``model.eval()`` first for inference statistics.
+        x: input batch (N, C, H, W).
+        grad: run with autograd enabled (default: under ``torch.no_grad()``).
+
+    Returns:
+        :class:`AttentionMaps` with ``output`` = ``model(x)`` and one tensor per attention layer.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    check_tensor(x, "x", ndim=4, layout="(N, C, H, W)")
+    with AttentionRecorder(model) as rec, torch.set_grad_enabled(grad):
+        out = model(x)
+    return rec.maps(out if isinstance(out, torch.Tensor) else None)

@@ -1,0 +1,115 @@
+"""Tests of visattn.viz.capture: hooks return exactly the SE / CBAM / STN tensors of eq. 2-3."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from visattn.layers import CBAM, SpatialTransformer, SqueezeExcite
+from visattn.viz import AttentionRecorder, attention_layers, capture
+
+
+def _rand_input(n: int, size: int = 12) -> torch.Tensor:
+    return torch.randn(n, 1, size, size)
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_se_gates_match_excitation(tiny_net, n):
+    model = tiny_net("se").eval()
+    x = _rand_input(n)
+    maps = capture(model, x)
+    assert set(maps.se) == {"attn1", "attn2"}
+    h = torch.relu(model.conv1(x))
+    torch.testing.assert_close(maps.se["attn1"], model.attn1.excitation(h).flatten(1))
+    assert maps.se["attn2"].shape == (n, 16)
+    torch.testing.assert_close(maps.output, model(x))
+    assert not maps.channel and not maps.spatial and not maps.theta
+
+
+@pytest.mark.parametrize("order", ["channel_first", "spatial_first", "parallel"])
+def test_cbam_maps_match_attention(order):
+    layer = CBAM(8, reduction=2, kernel_size=3, order=order, norm=True).eval()
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), layer)
+    x = torch.randn(2, 3, 9, 7)
+    maps = capture(model, x)
+    f = model[0](x)
+    if order == "channel_first":
+        mc = layer.channel.attention(f)
+        ms = layer.spatial.attention(f * mc)
+    elif order == "spatial_first":
+        ms = layer.spatial.attention(f)
+        mc = layer.channel.attention(f * ms)
+    else:
+        mc, ms = layer.channel.attention(f), layer.spatial.attention(f)
+    torch.testing.assert_close(maps.channel["1.channel"], mc.flatten(1))
+    torch.testing.assert_close(maps.spatial["1.spatial"], ms)
+    assert maps.spatial["1.spatial"].shape == (2, 1, 9, 7)
+
+
+def test_stn_theta_and_grid(tiny_net):
+    model = tiny_net("stn").eval()
+    with torch.no_grad():
+        model.stn.localisation[-1].bias.add_(0.1 * torch.randn(6))
+    x = _rand_input(2)
+    maps = capture(model, x)
+    torch.testing.assert_close(maps.theta["stn"], model.stn.localisation(x))
+    torch.testing.assert_close(maps.grid["stn"], model.stn.grid_generator(maps.theta["stn"]))
+    assert maps.grid["stn"].shape == (2, 12, 12, 2)
+    torch.testing.assert_close(maps.stn_input["stn"], x)
+    torch.testing.assert_close(maps.stn_output["stn"], model.stn(x))
+
+
+def test_recorder_concatenates_and_removes_hooks(tiny_net):
+    model = tiny_net("cbam").eval()
+    before = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    with AttentionRecorder(model) as rec, torch.no_grad():
+        model(_rand_input(2))
+        model(_rand_input(3).contiguous(memory_format=torch.channels_last))
+    after = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+    assert before == after == 0
+    maps = rec.maps()
+    assert maps.channel["attn2.channel"].shape == (5, 16)
+    assert maps.spatial["attn1.spatial"].shape == (5, 1, 12, 12)
+    rec.clear()
+    assert rec.maps().is_empty()
+
+
+def test_fallback_when_submodule_is_bypassed():
+    """A fused forward that never calls fc2 is still captured (recomputed from the input)."""
+
+    class FusedSE(SqueezeExcite):
+        def forward(self, x):
+            z = x.mean((2, 3), keepdim=True)
+            w1, w2 = self.fc1.weight, self.fc2.weight
+            s = torch.sigmoid(
+                nn.functional.conv2d(
+                    torch.relu(nn.functional.conv2d(z, w1, self.fc1.bias)), w2, self.fc2.bias
+                )
+            )
+            return x * s
+
+    layer = FusedSE(6, reduction=2)
+    x = torch.randn(2, 6, 5, 5)
+    maps = capture(layer, x)
+    torch.testing.assert_close(maps.se[""], layer.excitation(x).flatten(1))
+
+
+def test_plain_model_and_errors(tiny_net):
+    model = tiny_net(None)
+    assert attention_layers(model) == {}
+    assert capture(model, _rand_input(1)).is_empty()
+    with pytest.raises(TypeError, match="model"):
+        capture(lambda t: t, _rand_input(1))
+    with pytest.raises(ValueError, match="x: expected a 4-D"):
+        capture(model, torch.randn(1, 12, 12))
+
+
+def test_grad_mode_and_training_mode_untouched(tiny_net):
+    model = tiny_net("se").train()
+    x = _rand_input(2)
+    maps = capture(model, x, grad=True)
+    assert model.training
+    assert not maps.se["attn1"].requires_grad
+    assert attention_layers(model) == {"attn1": "se", "attn2": "se"}
+    assert isinstance(model.attn1, SqueezeExcite) and not isinstance(model.stn, SpatialTransformer)
