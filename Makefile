@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup test lint format clean
+.PHONY: setup demo test lint format clean
 
 # Create the virtual environment and install visattn with its test dependencies.
 $(STAMP): pyproject.toml constraints.txt
@@ -14,6 +14,11 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $@
 
 setup: $(STAMP)
+
+# Set everything up, then run the main job: train and compare plain / SE / CBAM / ST CNNs on the
+# bundled Fashion-MNIST subset and write runs/demo/report.html. DEMO_ARGS=--quick for ~2 minutes.
+demo: $(STAMP)
+	$(BIN)/visattn demo $(DEMO_ARGS)
 
 # Set everything up, then run lint and the whole test suite.
 test: $(STAMP)
