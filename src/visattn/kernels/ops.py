@@ -1,0 +1,356 @@
+"""``torch.library`` custom operators of the fused SE / CBAM blocks (namespace ``visattn::``).
+
+SE (Hu et al., arXiv:1709.01507): y = x * s,  s = gate(W_2 ReLU(W_1 z) + b_2),  z = pool_p(x).
+CBAM (Woo et al., arXiv:1807.06521, channel first): a = M_c = sigma(sum_k MLP(z_k)),
+b = M_s = sigma(conv([mean_c(a x); max_c(a x)])),  y = x * a * b.
+
+Hand-derived backward (sums over p run over the H W positions, over c over the channels)::
+
+    SE:    ds_c = sum_p dy x                     dx = s_c dy + dz_c / (H W)          (avg)
+                                                 dx = s_c dy + [x == z_c] dz_c / n_c   (max)
+    CBAM:  db_p = sum_c dy a_c x,  dP = conv^T(db b (1 - b)),  g_p = dP_avg / C,
+           h_p = dP_max / m_p,     da_c = sum_p x (dy b_p + g_p + [a_c x == Pmax_p] h_p)
+           dx = a_c (dy b_p + g_p + [a_c x == Pmax_p] h_p) + dz_avg,c / (H W) + [x == zmax_c] dz_max,c / n_c
+
+where n_c (m_p) counts the positions (channels) that reach the maximum: like ``torch.amax``, tied
+maxima share the gradient equally. The MLP / gate / convolution parts are (N, C) or (N, H, W)
+sized and use PyTorch ops; every full-size pass is one kernel of :mod:`visattn.kernels.cpu`
+(``impl="c"``) or :mod:`visattn.kernels.triton_kernels` (``impl="triton"``): 4 passes forward for
+CBAM, 6 backward; 3 + 4 for SE. Only x (the block input) is saved for backward.
+
+Extra outputs (s / a, b, the pooled statistics) are internal, marked non-differentiable.
+Double backward is not supported. Tests: ``tests/kernels/test_kernels_se_cbam.py`` (opcheck,
+reference comparisons, torch.compile).
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["cbam", "cbam_backward", "squeeze_excite", "squeeze_excite_backward"]
+
+SE_GATES = ("sigmoid", "hard_sigmoid", "tanh", "relu")
+
+
+def _kernels(impl: str) -> ModuleType:
+    if impl == "c":
+        from . import cpu
+
+        return cpu
+    if impl == "triton":
+        from . import triton_kernels
+
+        return triton_kernels
+    raise ValueError(f"impl: expected 'c' or 'triton', got {impl!r}")
+
+
+def _mat(w: Tensor) -> Tensor:
+    return w.reshape(w.shape[0], -1).float()
+
+
+def _hidden(z: Tensor, w1: Tensor, b1: Tensor | None) -> Tensor:
+    h = z @ _mat(w1).t()
+    if b1 is not None:
+        h = h + b1.float()
+    return torch.relu(h)
+
+
+def _out(h: Tensor, w2: Tensor, b2: Tensor | None) -> Tensor:
+    o = h @ _mat(w2).t()
+    if b2 is not None:
+        o = o + b2.float()
+    return o
+
+
+def _gate(name: str, l: Tensor) -> Tensor:
+    if name == "sigmoid":
+        return torch.sigmoid(l)
+    if name == "hard_sigmoid":
+        return F.hardsigmoid(l)
+    if name == "tanh":
+        return torch.tanh(l)
+    if name == "relu":
+        return torch.relu(l)
+    raise ValueError(f"gate: expected one of {SE_GATES}, got {name!r}")
+
+
+def _gate_grad(name: str, l: Tensor, s: Tensor, ds: Tensor) -> Tensor:
+    if name == "sigmoid":
+        return ds * s * (1 - s)
+    if name == "hard_sigmoid":
+        return ds * ((l > -3) & (l < 3)).float() / 6
+    if name == "tanh":
+        return ds * (1 - s * s)
+    return ds * (l > 0).float()
+
+
+def _cast_like(g: Tensor, ref: Tensor) -> Tensor:
+    return g.reshape(ref.shape).to(ref.dtype)
+
+
+def _empty_grad(ref: Tensor | None, like: Tensor) -> Tensor:
+    return like.new_empty(0) if ref is None else torch.empty_like(ref)
+
+
+# ----------------------------------------------------------------------------- SE
+
+
+@torch.library.custom_op("visattn::squeeze_excite", mutates_args=())
+def squeeze_excite(
+    x: Tensor,
+    w1: Tensor,
+    b1: Tensor | None,
+    w2: Tensor,
+    b2: Tensor | None,
+    squeeze: str,
+    gate: str,
+    impl: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Fused SE forward: returns (y, s, z) with s, z float32 (N, C)."""
+    k = _kernels(impl)
+    total, peak = k.stats_c(x)
+    z = total / (x.shape[2] * x.shape[3]) if squeeze == "avg" else peak
+    s = _gate(gate, _out(_hidden(z, w1, b1), w2, b2))
+    return k.apply(x, s), s, z
+
+
+@squeeze_excite.register_fake
+def _(x, w1, b1, w2, b2, squeeze, gate, impl):
+    n, c = x.shape[:2]
+    vec = x.new_empty(n, c, dtype=torch.float32)
+    return torch.empty_like(x), vec, torch.empty_like(vec)
+
+
+@torch.library.custom_op("visattn::squeeze_excite_backward", mutates_args=())
+def squeeze_excite_backward(
+    dy: Tensor,
+    x: Tensor,
+    s: Tensor,
+    z: Tensor,
+    w1: Tensor,
+    b1: Tensor | None,
+    w2: Tensor,
+    b2: Tensor | None,
+    squeeze: str,
+    gate: str,
+    impl: str,
+    need_dx: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients (dx, dw1, db1, dw2, db2) of the fused SE; empty tensors for absent ones."""
+    k = _kernels(impl)
+    is_max = squeeze == "max"
+    q, _, count, _ = k.bwd_reduce(dy, x, s, None, z if is_max else None, None)
+    h = _hidden(z, w1, b1)
+    dl = _gate_grad(gate, _out(h, w2, b2), s, q)
+    dw2 = dl.t() @ h
+    dh = (dl @ _mat(w2)) * (h > 0).float()
+    dw1 = dh.t() @ z
+    dz = dh @ _mat(w1)
+    if need_dx:
+        if is_max:
+            dx = k.bwd_apply(dy, x, s, None, None, None, None, torch.zeros_like(dz), dz / count, z)
+        else:
+            dx = k.bwd_apply(dy, x, s, None, None, None, None, dz / (x.shape[2] * x.shape[3]),
+                             None, None)  # fmt: skip
+    else:
+        dx = x.new_empty(0)
+    db1 = dh.sum(0).to(b1.dtype) if b1 is not None else x.new_empty(0)
+    db2 = dl.sum(0).to(b2.dtype) if b2 is not None else x.new_empty(0)
+    return dx, _cast_like(dw1, w1), db1, _cast_like(dw2, w2), db2
+
+
+@squeeze_excite_backward.register_fake
+def _(dy, x, s, z, w1, b1, w2, b2, squeeze, gate, impl, need_dx):
+    dx = torch.empty_like(x) if need_dx else x.new_empty(0)
+    return dx, torch.empty_like(w1), _empty_grad(b1, x), torch.empty_like(w2), _empty_grad(b2, x)
+
+
+def _se_setup(ctx, inputs, output):
+    x, w1, b1, w2, b2, squeeze, gate, impl = inputs
+    _, s, z = output
+    ctx.save_for_backward(x, s, z, w1, b1, w2, b2)
+    ctx.options = (squeeze, gate, impl)
+    ctx.mark_non_differentiable(s, z)
+
+
+def _se_backward(ctx, dy, _ds, _dz):
+    x, s, z, w1, b1, w2, b2 = ctx.saved_tensors
+    squeeze, gate, impl = ctx.options
+    need = ctx.needs_input_grad
+    dx, dw1, db1, dw2, db2 = torch.ops.visattn.squeeze_excite_backward(
+        dy, x, s, z, w1, b1, w2, b2, squeeze, gate, impl, bool(need[0])
+    )
+    return (
+        dx if need[0] else None,
+        dw1 if need[1] else None,
+        db1 if b1 is not None and need[2] else None,
+        dw2 if need[3] else None,
+        db2 if b2 is not None and need[4] else None,
+        None,
+        None,
+        None,
+    )
+
+
+squeeze_excite.register_autograd(_se_backward, setup_context=_se_setup)
+
+
+# ----------------------------------------------------------------------------- CBAM
+
+
+def _pool_names(use_avg: bool, use_max: bool) -> list[str]:
+    return [name for name, on in (("avg", use_avg), ("max", use_max)) if on]
+
+
+@torch.library.custom_op("visattn::cbam", mutates_args=())
+def cbam(
+    x: Tensor,
+    w1: Tensor,
+    b1: Tensor | None,
+    w2: Tensor,
+    b2: Tensor | None,
+    conv_w: Tensor,
+    conv_b: Tensor | None,
+    use_avg: bool,
+    use_max: bool,
+    impl: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Fused CBAM forward (channel first): returns (y, a, b, z, pooled).
+
+    a: M_c float32 (N, C); b: M_s float32 (N, H W); z: the channel pools float32 (K, N, C);
+    pooled: the spatial pools float32 (N, K, H, W), avg before max, K = use_avg + use_max.
+    """
+    if not (use_avg or use_max):
+        raise ValueError("pool: expected at least one of 'avg', 'max'")
+    k = _kernels(impl)
+    n, c, hh, ww = x.shape
+    total, peak = k.stats_c(x)
+    zs = ([total / (hh * ww)] if use_avg else []) + ([peak] if use_max else [])
+    z = torch.stack(zs)
+    logits = _out(_hidden(z, w1, b1), w2, b2).sum(0)
+    a = torch.sigmoid(logits)
+    psum, pmax = k.stats_p(x, a)
+    maps = ([psum / c] if use_avg else []) + ([pmax] if use_max else [])
+    pooled = torch.stack(maps, 1).reshape(n, len(maps), hh, ww)
+    cb = conv_b.float() if conv_b is not None else None
+    lg = F.conv2d(pooled, conv_w.float(), cb, padding=conv_w.shape[-1] // 2)
+    b = torch.sigmoid(lg).reshape(n, hh * ww)
+    return k.apply(x, a, b), a, b, z, pooled
+
+
+@cbam.register_fake
+def _(x, w1, b1, w2, b2, conv_w, conv_b, use_avg, use_max, impl):
+    n, c, hh, ww = x.shape
+    kk = int(use_avg) + int(use_max)
+    f32 = torch.float32
+    return (
+        torch.empty_like(x),
+        x.new_empty(n, c, dtype=f32),
+        x.new_empty(n, hh * ww, dtype=f32),
+        x.new_empty(kk, n, c, dtype=f32),
+        x.new_empty(n, kk, hh, ww, dtype=f32),
+    )
+
+
+@torch.library.custom_op("visattn::cbam_backward", mutates_args=())
+def cbam_backward(
+    dy: Tensor,
+    x: Tensor,
+    a: Tensor,
+    b: Tensor,
+    z: Tensor,
+    pooled: Tensor,
+    w1: Tensor,
+    b1: Tensor | None,
+    w2: Tensor,
+    b2: Tensor | None,
+    conv_w: Tensor,
+    conv_b: Tensor | None,
+    use_avg: bool,
+    use_max: bool,
+    impl: str,
+    need_dx: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients (dx, dw1, db1, dw2, db2, dconv_w, dconv_b) of the fused CBAM."""
+    k = _kernels(impl)
+    n, c, hh, ww = x.shape
+    p = hh * ww
+    zmax = z[-1].contiguous() if use_max else None
+    pmax = pooled[:, -1].reshape(n, p).contiguous() if use_max else None
+    q, db, zcount, pcount = k.bwd_reduce(dy, x, a, b, zmax, pmax)
+    dlg = (db * b * (1 - b)).reshape(n, 1, hh, ww)
+    pad = conv_w.shape[-1] // 2
+    dpooled, dcw, dcb = torch.ops.aten.convolution_backward(
+        dlg, pooled, conv_w.float(), [1] if conv_b is not None else None,
+        [1, 1], [pad, pad], [1, 1], False, [0, 0], 1, [True, True, conv_b is not None],
+    )  # fmt: skip
+    gavg = dpooled[:, 0].reshape(n, p) / c if use_avg else dlg.new_zeros(n, p)
+    gmax = dpooled[:, -1].reshape(n, p) / pcount if use_max else None
+    da = q + k.bwd_channel(x, a, gavg, gmax, pmax)
+    dl = da * a * (1 - a)
+    hs = _hidden(z, w1, b1)  # (K, N, hidden)
+    dw2 = torch.einsum("nc,knh->ch", dl, hs)
+    dh = (dl @ _mat(w2)).unsqueeze(0) * (hs > 0).float()
+    dw1 = torch.einsum("knh,knc->hc", dh, z)
+    dz = dh @ _mat(w1)  # (K, N, C)
+    if need_dx:
+        cavg = dz[0] / p if use_avg else torch.zeros_like(da)
+        cmax = dz[-1] / zcount if use_max else None
+        dx = k.bwd_apply(dy, x, a, b, gavg, gmax, pmax, cavg, cmax, zmax)
+    else:
+        dx = x.new_empty(0)
+    db1 = dh.sum((0, 1)).to(b1.dtype) if b1 is not None else x.new_empty(0)
+    db2 = (dl.sum(0) * z.shape[0]).to(b2.dtype) if b2 is not None else x.new_empty(0)
+    dcb_out = dcb.to(conv_b.dtype) if conv_b is not None else x.new_empty(0)
+    return dx, _cast_like(dw1, w1), db1, _cast_like(dw2, w2), db2, _cast_like(dcw, conv_w), dcb_out
+
+
+@cbam_backward.register_fake
+def _(dy, x, a, b, z, pooled, w1, b1, w2, b2, conv_w, conv_b, use_avg, use_max, impl, need_dx):
+    dx = torch.empty_like(x) if need_dx else x.new_empty(0)
+    return (
+        dx,
+        torch.empty_like(w1),
+        _empty_grad(b1, x),
+        torch.empty_like(w2),
+        _empty_grad(b2, x),
+        torch.empty_like(conv_w),
+        _empty_grad(conv_b, x),
+    )
+
+
+def _cbam_setup(ctx, inputs, output):
+    x, w1, b1, w2, b2, conv_w, conv_b, use_avg, use_max, impl = inputs
+    _, a, b, z, pooled = output
+    ctx.save_for_backward(x, a, b, z, pooled, w1, b1, w2, b2, conv_w, conv_b)
+    ctx.options = (use_avg, use_max, impl)
+    ctx.mark_non_differentiable(a, b, z, pooled)
+
+
+def _cbam_backward(ctx, dy, _da, _db, _dz, _dpooled):
+    x, a, b, z, pooled, w1, b1, w2, b2, conv_w, conv_b = ctx.saved_tensors
+    use_avg, use_max, impl = ctx.options
+    need = ctx.needs_input_grad
+    dx, dw1, db1, dw2, db2, dcw, dcb = torch.ops.visattn.cbam_backward(
+        dy, x, a, b, z, pooled, w1, b1, w2, b2, conv_w, conv_b, use_avg, use_max, impl,
+        bool(need[0]),
+    )  # fmt: skip
+    return (
+        dx if need[0] else None,
+        dw1 if need[1] else None,
+        db1 if b1 is not None and need[2] else None,
+        dw2 if need[3] else None,
+        db2 if b2 is not None and need[4] else None,
+        dcw if need[5] else None,
+        dcb if conv_b is not None and need[6] else None,
+        None,
+        None,
+        None,
+    )
+
+
+cbam.register_autograd(_cbam_backward, setup_context=_cbam_setup)
