@@ -9,8 +9,8 @@ STAMP  := $(VENV)/.installed-stamp
 # Create the virtual environment and install visattn with its test dependencies.
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -c constraints.txt torch torchvision
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install -qq -c constraints.txt torch torchvision
+	$(BIN)/python -m pip install -qq -c constraints.txt -e '.[dev]'
 	touch $@
 
 setup: $(STAMP)

@@ -1,0 +1,43 @@
+"""Tests of the attention registry (src/visattn/layers/registry.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from visattn import CBAM, SqueezeExcite, create_attention, list_attention, register_attention
+
+
+def test_list_and_create():
+    assert {"se", "cbam", "channel", "spatial"} <= set(list_attention())
+    se = create_attention("se", 64, reduction=8)
+    assert isinstance(se, SqueezeExcite) and se.fc1.out_channels == 8
+    assert isinstance(create_attention("cbam", 32), CBAM)
+    x = torch.randn(1, 32, 4, 4)
+    assert create_attention("spatial", 32, kernel_size=3)(x).shape == x.shape
+
+
+def test_unknown_name():
+    with pytest.raises(ValueError, match=r"name: expected one of .*'se'.*got 'bam'"):
+        create_attention("bam", 32)
+
+
+def test_register():
+    class Scale(nn.Module):
+        def __init__(self, channels):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(channels, 1, 1))
+
+        def forward(self, x):
+            return x * self.w
+
+    register_attention("test_scale", Scale)
+    try:
+        assert isinstance(create_attention("test_scale", 4), Scale)
+        with pytest.raises(ValueError, match=r"already registered"):
+            register_attention("test_scale", Scale)
+    finally:
+        from visattn.layers import registry
+
+        registry._REGISTRY.pop("test_scale")
