@@ -289,8 +289,9 @@ def _fast_sample(
         from ..kernels import sampler  # noqa: F401  (registers torch.ops.visattn)
 
         with torch.autocast(device_type, enabled=False):
-            out = torch.ops.visattn.bilinear_sample(input, grid, align_corners)
-        return out.to(out_dtype)
+            # The kernel computes in float32 and writes input's dtype: upcast when autocast
+            # asks for a float32 result.
+            return torch.ops.visattn.bilinear_sample(input.to(out_dtype), grid, align_corners)
     if device_type != "cpu" or backend == "triton":
         return None
     compute = torch.promote_types(torch.promote_types(input.dtype, grid.dtype), torch.float32)

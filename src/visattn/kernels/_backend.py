@@ -76,7 +76,9 @@ _FAST_DTYPES = (torch.float32, torch.bfloat16)
 def select_impl(x: torch.Tensor) -> str | None:
     """``"triton"``, ``"c"`` or ``None`` (reference) for the SE / CBAM kernels on ``x``."""
     backend = get_backend()
-    if backend == "reference" or x.dtype not in _FAST_DTYPES and x.dtype != torch.float16:
+    if backend == "reference" or torch.onnx.is_in_onnx_export():
+        return None  # ONNX has no visattn:: operators: export the plain formulas
+    if x.dtype not in (*_FAST_DTYPES, torch.float16):
         return None
     if x.device.type == "cuda":
         return "triton" if triton_available() else None

@@ -1,0 +1,233 @@
+"""Fused SE (arXiv:1709.01507) and CBAM (arXiv:1807.06521) vs the plain formulas.
+
+Every case runs the default (fast) backend and the reference backend on the same random inputs
+and compares the output and every gradient (input and parameters). Devices: CPU (C++ kernels)
+and CUDA (Triton) when present; ``test_kernels_triton.py`` reruns this file with the Triton
+interpreter on CPU (``VISATTN_TEST_FAST_BACKEND=triton``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import visattn
+from visattn.functional import cbam, cbam_reference, squeeze_excite, squeeze_excite_reference
+from visattn.kernels import get_backend, select_impl, use_backend
+
+FAST = os.environ.get("VISATTN_TEST_FAST_BACKEND", "auto")
+INTERPRETED = FAST == "triton"
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+SHAPES = [(1, 13, 5, 7), (3, 40, 9, 6)] if not INTERPRETED else [(2, 37, 5, 7)]
+TOL = {torch.float32: 2e-4, torch.bfloat16: 3e-2}
+
+
+def _fast_impl_expected(device: str) -> None:
+    with use_backend(FAST):
+        impl = select_impl(torch.empty(1, device=device))
+    if impl is None:
+        pytest.skip("no fast kernel on this machine (no compiler / no triton)")
+
+
+def _close(got: torch.Tensor, want: torch.Tensor, tol: float, what: str) -> None:
+    got, want = got.float(), want.float()
+    err = (got - want).abs().max().item()
+    scale = 1.0 + want.abs().max().item()
+    assert err <= tol * scale, f"{what}: max error {err:.3g} > {tol * scale:.3g}"
+
+
+def _run(fn, x, params, grad):
+    x = x.detach().requires_grad_(True)
+    ps = [p.detach().requires_grad_(True) if p is not None else None for p in params]
+    y = fn(x, *ps)
+    y.backward(grad)
+    return y.detach(), [x.grad] + [p.grad for p in ps if p is not None]
+
+
+def _layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def _compare(fast_fn, ref_fn, x, params, dtype):
+    """Fast path in ``dtype`` vs the reference in float32 on the same (rounded) values."""
+    grad = torch.randn(x.shape, device=x.device).to(dtype)
+    xs = x.to(dtype)
+    ps = [p.to(dtype) if p is not None else None for p in params]
+    with use_backend(FAST):
+        y1, g1 = _run(fast_fn, xs, ps, grad)
+    with use_backend("reference"):
+        y2, g2 = _run(ref_fn, xs.float(), [p.float() if p is not None else None for p in ps],
+                      grad.float())  # fmt: skip
+    assert y1.dtype == dtype and g1[0].dtype == dtype
+    assert y1.is_contiguous(memory_format=torch.channels_last) == xs.is_contiguous(
+        memory_format=torch.channels_last
+    )
+    _close(y1, y2, TOL[dtype], "output")
+    for i, (a, b) in enumerate(zip(g1, g2, strict=True)):
+        _close(a, b, TOL[dtype], f"gradient {i}")
+
+
+def _se_params(c: int, hidden: int, device: str, bias: bool = True):
+    w1 = torch.randn(hidden, c, 1, 1, device=device) / c**0.5
+    w2 = torch.randn(c, hidden, 1, 1, device=device) / hidden**0.5
+    b1 = torch.randn(hidden, device=device) if bias else None
+    b2 = torch.randn(c, device=device) if bias else None
+    return [w1, b1, w2, b2]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize(
+    "squeeze,gate,bias",
+    [("avg", "sigmoid", True), ("max", "sigmoid", True), ("avg", "hard_sigmoid", False),
+     ("max", "tanh", True), ("avg", "relu", True)],
+)  # fmt: skip
+def test_se_matches_reference(device, dtype, channels_last, shape, squeeze, gate, bias):
+    _fast_impl_expected(device)
+    n, c, h, w = shape
+    x = _layout(torch.randn(shape, device=device), channels_last)
+    params = _se_params(c, 5, device, bias)
+    kw = {"squeeze": squeeze}
+    _compare(lambda x, *p: squeeze_excite(x, *p, gate=gate, **kw),
+             lambda x, *p: squeeze_excite_reference(x, *p, gate_fn=gate, **kw), x, params, dtype)  # fmt: skip
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize(
+    "pool,kernel_size,bias",
+    [(("avg", "max"), 7, True), (("avg",), 3, True), (("max",), 7, False), (("avg", "max"), 3, False)],
+)  # fmt: skip
+def test_cbam_matches_reference(device, dtype, channels_last, shape, pool, kernel_size, bias):
+    _fast_impl_expected(device)
+    n, c, h, w = shape
+    x = _layout(torch.randn(shape, device=device), channels_last)
+    params = _se_params(c, 4, device, bias)
+    conv_w = torch.randn(1, len(pool), kernel_size, kernel_size, device=device) / kernel_size
+    conv_b = torch.randn(1, device=device) if bias else None
+    params += [conv_w, conv_b]
+    _compare(lambda x, *p: cbam(x, *p, pool=pool), lambda x, *p: cbam_reference(x, *p, pool=pool),
+             x, params, dtype)  # fmt: skip
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_max_ties_share_the_gradient_like_amax(device, channels_last):
+    """Integer-valued x and a constant M_c: many tied maxima over positions and over channels."""
+    _fast_impl_expected(device)
+    n, c, h, w = 2, 12, 5, 6
+    x = _layout(torch.randint(-2, 3, (n, c, h, w), device=device).float(), channels_last)
+    w1 = torch.randn(3, c, 1, 1, device=device)
+    w2 = torch.zeros(c, 3, 1, 1, device=device)
+    b1 = torch.randn(3, device=device)
+    b2 = torch.full((c,), 0.3, device=device)
+    conv_w = torch.randn(1, 2, 3, 3, device=device)
+    conv_b = torch.randn(1, device=device)
+    # Spatial ties exist: several channels reach the per-position maximum.
+    assert ((x == x.amax(1, keepdim=True)).sum(1) > 1).any()
+    assert ((x == x.amax((2, 3), keepdim=True)).sum((2, 3)) > 1).any()
+    _compare(lambda x, *p: cbam(x, *p), lambda x, *p: cbam_reference(x, *p), x,
+             [w1, b1, w2, b2, conv_w, conv_b], torch.float32)  # fmt: skip
+    _compare(lambda x, *p: squeeze_excite(x, *p, squeeze="max"),
+             lambda x, *p: squeeze_excite_reference(x, *p, squeeze="max"), x, [w1, b1, w2, b2],
+             torch.float32)  # fmt: skip
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_layers_use_fast_path_and_match_reference(device):
+    _fast_impl_expected(device)
+    x = torch.randn(2, 24, 7, 5, device=device)
+    se = visattn.SqueezeExcite(24, reduction=4).to(device)
+    blk = visattn.CBAM(24, reduction=4).to(device)
+    for layer in (se, blk):
+        with use_backend(FAST), torch.autograd.profiler.profile() as prof:
+            y = layer(x)
+        assert any(e.name.startswith("visattn::") for e in prof.function_events)
+        with use_backend("reference"):
+            _close(y, layer(x), 1e-4, type(layer).__name__)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"order": "spatial_first"}, {"order": "parallel"}, {"norm": True}, {"pool": ("max", "avg")}],
+)
+def test_cbam_options_without_kernel_fall_back(kwargs):
+    """Options the fused kernel does not cover run the formulas: same result in both backends."""
+    layer = visattn.CBAM(16, reduction=4, **kwargs).eval()
+    x = torch.randn(2, 16, 6, 5)
+    with torch.autograd.profiler.profile() as prof:
+        y = layer(x)
+    assert not any(e.name.startswith("visattn::") for e in prof.function_events)
+    with use_backend("reference"):
+        torch.testing.assert_close(y, layer(x))
+
+
+def test_backend_switch(monkeypatch):
+    x = torch.randn(1, 8, 3, 3)
+    monkeypatch.setenv("VISATTN_BACKEND", "reference")
+    assert get_backend() == "reference" and select_impl(x) is None
+    with use_backend("auto"):
+        assert get_backend() == "auto"
+    monkeypatch.setenv("VISATTN_BACKEND", "fastest")
+    with pytest.raises(ValueError, match="VISATTN_BACKEND"):
+        get_backend()
+    with pytest.raises(ValueError, match="backend"), use_backend("nope"):
+        pass
+    monkeypatch.delenv("VISATTN_BACKEND")
+    assert select_impl(x.double()) is None  # float64 has no kernel: reference
+
+
+def test_bad_weights_name_the_argument():
+    x = torch.randn(1, 8, 3, 3)
+    with pytest.raises(ValueError, match="fc1_weight"):
+        squeeze_excite(x, torch.randn(2, 7, 1, 1), None, torch.randn(8, 2, 1, 1), None)
+    with pytest.raises(ValueError, match="conv_weight"):
+        w = _se_params(8, 2, "cpu")
+        cbam(x, *w, torch.randn(1, 1, 7, 7), None)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    _fast_impl_expected(device)
+    with use_backend(FAST):
+        impl = select_impl(torch.empty(1, device=device))
+    from visattn.kernels import ops  # noqa: F401
+
+    x = torch.randn(2, 10, 4, 5, device=device, requires_grad=True)
+    w1, b1, w2, b2 = (p.requires_grad_() for p in _se_params(10, 3, device))
+    conv_w = torch.randn(1, 2, 3, 3, device=device, requires_grad=True)
+    conv_b = torch.randn(1, device=device, requires_grad=True)
+    torch.library.opcheck(
+        torch.ops.visattn.squeeze_excite.default, (x, w1, b1, w2, b2, "max", "sigmoid", impl)
+    )
+    torch.library.opcheck(
+        torch.ops.visattn.cbam.default, (x, w1, b1, w2, b2, conv_w, conv_b, True, True, impl)
+    )
+    dy = torch.randn(2, 10, 4, 5, device=device)
+    with torch.no_grad():
+        _, s, z = torch.ops.visattn.squeeze_excite(x, w1, b1, w2, b2, "avg", "sigmoid", impl)
+    torch.library.opcheck(
+        torch.ops.visattn.squeeze_excite_backward.default,
+        (dy, x.detach(), s, z, w1.detach(), None, w2.detach(), None, "avg", "sigmoid", impl, True),
+    )
+
+
+@pytest.mark.skipif(INTERPRETED, reason="compile is covered on the native backend")
+def test_torch_compile_of_layers_matches_eager():
+    model = torch.nn.Sequential(visattn.SqueezeExcite(16, reduction=4), visattn.CBAM(16, reduction=4))
+    x = torch.randn(2, 16, 5, 6)
+    y_eager = model(x)
+    compiled = torch.compile(model, backend="inductor", fullgraph=False)
+    xc = x.clone().requires_grad_(True)
+    y = compiled(xc)
+    torch.testing.assert_close(y, y_eager, rtol=1e-4, atol=1e-5)
+    y.sum().backward()
+    xe = x.clone().requires_grad_(True)
+    model(xe).sum().backward()
+    torch.testing.assert_close(xc.grad, xe.grad, rtol=1e-4, atol=1e-5)
