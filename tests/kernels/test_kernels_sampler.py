@@ -43,7 +43,9 @@ def _run(backend, input, grid, grad, **kw):
 @pytest.mark.parametrize("align_corners", [False, True])
 @pytest.mark.parametrize("padding_mode", PADDINGS)
 @pytest.mark.parametrize("shape", [(1, 3, 5, 7, 4, 6), (2, 9, 8, 5, 7, 3)])
-def test_sampler_matches_reference(device, dtype, channels_last, align_corners, padding_mode, shape):
+def test_sampler_matches_reference(
+    device, dtype, channels_last, align_corners, padding_mode, shape
+):
     n, c, h, w, ho, wo = shape
     input = torch.randn(n, c, h, w, device=device).to(dtype)
     if channels_last:

@@ -88,7 +88,7 @@ def _se_params(c: int, hidden: int, device: str, bias: bool = True):
 )  # fmt: skip
 def test_se_matches_reference(device, dtype, channels_last, shape, squeeze, gate, bias):
     _fast_impl_expected(device)
-    n, c, h, w = shape
+    _n, c, _h, _w = shape
     x = _layout(torch.randn(shape, device=device), channels_last)
     params = _se_params(c, 5, device, bias)
     kw = {"squeeze": squeeze}
@@ -106,7 +106,7 @@ def test_se_matches_reference(device, dtype, channels_last, shape, squeeze, gate
 )  # fmt: skip
 def test_cbam_matches_reference(device, dtype, channels_last, shape, pool, kernel_size, bias):
     _fast_impl_expected(device)
-    n, c, h, w = shape
+    _n, c, _h, _w = shape
     x = _layout(torch.randn(shape, device=device), channels_last)
     params = _se_params(c, 4, device, bias)
     conv_w = torch.randn(1, len(pool), kernel_size, kernel_size, device=device) / kernel_size
@@ -220,7 +220,9 @@ def test_opcheck(device):
 
 @pytest.mark.skipif(INTERPRETED, reason="compile is covered on the native backend")
 def test_torch_compile_of_layers_matches_eager():
-    model = torch.nn.Sequential(visattn.SqueezeExcite(16, reduction=4), visattn.CBAM(16, reduction=4))
+    model = torch.nn.Sequential(
+        visattn.SqueezeExcite(16, reduction=4), visattn.CBAM(16, reduction=4)
+    )
     x = torch.randn(2, 16, 5, 6)
     y_eager = model(x)
     compiled = torch.compile(model, backend="inductor", fullgraph=False)

@@ -224,7 +224,11 @@ def bwd_reduce(
     qp = torch.empty(n, npb, c, dtype=torch.float32, device=dev)
     zp = torch.empty(n, npb, c, dtype=torch.float32, device=dev) if zmax is not None else None
     db = torch.empty(n, p, dtype=torch.float32, device=dev) if b is not None else None
-    pc = torch.empty(n, p, dtype=torch.float32, device=dev) if (b is not None and zmax is not None) else None
+    pc = (
+        torch.empty(n, p, dtype=torch.float32, device=dev)
+        if (b is not None and zmax is not None)
+        else None
+    )
     dummy = a
     _bwd_reduce_kernel[(n, npb)](
         dy, x, a, b if b is not None else dummy, zmax if zmax is not None else dummy,
