@@ -301,7 +301,7 @@ def bench_models(ctx: Context, batch: int, steps: int, compile_models: bool) -> 
             ips = batch / seconds
             base = ips if name == "resnet50" else base
             rel = f"{ips / base:.0%}" if base else "-"
-            lines.append(f"| {name} | {mode} | {ips:.0f} | {rel} | {mem:.2f} |")
+            lines.append(f"| {name} | {mode} | {ips:.1f} | {rel} | {mem:.2f} |")
             print(lines[-1], flush=True)
             del model, run, opt, step
     return lines

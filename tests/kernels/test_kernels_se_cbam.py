@@ -225,7 +225,7 @@ def test_torch_compile_of_layers_matches_eager():
     )
     x = torch.randn(2, 16, 5, 6)
     y_eager = model(x)
-    compiled = torch.compile(model, backend="inductor", fullgraph=False)
+    compiled = torch.compile(model, backend="inductor", fullgraph=True)
     xc = x.clone().requires_grad_(True)
     y = compiled(xc)
     torch.testing.assert_close(y, y_eager, rtol=1e-4, atol=1e-5)

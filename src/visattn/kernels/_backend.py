@@ -59,8 +59,9 @@ def use_backend(name: str) -> Iterator[str]:
         _OVERRIDE.pop()
 
 
+@torch.compiler.assume_constant_result
 def triton_available() -> bool:
-    """Whether ``triton`` can be imported (checked once)."""
+    """Whether ``triton`` can be imported (checked once; a constant for torch.compile)."""
     if not _TRITON_OK:
         _TRITON_OK.append(importlib.util.find_spec("triton") is not None)
     return _TRITON_OK[0]
@@ -93,6 +94,12 @@ def select_impl(x: torch.Tensor) -> str | None:
         return "triton"
     if x.dtype not in _FAST_DTYPES:
         return None
+    return "c" if cpu_kernels_available() else None
+
+
+@torch.compiler.assume_constant_result
+def cpu_kernels_available() -> bool:
+    """Whether the C++ kernels build and load here (checked once; a constant for torch.compile)."""
     from . import cpu
 
-    return "c" if cpu.available() else None
+    return cpu.available()
