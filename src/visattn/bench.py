@@ -44,6 +44,7 @@ class Row:
     impl: str
     ms: float
     passes: float
+    best_ms: float = 0.0
     ratio: float | None = None
     peak_mb: float | None = None
     note: str = ""
@@ -57,6 +58,7 @@ class Context:
     repeats: int
     warmup: int
     bandwidth: float = 0.0  # bytes / s, read + write
+    best: float = 0.0  # minimum seconds of the last _time call
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -67,7 +69,7 @@ def _sync(device: torch.device) -> None:
 
 
 def _time(fn: Callable[[], object], ctx: Context, repeats: int | None = None) -> float:
-    """Median seconds of ``fn`` over the repeats (after warm-up)."""
+    """Median seconds of ``fn`` over the repeats (after warm-up); the minimum goes to ``ctx.best``."""
     for _ in range(ctx.warmup):
         fn()
     _sync(ctx.device)
@@ -77,6 +79,7 @@ def _time(fn: Callable[[], object], ctx: Context, repeats: int | None = None) ->
         fn()
         _sync(ctx.device)
         times.append(time.perf_counter() - start)
+    ctx.best = min(times)
     return statistics.median(times)
 
 
@@ -129,9 +132,9 @@ def _layout(t: torch.Tensor, ctx: Context) -> torch.Tensor:
     return t.contiguous(memory_format=torch.channels_last) if ctx.channels_last else t
 
 
-def _add(ctx: Context, block, shape, impl, seconds, nbytes, peak=None, note="") -> Row:
+def _add(ctx: Context, block, shape, impl, seconds, nbytes, peak=None, note="", best=0.0) -> Row:
     row = Row(block, shape, impl, seconds * 1e3, seconds * ctx.bandwidth / nbytes,
-              peak_mb=None if peak is None else peak / 2**20, note=note)  # fmt: skip
+              best_ms=best * 1e3, peak_mb=None if peak is None else peak / 2**20, note=note)  # fmt: skip
     ctx.rows.append(row)
     print(f"  {block:8s} {shape:22s} {impl:28s} {row.ms:9.3f} ms  {row.passes:7.1f} passes"
           + (f"  peak {row.peak_mb:8.1f} MB" if row.peak_mb is not None else ""), flush=True)  # fmt: skip
@@ -183,11 +186,12 @@ def bench_block(ctx: Context, block: str, n: int, c: int, size: int, compile_ref
         with use_backend(backend):
             try:
                 seconds = _time(step, ctx)
+                best = ctx.best
                 mem = _peak_bytes(step, ctx.device) if peak else None
             except Exception as err:  # a measuring tool: report and go on
                 print(f"  {block} {shape} {name}: failed ({type(err).__name__}: {err})")
                 continue
-        row = _add(ctx, block, shape, name, seconds, nbytes, mem)
+        row = _add(ctx, block, shape, name, seconds, nbytes, mem, best=best)
         rows.append(row)
         if name == "timm":
             timm_ms = row.ms
@@ -244,7 +248,7 @@ def bench_sampler(ctx: Context, n: int, c: int, size: int, out: int, compile_ref
             except Exception as err:
                 print(f"  sampler {shape} {name}: failed ({type(err).__name__}: {err})")
                 continue
-        rows.append(_add(ctx, "sampler", shape, name, seconds, nbytes))
+        rows.append(_add(ctx, "sampler", shape, name, seconds, nbytes, best=ctx.best))
     base = [r.ms for r in rows if r.impl == "F.grid_sample"]
     for row in rows:
         row.ratio = row.ms / base[0] if base else None
@@ -345,14 +349,15 @@ def _cpu_model() -> str:
 
 def table(rows: list[Row]) -> list[str]:
     lines = [
-        "| block | shape | implementation | time (ms) | memory passes | vs timm / grid_sample | peak memory (MB) |",
-        "|---|---|---|---|---|---|---|",
+        "| block | shape | implementation | median (ms) | best (ms) | memory passes | vs timm / grid_sample | peak memory (MB) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ratio = f"{r.ratio:.2f}x" if r.ratio is not None else "-"
         peak = f"{r.peak_mb:.1f}" if r.peak_mb is not None else "-"
         lines.append(
-            f"| {r.block} | {r.shape} | {r.impl} | {r.ms:.3f} | {r.passes:.1f} | {ratio} | {peak} |"
+            f"| {r.block} | {r.shape} | {r.impl} | {r.ms:.3f} | {r.best_ms:.3f} | {r.passes:.1f} "
+            f"| {ratio} | {peak} |"
         )
     return lines
 

@@ -25,7 +25,7 @@ def test_bench_quick_cpu_writes_markdown(tmp_path, capsys):
     if importlib.util.find_spec("timm") is not None:
         assert "| se | 1x256x56x56 | timm |" in text
     cbam_rows = [line for line in text.splitlines() if line.startswith("| cbam |")]
-    assert cbam_rows and all(float(line.split("|")[7]) > 0 for line in cbam_rows)  # peak memory
+    assert cbam_rows and all(float(line.split("|")[8]) > 0 for line in cbam_rows)  # peak memory
     assert "visattn fast" in capsys.readouterr().out
 
 
