@@ -233,3 +233,22 @@ def test_torch_compile_of_layers_matches_eager():
     xe = x.clone().requires_grad_(True)
     model(xe).sum().backward()
     torch.testing.assert_close(xc.grad, xe.grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_blocks_under_autocast(device):
+    """Autocast leaves the fused blocks' float32 parts alone; the output keeps x's dtype."""
+    _fast_impl_expected(device)
+    x = torch.randn(2, 24, 6, 5, device=device).to(torch.bfloat16).requires_grad_(True)
+    model = torch.nn.Sequential(
+        visattn.SqueezeExcite(24, reduction=4), visattn.CBAM(24, reduction=4)
+    )
+    model = model.to(device)
+    with torch.autocast(device, dtype=torch.bfloat16), use_backend(FAST):
+        y = model(x)
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    with use_backend("reference"):
+        want = model(x.detach().float())
+    _close(y, want, TOL[torch.bfloat16], "autocast output")
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())

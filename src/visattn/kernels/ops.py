@@ -25,6 +25,7 @@ reference comparisons, torch.compile).
 
 from __future__ import annotations
 
+import functools
 from types import ModuleType
 
 import torch
@@ -34,6 +35,18 @@ from torch import Tensor
 __all__ = ["cbam", "cbam_backward", "squeeze_excite", "squeeze_excite_backward"]
 
 SE_GATES = ("sigmoid", "hard_sigmoid", "tanh", "relu")
+
+
+def _no_autocast(fn):
+    """Run an operator's implementation with autocast off: its small float32 parts (MLP, gate,
+    convolution) must stay float32 whatever autocast the caller has on (the fake kernels say so)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch.autocast(args[0].device.type, enabled=False):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def _kernels(impl: str) -> ModuleType:
@@ -100,6 +113,7 @@ def _empty_grad(ref: Tensor | None, like: Tensor) -> Tensor:
 
 
 @torch.library.custom_op("visattn::squeeze_excite", mutates_args=())
+@_no_autocast
 def squeeze_excite(
     x: Tensor,
     w1: Tensor,
@@ -126,6 +140,7 @@ def _(x, w1, b1, w2, b2, squeeze, gate, impl):
 
 
 @torch.library.custom_op("visattn::squeeze_excite_backward", mutates_args=())
+@_no_autocast
 def squeeze_excite_backward(
     dy: Tensor,
     x: Tensor,
@@ -207,6 +222,7 @@ def _pool_names(use_avg: bool, use_max: bool) -> list[str]:
 
 
 @torch.library.custom_op("visattn::cbam", mutates_args=())
+@_no_autocast
 def cbam(
     x: Tensor,
     w1: Tensor,
@@ -257,6 +273,7 @@ def _(x, w1, b1, w2, b2, conv_w, conv_b, use_avg, use_max, impl):
 
 
 @torch.library.custom_op("visattn::cbam_backward", mutates_args=())
+@_no_autocast
 def cbam_backward(
     dy: Tensor,
     x: Tensor,
