@@ -217,6 +217,25 @@ squeeze_excite.register_autograd(_se_backward, setup_context=_se_setup)
 # ----------------------------------------------------------------------------- CBAM
 
 
+def _conv_backward(
+    grad: Tensor, pooled: Tensor, weight: Tensor, bias: bool, impl: str
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Gradients of the spatial map's k x k convolution (one output channel, padding k // 2).
+
+    On CPU two small convolutions (the transposed kernel for the input, input and gradient
+    swapped for the weight) are about 3x faster than oneDNN's convolution_backward here.
+    """
+    pad = weight.shape[-1] // 2
+    if impl != "c":
+        return torch.ops.aten.convolution_backward(
+            grad, pooled, weight, [1] if bias else None, [1, 1], [pad, pad], [1, 1], False,
+            [0, 0], 1, [True, True, bias],
+        )  # fmt: skip
+    d_in = F.conv2d(grad, weight.flip(-1, -2).transpose(0, 1), padding=pad)
+    d_w = F.conv2d(pooled.transpose(0, 1), grad.transpose(0, 1), padding=pad).transpose(0, 1)
+    return d_in, d_w, grad.sum((0, 2, 3)) if bias else None
+
+
 def _pool_names(use_avg: bool, use_max: bool) -> list[str]:
     return [name for name, on in (("avg", use_avg), ("max", use_max)) if on]
 
@@ -300,11 +319,7 @@ def cbam_backward(
     pmax = pooled[:, -1].reshape(n, p).contiguous() if use_max else None
     q, db, zcount, pcount = k.bwd_reduce(dy, x, a, b, zmax, pmax)
     dlg = (db * b * (1 - b)).reshape(n, 1, hh, ww)
-    pad = conv_w.shape[-1] // 2
-    dpooled, dcw, dcb = torch.ops.aten.convolution_backward(
-        dlg, pooled, conv_w.float(), [1] if conv_b is not None else None,
-        [1, 1], [pad, pad], [1, 1], False, [0, 0], 1, [True, True, conv_b is not None],
-    )  # fmt: skip
+    dpooled, dcw, dcb = _conv_backward(dlg, pooled, conv_w.float(), conv_b is not None, impl)
     gavg = dpooled[:, 0].reshape(n, p) / c if use_avg else dlg.new_zeros(n, p)
     gmax = dpooled[:, -1].reshape(n, p) / pcount if use_max else None
     da = q + k.bwd_channel(x, a, gavg, gmax, pmax)
