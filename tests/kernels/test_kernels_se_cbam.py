@@ -216,6 +216,15 @@ def test_opcheck(device):
         torch.ops.visattn.squeeze_excite_backward.default,
         (dy, x.detach(), s, z, w1.detach(), None, w2.detach(), None, "avg", "sigmoid", impl, True),
     )
+    with torch.no_grad():
+        _, a, b, zc, pooled = torch.ops.visattn.cbam(
+            x, w1, b1, w2, b2, conv_w, conv_b, True, True, impl
+        )
+    params = [t.detach() for t in (w1, b1, w2, b2, conv_w, conv_b)]
+    torch.library.opcheck(
+        torch.ops.visattn.cbam_backward.default,
+        (dy, x.detach(), a, b, zc, pooled, *params, True, True, impl, True),
+    )
 
 
 @pytest.mark.skipif(INTERPRETED, reason="compile is covered on the native backend")

@@ -135,7 +135,7 @@ def cbam(
     Args:
         x: F, any memory format.
         fc1_weight ... fc2_bias: the shared MLP W_0, b_0, W_1, b_1 of M_c.
-        conv_weight, conv_bias: f^{k x k} of M_s, shape (len(pool), 1... ) = (1, K, k, k), k odd.
+        conv_weight, conv_bias: f^{k x k} of M_s, shape (1, len(pool), k, k) with k odd, and (1,).
         pool: pools of both parts, avg before max in the spatial map (as the layers build it).
 
     The fast path reads x four times forward and six times backward (plus dy / dx), keeps only
