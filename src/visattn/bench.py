@@ -83,6 +83,42 @@ def _time(fn: Callable[[], object], ctx: Context, repeats: int | None = None) ->
     return statistics.median(times)
 
 
+def _time_interleaved(
+    candidates: list[tuple[str, Callable[[], None], str]], ctx: Context, label: str
+) -> list[tuple[str, Callable[[], None], str, float, float]]:
+    """Median and minimum seconds of each candidate, timed round-robin.
+
+    Every repeat runs each candidate once in turn, so a load spike on a shared machine hits
+    all of them alike instead of one candidate's whole series. Candidates that fail are
+    reported and dropped.
+    """
+    from visattn.kernels import use_backend
+
+    ready = []
+    for name, step, backend in candidates:
+        try:
+            with use_backend(backend):
+                for _ in range(max(1, ctx.warmup)):
+                    step()
+            _sync(ctx.device)
+        except Exception as err:  # a measuring tool: report and go on
+            print(f"  {label} {name}: failed ({type(err).__name__}: {err})", flush=True)
+            continue
+        ready.append((name, step, backend))
+    times: dict[str, list[float]] = {name: [] for name, _, _ in ready}
+    for _ in range(ctx.repeats):
+        for name, step, backend in ready:
+            with use_backend(backend):
+                start = time.perf_counter()
+                step()
+                _sync(ctx.device)
+                times[name].append(time.perf_counter() - start)
+    return [
+        (name, step, backend, statistics.median(times[name]), min(times[name]))
+        for name, step, backend in ready
+    ]
+
+
 def measure_bandwidth(ctx: Context, nbytes: int) -> float:
     """Copy bandwidth (bytes read + written per second) of a ``copy_`` of ``nbytes``."""
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=ctx.device).normal_()
@@ -182,15 +218,13 @@ def bench_block(ctx: Context, block: str, n: int, c: int, size: int, compile_ref
         ctx.notes.append("timm is not installed: no timm rows")
     timm_ms = None
     rows = []
-    for name, step, backend in candidates:
-        with use_backend(backend):
-            try:
-                seconds = _time(step, ctx)
-                best = ctx.best
-                mem = _peak_bytes(step, ctx.device) if peak else None
-            except Exception as err:  # a measuring tool: report and go on
-                print(f"  {block} {shape} {name}: failed ({type(err).__name__}: {err})")
-                continue
+    for name, step, backend, seconds, best in _time_interleaved(
+        candidates, ctx, f"{block} {shape}"
+    ):
+        mem = None
+        if peak:
+            with use_backend(backend):
+                mem = _peak_bytes(step, ctx.device)
         row = _add(ctx, block, shape, name, seconds, nbytes, mem, best=best)
         rows.append(row)
         if name == "timm":
@@ -203,7 +237,6 @@ def bench_block(ctx: Context, block: str, n: int, c: int, size: int, compile_ref
 def bench_sampler(ctx: Context, n: int, c: int, size: int, out: int, compile_ref: bool) -> None:
     """Rows for the bilinear sampler: reference, fast, (compiled reference), grid_sample."""
     from visattn.functional import bilinear_sample
-    from visattn.kernels import use_backend
 
     dtype = ctx.dtype
     shape = f"{n}x{c}x{size}x{size}->{out}"
@@ -241,14 +274,8 @@ def bench_sampler(ctx: Context, n: int, c: int, size: int, out: int, compile_ref
         candidates.append(("torch.compile(reference)", compiled, "reference"))
     candidates.append(("F.grid_sample", torch_gs, "auto"))
     rows = []
-    for name, step, backend in candidates:
-        with use_backend(backend):
-            try:
-                seconds = _time(step, ctx)
-            except Exception as err:
-                print(f"  sampler {shape} {name}: failed ({type(err).__name__}: {err})")
-                continue
-        rows.append(_add(ctx, "sampler", shape, name, seconds, nbytes, best=ctx.best))
+    for name, _, _, seconds, best in _time_interleaved(candidates, ctx, f"sampler {shape}"):
+        rows.append(_add(ctx, "sampler", shape, name, seconds, nbytes, best=best))
     base = [r.ms for r in rows if r.impl == "F.grid_sample"]
     for row in rows:
         row.ratio = row.ms / base[0] if base else None
