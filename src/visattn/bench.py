@@ -127,8 +127,16 @@ def measure_bandwidth(ctx: Context, nbytes: int) -> float:
     return 2 * src.numel() * 4 / seconds
 
 
-def _peak_bytes(fn: Callable[[], object], device: torch.device) -> float:
-    """Peak bytes allocated by PyTorch during ``fn()`` above what was live before."""
+def _peak_bytes(
+    fn: Callable[[], object], device: torch.device, clear: Callable[[], None] | None = None
+) -> float:
+    """Peak bytes allocated by PyTorch during ``fn()`` above what was live before.
+
+    ``clear`` runs first (outside the measurement): it drops what the previous call left (the
+    input's .grad), so that its release is not counted against this call's peak.
+    """
+    if clear is not None:
+        clear()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         base = torch.cuda.memory_allocated(device)
@@ -224,7 +232,7 @@ def bench_block(ctx: Context, block: str, n: int, c: int, size: int, compile_ref
         mem = None
         if peak:
             with use_backend(backend):
-                mem = _peak_bytes(step, ctx.device)
+                mem = _peak_bytes(step, ctx.device, clear=lambda: setattr(x, "grad", None))
         row = _add(ctx, block, shape, name, seconds, nbytes, mem, best=best)
         rows.append(row)
         if name == "timm":
