@@ -15,8 +15,9 @@ Kernels (each one pass over its full-size operands):
 - ``va_bwd_channel`` out_c = sum_p x (gavg_p + [a_c x == pmax_p] gmax_p)
 - ``va_bwd_apply``   dx = a_c (dy b_p + gavg_p + [a_c x == pmax_p] gmax_p) + cavg_c + [x == zmax_c] cmax_c
 
-Work is split into (n, block of positions) tiles run by OpenMP threads; partial per-channel sums
-of the tiles are added in a fixed order afterwards, so every result is deterministic.
+Work is split into (n, block of positions) tiles that OpenMP threads take dynamically; partial
+per-channel sums of the tiles are added in a fixed tile order afterwards, so every result is
+deterministic (independent of which thread ran which tile).
 Built and loaded by :mod:`visattn.kernels.cpu`; tested in ``tests/kernels/test_kernels_se_cbam.py``.
 """
 
@@ -55,7 +56,9 @@ struct Geo {
 static Geo make_geo(int64_t N, int64_t C, int64_t P, int nt) {
   Geo g;
   g.N = N; g.C = C; g.P = P;
-  int64_t want = std::max<int64_t>(1, (4 * (int64_t)nt + N - 1) / N);
+  // About 16 tiles per thread, handed out dynamically: a thread that the OS deschedules on a
+  // busy machine delays its current tile only, not half of the pass.
+  int64_t want = std::max<int64_t>(1, (16 * (int64_t)nt + N - 1) / N);
   int64_t nb = std::max<int64_t>(1, std::min<int64_t>(want, (P + 15) / 16));
   g.pb = (P + nb - 1) / nb;
   g.nb = (P + g.pb - 1) / g.pb;
@@ -72,7 +75,7 @@ template <typename T, bool CL>
 static void stats_c(const T* x, const Geo& g, int nt, float* sum, float* mx) {
   const int64_t C = g.C, P = g.P, nblk = g.N * g.nb;
   std::vector<float> ps(nblk * C), pm(nblk * C);
-#pragma omp parallel for num_threads(nt) schedule(static)
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
   for (int64_t blk = 0; blk < nblk; ++blk) {
     const int64_t n = blk / g.nb, p0 = (blk % g.nb) * g.pb, p1 = std::min(P, p0 + g.pb);
     float* s = &ps[blk * C];
@@ -119,7 +122,7 @@ static void stats_c(const T* x, const Geo& g, int nt, float* sum, float* mx) {
 template <typename T, bool CL, bool HAS_B>
 static void apply_k(const T* x, T* y, const float* a, const float* b, const Geo& g, int nt) {
   const int64_t C = g.C, P = g.P, nblk = g.N * g.nb;
-#pragma omp parallel for num_threads(nt) schedule(static)
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
   for (int64_t blk = 0; blk < nblk; ++blk) {
     const int64_t n = blk / g.nb, p0 = (blk % g.nb) * g.pb, p1 = std::min(P, p0 + g.pb);
     const float* an = a + n * C;
@@ -152,7 +155,7 @@ static void apply_k(const T* x, T* y, const float* a, const float* b, const Geo&
 template <typename T, bool CL>
 static void stats_p(const T* x, const float* a, float* psum, float* pmax, const Geo& g, int nt) {
   const int64_t C = g.C, P = g.P, nblk = g.N * g.nb;
-#pragma omp parallel for num_threads(nt) schedule(static)
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
   for (int64_t blk = 0; blk < nblk; ++blk) {
     const int64_t n = blk / g.nb, p0 = (blk % g.nb) * g.pb, p1 = std::min(P, p0 + g.pb);
     const float* an = a + n * C;
@@ -194,7 +197,7 @@ static void bwd_reduce(const T* dy, const T* x, const float* a, const float* b,
                        float* pcnt, const Geo& g, int nt) {
   const int64_t C = g.C, P = g.P, nblk = g.N * g.nb;
   std::vector<float> pq(nblk * C), pz(CNT ? nblk * C : 0);
-#pragma omp parallel for num_threads(nt) schedule(static)
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
   for (int64_t blk = 0; blk < nblk; ++blk) {
     const int64_t n = blk / g.nb, p0 = (blk % g.nb) * g.pb, p1 = std::min(P, p0 + g.pb);
     const float* an = a + n * C;
@@ -264,7 +267,7 @@ static void bwd_channel(const T* x, const float* a, const float* gavg, const flo
                         const float* pmax, float* out, const Geo& g, int nt) {
   const int64_t C = g.C, P = g.P, nblk = g.N * g.nb;
   std::vector<float> pq(nblk * C);
-#pragma omp parallel for num_threads(nt) schedule(static)
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
   for (int64_t blk = 0; blk < nblk; ++blk) {
     const int64_t n = blk / g.nb, p0 = (blk % g.nb) * g.pb, p1 = std::min(P, p0 + g.pb);
     const float* an = a + n * C;
@@ -317,7 +320,7 @@ static void bwd_apply(const T* dy, const T* x, const float* a, const float* b, c
                       const float* gmax, const float* pmax, const float* cavg, const float* cmax,
                       const float* zmax, T* dx, const Geo& g, int nt) {
   const int64_t C = g.C, P = g.P, nblk = g.N * g.nb;
-#pragma omp parallel for num_threads(nt) schedule(static)
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
   for (int64_t blk = 0; blk < nblk; ++blk) {
     const int64_t n = blk / g.nb, p0 = (blk % g.nb) * g.pb, p1 = std::min(P, p0 + g.pb);
     const float* an = a + n * C;
