@@ -155,7 +155,7 @@ def test_layers_use_fast_path_and_match_reference(device):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"order": "spatial_first"}, {"order": "parallel"}, {"norm": True}, {"pool": ("max", "avg")}],
+    [{"order": "spatial_first"}, {"order": "parallel"}, {"pool": ("max", "avg")}],
 )
 def test_cbam_options_without_kernel_fall_back(kwargs):
     """Options the fused kernel does not cover run the formulas: same result in both backends."""
@@ -206,9 +206,13 @@ def test_opcheck(device):
     torch.library.opcheck(
         torch.ops.visattn.squeeze_excite.default, (x, w1, b1, w2, b2, "max", "sigmoid", impl)
     )
-    torch.library.opcheck(
-        torch.ops.visattn.cbam.default, (x, w1, b1, w2, b2, conv_w, conv_b, True, True, impl)
-    )
+    bn = (torch.rand(1, device=device) + 0.5, torch.randn(1, device=device))
+    for mode, stats in ((0, (None, None)), (1, (None, None)), (2, (torch.randn(1, device=device),
+                        torch.rand(1, device=device) + 0.5))):  # fmt: skip
+        torch.library.opcheck(
+            torch.ops.visattn.cbam.default,
+            (x, w1, b1, w2, b2, conv_w, conv_b, *bn, *stats, mode, 1e-5, True, True, impl),
+        )
     dy = torch.randn(2, 10, 4, 5, device=device)
     with torch.no_grad():
         _, s, z = torch.ops.visattn.squeeze_excite(x, w1, b1, w2, b2, "avg", "sigmoid", impl)
@@ -217,30 +221,54 @@ def test_opcheck(device):
         (dy, x.detach(), s, z, w1.detach(), None, w2.detach(), None, "avg", "sigmoid", impl, True),
     )
     with torch.no_grad():
-        _, a, b, zc, pooled = torch.ops.visattn.cbam(
-            x, w1, b1, w2, b2, conv_w, conv_b, True, True, impl
+        _, a, b, zc, pooled, _ = torch.ops.visattn.cbam(
+            x, w1, b1, w2, b2, conv_w, conv_b, *bn, None, None, 1, 1e-5, True, True, impl
         )
     params = [t.detach() for t in (w1, b1, w2, b2, conv_w, conv_b)]
     torch.library.opcheck(
         torch.ops.visattn.cbam_backward.default,
-        (dy, x.detach(), a, b, zc, pooled, *params, True, True, impl, True),
+        (
+            dy,
+            x.detach(),
+            a,
+            b,
+            zc,
+            pooled,
+            *params,
+            *bn,
+            None,
+            None,
+            1,
+            1e-5,
+            True,
+            True,
+            impl,
+            True,
+        ),
     )
 
 
 @pytest.mark.skipif(INTERPRETED, reason="compile is covered on the native backend")
 def test_torch_compile_of_layers_matches_eager():
+    import copy
+
     model = torch.nn.Sequential(
-        visattn.SqueezeExcite(16, reduction=4), visattn.CBAM(16, reduction=4)
+        visattn.SqueezeExcite(16, reduction=4),
+        visattn.CBAM(16, reduction=4),
+        visattn.CBAM(16, reduction=4, norm=True),  # training mode: updates running statistics
     )
+    twin = copy.deepcopy(model)
     x = torch.randn(2, 16, 5, 6)
-    y_eager = model(x)
+    y_eager = twin(x)
     compiled = torch.compile(model, backend="inductor", fullgraph=True)
     xc = x.clone().requires_grad_(True)
     y = compiled(xc)
     torch.testing.assert_close(y, y_eager, rtol=1e-4, atol=1e-5)
+    for a, b in zip(model.buffers(), twin.buffers(), strict=True):  # one update each so far
+        torch.testing.assert_close(a, b)
     y.sum().backward()
     xe = x.clone().requires_grad_(True)
-    model(xe).sum().backward()
+    twin(xe).sum().backward()
     torch.testing.assert_close(xc.grad, xe.grad, rtol=1e-4, atol=1e-5)
 
 
@@ -261,3 +289,54 @@ def test_fused_blocks_under_autocast(device):
         want = model(x.detach().float())
     _close(y, want, TOL[torch.bfloat16], "autocast output")
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_non_contiguous_and_empty_inputs(device):
+    _fast_impl_expected(device)
+    base = torch.randn(2, 10, 9, 14, device=device)
+    x = base[:, :, :, ::2]  # neither NCHW- nor channels_last-contiguous
+    params = _se_params(10, 3, device)
+    conv = [torch.randn(1, 2, 3, 3, device=device), torch.randn(1, device=device)]
+    _compare(squeeze_excite, squeeze_excite_reference, x, params, torch.float32)
+    _compare(cbam, cbam_reference, x, params + conv, torch.float32)
+    empty = torch.randn(0, 10, 4, 4, device=device)
+    with use_backend(FAST):
+        assert squeeze_excite(empty, *params).shape == empty.shape
+        assert cbam(empty, *params, *conv).shape == empty.shape
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_cbam_with_batchnorm_matches_reference(device, channels_last, momentum):
+    """norm=True (the official layout): train mode (batch statistics, running-statistics update)
+    and eval mode, output and every gradient including BatchNorm's weight and bias."""
+    _fast_impl_expected(device)
+    import copy
+
+    layer = visattn.CBAM(20, reduction=4, norm=True).to(device)
+    layer.spatial.bn.momentum = momentum
+    with torch.no_grad():
+        layer.spatial.bn.weight.fill_(1.3)
+        layer.spatial.bn.bias.fill_(-0.2)
+    twin = copy.deepcopy(layer)
+    for training in (True, True, False):
+        layer.train(training)
+        twin.train(training)
+        x = _layout(torch.randn(3, 20, 7, 9, device=device), channels_last).requires_grad_(True)
+        xr = x.detach().clone().requires_grad_(True)
+        with use_backend(FAST), torch.autograd.profiler.profile() as prof:
+            y = layer(x)
+        assert any(e.name.startswith("visattn::cbam") for e in prof.function_events)
+        with use_backend("reference"):
+            y_ref = twin(xr)
+        grad = torch.randn_like(y)
+        y.backward(grad)
+        y_ref.backward(grad)
+        _close(y, y_ref, 2e-4, "output")
+        _close(x.grad, xr.grad, 2e-4, "grad x")
+        for (name, p), q in zip(layer.named_parameters(), twin.parameters(), strict=True):
+            _close(p.grad, q.grad, 2e-4, name)
+        for (name, buf), ref in zip(layer.named_buffers(), twin.buffers(), strict=True):
+            _close(buf.float(), ref.float(), 1e-5, name)

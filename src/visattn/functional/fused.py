@@ -84,7 +84,7 @@ def squeeze_excite(
     check_choice(gate, "gate", GATES)
     from ..kernels._backend import select_impl
 
-    impl = select_impl(x) if x.shape[2] * x.shape[3] > 0 else None
+    impl = select_impl(x) if x.numel() > 0 else None
     if impl is None:
         return squeeze_excite_reference(
             x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, squeeze=squeeze, gate_fn=gate
@@ -106,8 +106,9 @@ def cbam_reference(
     conv_bias: torch.Tensor | None,
     *,
     pool: Sequence[str] = ("avg", "max"),
+    norm: torch.nn.Module | None = None,
 ) -> torch.Tensor:
-    """The plain CBAM formula (channel first, no BatchNorm), op by op."""
+    """The plain CBAM formula (channel first; ``norm`` after the k x k convolution), op by op."""
     logits = None
     for p in pool:
         z = global_pool(x, p)
@@ -115,8 +116,10 @@ def cbam_reference(
         logits = out if logits is None else logits + out
     f1 = channel_scale(x, torch.sigmoid(logits))
     pad = conv_weight.shape[-1] // 2
-    m_s = torch.sigmoid(F.conv2d(channel_pool(f1, pool), conv_weight, conv_bias, padding=pad))
-    return f1 * m_s
+    logits = F.conv2d(channel_pool(f1, pool), conv_weight, conv_bias, padding=pad)
+    if norm is not None:
+        logits = norm(logits)
+    return f1 * torch.sigmoid(logits)
 
 
 def cbam(
@@ -129,6 +132,7 @@ def cbam(
     conv_bias: torch.Tensor | None,
     *,
     pool: Sequence[str] = ("avg", "max"),
+    norm: torch.nn.Module | None = None,
 ) -> torch.Tensor:
     """CBAM (channel attention, then spatial attention, eq. 1) of x (N, C, H, W), fused.
 
@@ -137,6 +141,9 @@ def cbam(
         fc1_weight ... fc2_bias: the shared MLP W_0, b_0, W_1, b_1 of M_c.
         conv_weight, conv_bias: f^{k x k} of M_s, shape (1, len(pool), k, k) with k odd, and (1,).
         pool: pools of both parts, avg before max in the spatial map (as the layers build it).
+        norm: optional ``nn.BatchNorm2d(1)`` after the convolution (the official code's layout).
+            It behaves exactly as if called: batch statistics and a running-statistics update
+            in training mode, running statistics in evaluation mode.
 
     The fast path reads x four times forward and six times backward (plus dy / dx), keeps only
     x for backward and handles max ties like ``torch.amax`` (equal shares). Other pool orders
@@ -154,14 +161,40 @@ def cbam(
 
     fast_pools = pool in (("avg",), ("max",), ("avg", "max"))
     odd_square = conv_weight.shape[2] == conv_weight.shape[3] and conv_weight.shape[2] % 2 == 1
-    impl = select_impl(x) if fast_pools and odd_square and x.numel() > 0 else None
+    plain_norm = norm is None or (type(norm) is torch.nn.BatchNorm2d and norm.num_features == 1)
+    fast = fast_pools and odd_square and plain_norm and x.numel() > 0
+    impl = select_impl(x) if fast else None
     if impl is None:
         return cbam_reference(
-            x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias, pool=pool
-        )
+            x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias, pool=pool,
+            norm=norm,
+        )  # fmt: skip
     from ..kernels import ops  # noqa: F401  (registers torch.ops.visattn)
 
-    return torch.ops.visattn.cbam(
-        x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias,
+    bn: tuple = (None, None, None, None, 0, 1e-5)
+    if norm is not None:
+        batch_stats = norm.training or (norm.running_mean is None and norm.running_var is None)
+        running = (None, None) if batch_stats else (norm.running_mean, norm.running_var)
+        bn = (norm.weight, norm.bias, *running, 1 if batch_stats else 2, float(norm.eps))
+    y, *_, stats = torch.ops.visattn.cbam(
+        x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias, *bn,
         "avg" in pool, "max" in pool, impl,
-    )[0]  # fmt: skip
+    )  # fmt: skip
+    if norm is not None and norm.training and norm.track_running_stats:
+        _update_running_stats(norm, stats, x.shape[0] * x.shape[2] * x.shape[3])
+    return y
+
+
+def _update_running_stats(norm: torch.nn.BatchNorm2d, stats: torch.Tensor, count: int) -> None:
+    """What ``nn.BatchNorm2d`` does to its buffers in a training step (unbiased running var)."""
+    with torch.no_grad():
+        norm.num_batches_tracked.add_(1)
+        if norm.momentum is None:
+            factor = 1.0 / norm.num_batches_tracked.to(stats.dtype)
+        else:
+            factor = torch.tensor(norm.momentum, dtype=stats.dtype, device=stats.device)
+        mean = stats[0]
+        var = stats[1] * (count / max(count - 1, 1))
+        rm, rv = norm.running_mean, norm.running_var
+        rm.copy_(rm * (1 - factor) + (mean * factor).to(rm.dtype))
+        rv.copy_(rv * (1 - factor) + (var * factor).to(rv.dtype))

@@ -12,6 +12,9 @@ Hand-derived backward (sums over p run over the H W positions, over c over the c
            h_p = dP_max / m_p,     da_c = sum_p x (dy b_p + g_p + [a_c x == Pmax_p] h_p)
            dx = a_c (dy b_p + g_p + [a_c x == Pmax_p] h_p) + dz_avg,c / (H W) + [x == zmax_c] dz_max,c / n_c
 
+With BatchNorm after the convolution (``norm=True``) dP uses the BatchNorm gradient of the
+(N, H, W) map (batch statistics in training, running statistics in evaluation) in between.
+
 where n_c (m_p) counts the positions (channels) that reach the maximum: like ``torch.amax``, tied
 maxima share the gradient equally. The MLP / gate / convolution parts are (N, C) or (N, H, W)
 sized and use PyTorch ops; every full-size pass is one kernel of :mod:`visattn.kernels.cpu`
@@ -236,6 +239,23 @@ def _conv_backward(
     return d_in, d_w, grad.sum((0, 2, 3)) if bias else None
 
 
+def _spatial_logits(pooled, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var, bn_mode: int, eps: float):
+    """f^{k x k}(pooled), then the optional BatchNorm: (conv output, logits, (x_hat, 1/std), stats)."""
+    cb = conv_b.float() if conv_b is not None else None
+    lg = F.conv2d(pooled, conv_w.float(), cb, padding=conv_w.shape[-1] // 2)
+    if bn_mode == 0:
+        return lg, lg, None, lg.new_zeros(2)
+    if bn_mode == 1:
+        mean, var = lg.mean(), lg.var(unbiased=False)
+    else:
+        mean, var = bn_mean.float().reshape(()), bn_var.float().reshape(())
+    inv = torch.rsqrt(var + eps)
+    xhat = (lg - mean) * inv
+    out = xhat * bn_w.float() if bn_w is not None else xhat
+    out = out + bn_b.float() if bn_b is not None else out
+    return lg, out, (xhat, inv), torch.stack([mean, var])
+
+
 def _pool_names(use_avg: bool, use_max: bool) -> list[str]:
     return [name for name, on in (("avg", use_avg), ("max", use_max)) if on]
 
@@ -250,14 +270,24 @@ def cbam(
     b2: Tensor | None,
     conv_w: Tensor,
     conv_b: Tensor | None,
+    bn_w: Tensor | None,
+    bn_b: Tensor | None,
+    bn_mean: Tensor | None,
+    bn_var: Tensor | None,
+    bn_mode: int,
+    eps: float,
     use_avg: bool,
     use_max: bool,
     impl: str,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Fused CBAM forward (channel first): returns (y, a, b, z, pooled).
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Fused CBAM forward (channel first): returns (y, a, b, z, pooled, stats).
 
     a: M_c float32 (N, C); b: M_s float32 (N, H W); z: the channel pools float32 (K, N, C);
     pooled: the spatial pools float32 (N, K, H, W), avg before max, K = use_avg + use_max.
+    ``bn_mode`` 0: no BatchNorm after the convolution; 1: BatchNorm with the batch's statistics
+    (training); 2: with ``bn_mean`` / ``bn_var`` (evaluation). stats: float32 (2,), the batch
+    mean and biased variance of the convolution's output (mode 1; the caller updates the running
+    statistics from them, the operator mutates nothing).
     """
     if not (use_avg or use_max):
         raise ValueError("pool: expected at least one of 'avg', 'max'")
@@ -271,14 +301,15 @@ def cbam(
     psum, pmax = k.stats_p(x, a)
     maps = ([psum / c] if use_avg else []) + ([pmax] if use_max else [])
     pooled = torch.stack(maps, 1).reshape(n, len(maps), hh, ww)
-    cb = conv_b.float() if conv_b is not None else None
-    lg = F.conv2d(pooled, conv_w.float(), cb, padding=conv_w.shape[-1] // 2)
-    b = torch.sigmoid(lg).reshape(n, hh * ww)
-    return k.apply(x, a, b), a, b, z, pooled
+    _, logit, _, stats = _spatial_logits(pooled, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var,
+                                         bn_mode, eps)  # fmt: skip
+    b = torch.sigmoid(logit).reshape(n, hh * ww)
+    return k.apply(x, a, b), a, b, z, pooled, stats
 
 
 @cbam.register_fake
-def _(x, w1, b1, w2, b2, conv_w, conv_b, use_avg, use_max, impl):
+def _(x, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var, bn_mode, eps, use_avg,
+      use_max, impl):  # fmt: skip
     n, c, hh, ww = x.shape
     kk = int(use_avg) + int(use_max)
     f32 = torch.float32
@@ -288,6 +319,7 @@ def _(x, w1, b1, w2, b2, conv_w, conv_b, use_avg, use_max, impl):
         x.new_empty(n, hh * ww, dtype=f32),
         x.new_empty(kk, n, c, dtype=f32),
         x.new_empty(n, kk, hh, ww, dtype=f32),
+        x.new_empty(2, dtype=f32),
     )
 
 
@@ -306,12 +338,18 @@ def cbam_backward(
     b2: Tensor | None,
     conv_w: Tensor,
     conv_b: Tensor | None,
+    bn_w: Tensor | None,
+    bn_b: Tensor | None,
+    bn_mean: Tensor | None,
+    bn_var: Tensor | None,
+    bn_mode: int,
+    eps: float,
     use_avg: bool,
     use_max: bool,
     impl: str,
     need_dx: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Gradients (dx, dw1, db1, dw2, db2, dconv_w, dconv_b) of the fused CBAM."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients (dx, dw1, db1, dw2, db2, dconv_w, dconv_b, dbn_w, dbn_b) of the fused CBAM."""
     k = _kernels(impl)
     n, c, hh, ww = x.shape
     p = hh * ww
@@ -319,6 +357,19 @@ def cbam_backward(
     pmax = pooled[:, -1].reshape(n, p).contiguous() if use_max else None
     q, db, zcount, pcount = k.bwd_reduce(dy, x, a, b, zmax, pmax)
     dlg = (db * b * (1 - b)).reshape(n, 1, hh, ww)
+    dbn_w, dbn_b = x.new_empty(0), x.new_empty(0)
+    if bn_mode:
+        _, _, (xhat, inv), _ = _spatial_logits(pooled, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var,
+                                               bn_mode, eps)  # fmt: skip
+        if bn_w is not None:
+            dbn_w = (dlg * xhat).sum().reshape(bn_w.shape).to(bn_w.dtype)
+        if bn_b is not None:
+            dbn_b = dlg.sum().reshape(bn_b.shape).to(bn_b.dtype)
+        g = dlg * bn_w.float() if bn_w is not None else dlg
+        if bn_mode == 1:  # batch statistics: mean and variance depend on every position
+            dlg = inv * (g - g.mean() - xhat * (g * xhat).mean())
+        else:
+            dlg = g * inv
     dpooled, dcw, dcb = _conv_backward(dlg, pooled, conv_w.float(), conv_b is not None, impl)
     gavg = dpooled[:, 0].reshape(n, p) / c if use_avg else dlg.new_zeros(n, p)
     gmax = dpooled[:, -1].reshape(n, p) / pcount if use_max else None
@@ -338,11 +389,13 @@ def cbam_backward(
     db1 = dh.sum((0, 1)).to(b1.dtype) if b1 is not None else x.new_empty(0)
     db2 = (dl.sum(0) * z.shape[0]).to(b2.dtype) if b2 is not None else x.new_empty(0)
     dcb_out = dcb.to(conv_b.dtype) if conv_b is not None else x.new_empty(0)
-    return dx, _cast_like(dw1, w1), db1, _cast_like(dw2, w2), db2, _cast_like(dcw, conv_w), dcb_out
+    return (dx, _cast_like(dw1, w1), db1, _cast_like(dw2, w2), db2, _cast_like(dcw, conv_w), dcb_out,
+            dbn_w, dbn_b)  # fmt: skip
 
 
 @cbam_backward.register_fake
-def _(dy, x, a, b, z, pooled, w1, b1, w2, b2, conv_w, conv_b, use_avg, use_max, impl, need_dx):
+def _(dy, x, a, b, z, pooled, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var, bn_mode,
+      eps, use_avg, use_max, impl, need_dx):  # fmt: skip
     dx = torch.empty_like(x) if need_dx else x.new_empty(0)
     return (
         dx,
@@ -352,24 +405,30 @@ def _(dy, x, a, b, z, pooled, w1, b1, w2, b2, conv_w, conv_b, use_avg, use_max, 
         _empty_grad(b2, x),
         torch.empty_like(conv_w),
         _empty_grad(conv_b, x),
+        _empty_grad(bn_w, x),
+        _empty_grad(bn_b, x),
     )
 
 
 def _cbam_setup(ctx, inputs, output):
-    x, w1, b1, w2, b2, conv_w, conv_b, use_avg, use_max, impl = inputs
-    _, a, b, z, pooled = output
-    ctx.save_for_backward(x, a, b, z, pooled, w1, b1, w2, b2, conv_w, conv_b)
-    ctx.options = (use_avg, use_max, impl)
-    ctx.mark_non_differentiable(a, b, z, pooled)
+    x, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var, bn_mode, eps = inputs[:13]
+    use_avg, use_max, impl = inputs[13:]
+    _, a, b, z, pooled, stats = output
+    ctx.save_for_backward(x, a, b, z, pooled, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean,
+                          bn_var)  # fmt: skip
+    ctx.options = (bn_mode, eps, use_avg, use_max, impl)
+    ctx.mark_non_differentiable(a, b, z, pooled, stats)
 
 
-def _cbam_backward(ctx, dy, _da, _db, _dz, _dpooled):
-    x, a, b, z, pooled, w1, b1, w2, b2, conv_w, conv_b = ctx.saved_tensors
-    use_avg, use_max, impl = ctx.options
+def _cbam_backward(ctx, dy, _da, _db, _dz, _dpooled, _dstats):
+    x, a, b, z, pooled, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var = (
+        ctx.saved_tensors
+    )
+    bn_mode, eps, use_avg, use_max, impl = ctx.options
     need = ctx.needs_input_grad
-    dx, dw1, db1, dw2, db2, dcw, dcb = torch.ops.visattn.cbam_backward(
-        dy, x, a, b, z, pooled, w1, b1, w2, b2, conv_w, conv_b, use_avg, use_max, impl,
-        bool(need[0]),
+    dx, dw1, db1, dw2, db2, dcw, dcb, dbw, dbb = torch.ops.visattn.cbam_backward(
+        dy, x, a, b, z, pooled, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var,
+        bn_mode, eps, use_avg, use_max, impl, bool(need[0]),
     )  # fmt: skip
     return (
         dx if need[0] else None,
@@ -379,6 +438,12 @@ def _cbam_backward(ctx, dy, _da, _db, _dz, _dpooled):
         db2 if b2 is not None and need[4] else None,
         dcw if need[5] else None,
         dcb if conv_b is not None and need[6] else None,
+        dbw if bn_w is not None and need[7] else None,
+        dbb if bn_b is not None and need[8] else None,
+        None,
+        None,
+        None,
+        None,
         None,
         None,
         None,

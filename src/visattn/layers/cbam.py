@@ -15,10 +15,10 @@ the order of ``pool`` (average first by default, as in eq. 3).
 ``"spatial_first"`` applies M_s first then M_c, and ``"parallel"`` computes both maps from the
 same F and applies them together: F'' = M_c(F) * M_s(F) * F.
 
-The block (order ``"channel_first"``, no BatchNorm) runs :func:`visattn.functional.cbam`: fused
-kernels by default (:mod:`visattn.kernels`), the plain formula under ``VISATTN_BACKEND=reference``;
-the other orders, ``norm=True`` and the standalone ``ChannelAttention`` / ``SpatialAttention``
-use the formulas below.
+The block (order ``"channel_first"``, with or without ``norm``) runs
+:func:`visattn.functional.cbam`: fused kernels by default (:mod:`visattn.kernels`), the plain
+formula under ``VISATTN_BACKEND=reference``; the other orders and the standalone
+``ChannelAttention`` / ``SpatialAttention`` use the formulas below.
 
 Tests: ``tests/layers/test_cbam.py``, ``tests/kernels/test_kernels_se_cbam.py``.
 """
@@ -191,13 +191,12 @@ class CBAM(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, self.channels)
         if self.order == "channel_first":
-            if isinstance(self.spatial.bn, nn.Identity) and set(self.channel.pool) == set(
-                self.spatial.pool
-            ):
+            if set(self.channel.pool) == set(self.spatial.pool):
                 ch, sp = self.channel, self.spatial
+                norm = None if isinstance(sp.bn, nn.Identity) else sp.bn
                 return cbam(
                     x, ch.fc1.weight, ch.fc1.bias, ch.fc2.weight, ch.fc2.bias, sp.conv.weight,
-                    sp.conv.bias, pool=sp.pool,
+                    sp.conv.bias, pool=sp.pool, norm=norm,
                 )  # fmt: skip
             return self.spatial(self.channel(x))
         if self.order == "spatial_first":
