@@ -207,7 +207,12 @@ def bench_block(ctx: Context, block: str, n: int, c: int, size: int, compile_ref
     x.requires_grad_(True)
     dy = _layout(torch.randn_like(x), ctx)
     nbytes = x.numel() * x.element_size()
-    make = {"se": lambda: visattn.SqueezeExcite(c), "cbam": lambda: visattn.CBAM(c)}[block]
+    # Same layout as timm's modules: SE with MLP biases; CBAM with BatchNorm after the 7x7
+    # convolution and no MLP biases (timm's CbamModule, and the official CBAM code).
+    make = {
+        "se": lambda: visattn.SqueezeExcite(c),
+        "cbam": lambda: visattn.CBAM(c, norm=True, bias=False),
+    }[block]
     ours = make().to(ctx.device, ctx.dtype)
     peak = block == "cbam"
     candidates: list[tuple[str, Callable[[], None], str]] = []
