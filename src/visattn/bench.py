@@ -428,6 +428,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="comma list; default: float32,bfloat16 on CUDA, float32 on CPU")  # fmt: skip
     p.add_argument("--models", action=argparse.BooleanOptionalAction, default=None,
                    help="train images/s of the ResNet-50 family (default: on CUDA only)")  # fmt: skip
+    p.add_argument("--compile-models", action="store_true",
+                   help="also train the networks under torch.compile (slow: minutes per model)")  # fmt: skip
     p.add_argument("--model-batch", type=int, default=128)
     p.add_argument("--model-steps", type=int, default=10)
     p.add_argument("--output", default=None, help="also write the markdown report to this file")
@@ -478,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
         ctx.dtype = dtype
     model_lines: list[str] = []
     if args.models if args.models is not None else gpu:
-        model_lines = bench_models(ctx, args.model_batch, args.model_steps, args.compile)
+        model_lines = bench_models(ctx, args.model_batch, args.model_steps, args.compile_models)
     report = ["## Results", "", *environment(ctx), "", *table(ctx.rows)]
     if model_lines:
         report += ["", "### Whole networks (train, bf16 autocast, channels_last)", "", *model_lines]
