@@ -252,7 +252,7 @@ def bench_sampler(ctx: Context, n: int, c: int, size: int, out: int, compile_ref
     from visattn.functional import bilinear_sample
 
     dtype = ctx.dtype
-    shape = f"{n}x{c}x{size}x{size}->{out}"
+    shape = f"{n}x{c}x{size}x{size}->{out} {str(dtype).replace('torch.', '')}"
     u = _layout(torch.randn(n, c, size, size, device=ctx.device, dtype=dtype), ctx)
     u.requires_grad_(True)
     ang = torch.rand(n, device=ctx.device) * 0.6 - 0.3
