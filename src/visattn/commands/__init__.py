@@ -1,0 +1,6 @@
+"""Sub-commands of the ``visattn`` command line (see ``visattn.cli`` for the protocol).
+
+Tests: ``tests/cli/``.
+"""
+
+__all__: list[str] = []

@@ -1,0 +1,160 @@
+"""Model registry: ``create_model(name, num_classes=..., attention=...)`` and ``list_models()``.
+
+Registered names (see docs/models.md):
+
+- ImageNet ResNets (He et al., arXiv:1512.03385): ``resnet18`` ... ``resnet152``; with
+  Squeeze-and-Excitation (Hu et al., arXiv:1709.01507) ``seresnet18`` ... ``seresnet152``; with
+  CBAM (Woo et al., arXiv:1807.06521) ``cbam_resnet18`` ... ``cbam_resnet152``.
+- CIFAR ResNets: ``resnet20_cifar``, ``resnet32_cifar``, ``resnet44_cifar``, ``resnet56_cifar``,
+  ``resnet110_cifar``.
+- Spatial Transformer paper networks (Jaderberg et al., arXiv:1506.02025): ``fcn``, ``cnn``,
+  ``stfcn``, ``stcnn``.
+
+Tests: ``tests/models/test_models_registry.py``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from torch import nn
+
+from .._checks import check_int
+from .resnet import cifar_resnet, imagenet_resnet
+from .stn_nets import cnn, fcn, stcnn, stfcn
+
+__all__ = ["ModelEntry", "create_model", "list_models", "register_model"]
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model: its factory, default number of classes and a one-line description."""
+
+    name: str
+    factory: Callable[..., nn.Module]
+    default_num_classes: int
+    description: str
+    fixed_attention: str | None = None  # e.g. "se" for seresnet50: attention= must not differ
+
+
+_MODELS: dict[str, ModelEntry] = {}
+
+
+def register_model(
+    name: str,
+    factory: Callable[..., nn.Module],
+    *,
+    default_num_classes: int = 1000,
+    description: str = "",
+    fixed_attention: str | None = None,
+    overwrite: bool = False,
+) -> ModelEntry:
+    """Register ``factory(*, num_classes, in_chans, attention, attention_kw, **kw)`` as ``name``."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name: expected a non-empty string, got {name!r}")
+    if not callable(factory):
+        raise TypeError(f"factory: expected a callable, got {type(factory).__name__}")
+    if name in _MODELS and not overwrite:
+        raise ValueError(f"name: {name!r} is already registered (pass overwrite=True)")
+    entry = ModelEntry(name, factory, default_num_classes, description, fixed_attention)
+    _MODELS[name] = entry
+    return entry
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Sorted registered names, optionally filtered by a shell-style ``pattern`` (``"*resnet5*"``)."""
+    names = sorted(_MODELS)
+    if pattern is None:
+        return names
+    if not isinstance(pattern, str):
+        raise TypeError(f"pattern: expected a string or None, got {type(pattern).__name__}")
+    return [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+
+
+def create_model(
+    name: str,
+    *,
+    num_classes: int | None = None,
+    in_chans: int | None = None,
+    attention: Any = None,
+    attention_kw: dict[str, Any] | None = None,
+    **kw: Any,
+) -> nn.Module:
+    """Build the model registered as ``name``.
+
+    Args:
+        name: one of :func:`list_models`.
+        num_classes: outputs of the classifier; default 1000 for the ImageNet ResNets, 10 for
+            the CIFAR ResNets and the spatial-transformer networks.
+        in_chans: input channels; default 3 for the ResNets and 1 for the spatial-transformer
+            networks (single-channel MNIST in the paper).
+        attention: attention registry name (``"se"``, ``"cbam"``, ...; see
+            ``visattn.list_attention()``) or factory ``channels -> nn.Module`` placed in every
+            residual block (ResNets) or after every convolution (``cnn`` / ``stcnn``).
+        attention_kw: keyword arguments for the attention module (e.g. ``{"reduction": 8}``).
+        **kw: model options, e.g. ``placement="pre"``, ``attention_stages=(3, 4)`` for ResNets,
+            ``input_size=42, transform="tps", num_transformers=2, arrangement="series"`` for
+            ``stcnn``.
+
+    Raises:
+        ValueError: unknown ``name`` (the message lists the valid names) or bad options.
+    """
+    if not isinstance(name, str) or name not in _MODELS:
+        raise ValueError(f"name: expected one of {', '.join(list_models())}, got {name!r}")
+    entry = _MODELS[name]
+    if num_classes is None:
+        num_classes = entry.default_num_classes
+    check_int(num_classes, "num_classes", minimum=1)
+    if in_chans is not None:
+        check_int(in_chans, "in_chans", minimum=1)
+        kw["in_chans"] = in_chans
+    if entry.fixed_attention is not None:
+        if attention is not None and attention != entry.fixed_attention:
+            raise ValueError(
+                f"attention: {name!r} always uses {entry.fixed_attention!r}, got {attention!r} "
+                f"(use the plain ResNet name with attention={attention!r})"
+            )
+        attention = entry.fixed_attention
+    if attention_kw is not None and not isinstance(attention_kw, dict):
+        raise TypeError(f"attention_kw: expected a dict or None, got {type(attention_kw).__name__}")
+    return entry.factory(
+        num_classes=num_classes,
+        attention=attention,
+        attention_kw=attention_kw,
+        **kw,
+    )
+
+
+for _depth in (18, 34, 50, 101, 152):
+    register_model(
+        f"resnet{_depth}",
+        partial(imagenet_resnet, _depth),
+        description=f"ResNet-{_depth} (ImageNet layout, torchvision/timm parameter names)",
+    )
+    register_model(
+        f"seresnet{_depth}",
+        partial(imagenet_resnet, _depth),
+        description=f"SE-ResNet-{_depth} (timm's seresnet{_depth} layout)",
+        fixed_attention="se",
+    )
+    register_model(
+        f"cbam_resnet{_depth}",
+        partial(imagenet_resnet, _depth),
+        description=f"CBAM-ResNet-{_depth} (official CBAM layout)",
+        fixed_attention="cbam",
+    )
+for _depth in (20, 32, 44, 56, 110):
+    register_model(
+        f"resnet{_depth}_cifar",
+        partial(cifar_resnet, _depth),
+        default_num_classes=10,
+        description=f"CIFAR ResNet-{_depth} (16/32/64 channels, option-A shortcuts)",
+    )
+register_model("fcn", fcn, default_num_classes=10, description="ST paper's FCN baseline")
+register_model("cnn", cnn, default_num_classes=10, description="ST paper's CNN baseline")
+register_model("stfcn", stfcn, default_num_classes=10, description="ST-FCN (ST paper)")
+register_model("stcnn", stcnn, default_num_classes=10, description="ST-CNN (ST paper)")

@@ -1,0 +1,494 @@
+"""Residual networks with attention in every block.
+
+- ResNet (He et al., CVPR 2016, arXiv:1512.03385): ImageNet ResNet-18/34/50/101/152 (Table 1,
+  stride of the bottleneck on its 3 x 3 convolution as in torchvision / timm, "v1.5") and the
+  CIFAR ResNets of §4.2 (6n + 2 layers, three stages of basic blocks with 16/32/64 channels,
+  parameter-free zero-padding shortcuts, "option A").
+- Squeeze-and-Excitation (Hu et al., CVPR 2018, arXiv:1709.01507): the SE unit inside a residual
+  block, with the placements of the paper's §6.5 / Fig. 5:
+
+      standard   y = ReLU(x' + SE(F(x)))          (SE on the residual branch, before the sum)
+      pre        y = ReLU(x' + F(SE(x)))          (SE before the residual unit, on its branch)
+      post       y = SE(ReLU(x' + F(x)))          (SE after the sum and its ReLU)
+      identity   y = ReLU(SE(x') + F(x))          (SE on the shortcut, in parallel with F)
+
+  where F is the residual branch (convolutions and BatchNorms) and x' the shortcut (x or the
+  projection ``downsample(x)``; the "identity" placement applies the unit to x' after the
+  projection, so it always sees the block's output channels).
+- CBAM (Woo et al., ECCV 2018, arXiv:1807.06521): the same slot holds a CBAM module (§3.3,
+  Fig. 3: on the residual branch before the sum).
+
+Parameter names follow torchvision and timm (``conv1``, ``bn1``, ``layer1.0.conv1``, ...,
+``layer2.0.downsample.0`` / ``.1``, ``fc``; the attention module of a block is ``se``), so
+``torchvision.models.resnet50().state_dict()`` loads into ``ResNet`` for ``resnet50`` and
+``timm.create_model("seresnet50").state_dict()`` into ``seresnet50`` with ``strict=True``.
+
+Attention defaults chosen so that the models match the published numbers (see docs/models.md):
+SE in the ImageNet ResNets uses timm's layout (1 x 1 convolutions with biases, C/16 rounded to a
+multiple of 8; SE-ResNet-50 has 28.09M parameters); CBAM uses the official code's layout (MLP with
+biases, 7 x 7 spatial convolution without bias followed by BatchNorm, C/16 hidden channels;
+CBAM-ResNet-50 has 28.09M parameters, the paper's Table 4). In the CIFAR ResNets SE and CBAM use
+C/16 without rounding, as in the SE paper.
+
+Tests: ``tests/models/test_models_resnet.py``, ``tests/models/test_models_interop.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._checks import check_choice, check_int, check_pair
+from ..layers.registry import create_attention
+
+__all__ = [
+    "PLACEMENTS",
+    "BasicBlock",
+    "Bottleneck",
+    "ResNet",
+    "ZeroPadShortcut",
+    "cifar_resnet",
+    "imagenet_resnet",
+]
+
+PLACEMENTS = ("standard", "pre", "post", "identity")
+
+AttentionSpec = str | Callable[[int], nn.Module] | None
+
+# Defaults per attention name, merged under the user's ``attention_kw``.
+IMAGENET_ATTENTION_DEFAULTS: dict[str, dict[str, Any]] = {
+    "se": {"divisor": 8},  # timm's SEModule: rd_divisor=8
+    "cbam": {"norm": True, "bias": True},  # official CBAM code: BN after the 7x7 conv, MLP bias
+}
+CIFAR_ATTENTION_DEFAULTS: dict[str, dict[str, Any]] = {
+    "cbam": {"norm": True, "bias": True},
+}
+
+
+def build_attention(
+    attention: AttentionSpec,
+    channels: int,
+    attention_kw: dict[str, Any] | None = None,
+    defaults: dict[str, dict[str, Any]] | None = None,
+) -> nn.Module | None:
+    """The attention module for ``channels`` channels: a registry name, a factory or ``None``."""
+    if attention is None:
+        if attention_kw:
+            raise ValueError(
+                f"attention_kw: expected None or {{}} when attention is None, got {attention_kw!r}"
+            )
+        return None
+    kw = dict((defaults or {}).get(attention, {})) if isinstance(attention, str) else {}
+    kw.update(attention_kw or {})
+    if isinstance(attention, str):
+        return create_attention(attention, channels, **kw)
+    if callable(attention):
+        module = attention(channels, **kw)
+        if not isinstance(module, nn.Module):
+            raise TypeError(
+                f"attention: expected the factory to return an nn.Module, got "
+                f"{type(module).__name__}"
+            )
+        return module
+    raise TypeError(
+        f"attention: expected a registry name, a factory channels -> nn.Module or None, got "
+        f"{type(attention).__name__}"
+    )
+
+
+def _conv3x3(cin: int, cout: int, stride: int = 1, **f: Any) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False, **f)
+
+
+def _conv1x1(cin: int, cout: int, stride: int = 1, **f: Any) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 1, stride=stride, bias=False, **f)
+
+
+class ZeroPadShortcut(nn.Module):
+    """Parameter-free shortcut of the CIFAR ResNets ("option A", He et al. §4.2).
+
+    x' = [x[:, :, ::s, ::s]; 0], the new channels filled with zeros.
+    Shape: (N, C_in, H, W) -> (N, C_out, ceil(H / s), ceil(W / s)).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        if out_channels < in_channels:
+            raise ValueError(
+                f"out_channels: expected >= in_channels ({in_channels}), got {out_channels}"
+            )
+        self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, 0, self.out_channels - self.in_channels))
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, stride={self.stride}"
+
+
+class _Block(nn.Module):
+    """Shared forward of the residual blocks; see the module docstring for the placements."""
+
+    expansion = 1
+    se: nn.Module | None
+    downsample: nn.Module | None
+    placement: str
+
+    def _branch(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        se, placement = self.se, self.placement
+        out = se(x) if se is not None and placement == "pre" else x
+        out = self._branch(out)
+        if se is not None and placement == "standard":
+            out = se(out)
+        shortcut = x if self.downsample is None else self.downsample(x)
+        if se is not None and placement == "identity":
+            shortcut = se(shortcut)
+        out = self.relu(out + shortcut)
+        if se is not None and placement == "post":
+            out = se(out)
+        return out
+
+    @classmethod
+    def adopt(cls, block: nn.Module, *, se: nn.Module | None, placement: str = "standard"):
+        """A block of this class that owns ``block``'s layers (same names, same computation).
+
+        Used by :func:`visattn.add_attention` to give torchvision's blocks an ``se`` slot without
+        changing the names of their parameters.
+        """
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        for name in cls._layer_names:
+            setattr(new, name, getattr(block, name))
+        new.downsample = getattr(block, "downsample", None)
+        new.stride = getattr(block, "stride", 1)
+        new.placement = check_choice(placement, "placement", PLACEMENTS)
+        new.se = se
+        new.train(block.training)
+        return new
+
+    def extra_repr(self) -> str:
+        return f"placement={self.placement!r}" if self.se is not None else ""
+
+
+class BasicBlock(_Block):
+    """Two 3 x 3 convolutions: F(x) = BN(conv(ReLU(BN(conv(x))))), output channels ``planes``."""
+
+    expansion = 1
+    _layer_names = ("conv1", "bn1", "relu", "conv2", "bn2")
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        *,
+        se: nn.Module | None = None,
+        placement: str = "standard",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        f = {"device": device, "dtype": dtype}
+        self.conv1 = _conv3x3(inplanes, planes, stride, **f)
+        self.bn1 = nn.BatchNorm2d(planes, **f)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = _conv3x3(planes, planes, **f)
+        self.bn2 = nn.BatchNorm2d(planes, **f)
+        self.downsample = downsample
+        self.stride = stride
+        self.placement = check_choice(placement, "placement", PLACEMENTS)
+        self.se = se
+
+    def _branch(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.bn2(self.conv2(out))
+
+
+class Bottleneck(_Block):
+    """1 x 1 -> 3 x 3 (stride here) -> 1 x 1 convolutions, output channels ``4 * planes``."""
+
+    expansion = 4
+    _layer_names = ("conv1", "bn1", "relu", "conv2", "bn2", "conv3", "bn3")
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        *,
+        se: nn.Module | None = None,
+        placement: str = "standard",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        f = {"device": device, "dtype": dtype}
+        self.conv1 = _conv1x1(inplanes, planes, **f)
+        self.bn1 = nn.BatchNorm2d(planes, **f)
+        self.conv2 = _conv3x3(planes, planes, stride, **f)
+        self.bn2 = nn.BatchNorm2d(planes, **f)
+        self.conv3 = _conv1x1(planes, planes * self.expansion, **f)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion, **f)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+        self.stride = stride
+        self.placement = check_choice(placement, "placement", PLACEMENTS)
+        self.se = se
+
+    def _branch(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.bn3(self.conv3(out))
+
+
+class ResNet(nn.Module):
+    """ResNet with an optional attention module in every residual block.
+
+    Args:
+        block: ``BasicBlock`` or ``Bottleneck``.
+        layers: number of blocks per stage, e.g. (3, 4, 6, 3) for ResNet-50.
+        num_classes: outputs of ``fc``.
+        in_chans: input channels of ``conv1``.
+        widths: ``planes`` of the stages (64, 128, 256, 512 for ImageNet; 16, 32, 64 for CIFAR).
+        stem: ``"imagenet"`` (7 x 7 stride-2 convolution, BN, ReLU, 3 x 3 stride-2 max pooling)
+            or ``"cifar"`` (3 x 3 convolution, BN, ReLU).
+        shortcut: ``"B"`` (1 x 1 projection + BN where the shape changes, torchvision / timm)
+            or ``"A"`` (parameter-free zero padding, the CIFAR ResNets of the paper).
+        attention: registry name (``"se"``, ``"cbam"``, ...), a factory ``channels -> Module``,
+            or ``None``; ``attention_kw`` are passed to it (over ``attention_defaults``).
+        placement: where the unit sits in the block: ``"standard"``, ``"pre"``, ``"post"`` or
+            ``"identity"`` (see the module docstring).
+        attention_stages: 1-based stages whose blocks get attention (default: all).
+        zero_init_residual: start the last BN of every block at zero (torchvision option).
+
+    Shape: (N, in_chans, H, W) -> (N, num_classes). Any H, W >= 1 (global average pooling).
+    """
+
+    def __init__(
+        self,
+        block: type[_Block],
+        layers: Sequence[int],
+        *,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        widths: Sequence[int] = (64, 128, 256, 512),
+        stem: str = "imagenet",
+        shortcut: str = "B",
+        attention: AttentionSpec = None,
+        attention_kw: dict[str, Any] | None = None,
+        attention_defaults: dict[str, dict[str, Any]] | None = None,
+        placement: str = "standard",
+        attention_stages: Sequence[int] | None = None,
+        zero_init_residual: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        check_int(num_classes, "num_classes", minimum=1)
+        check_int(in_chans, "in_chans", minimum=1)
+        check_choice(stem, "stem", ("imagenet", "cifar"))
+        check_choice(shortcut, "shortcut", ("A", "B"))
+        check_choice(placement, "placement", PLACEMENTS)
+        if block not in (BasicBlock, Bottleneck):
+            raise TypeError(f"block: expected BasicBlock or Bottleneck, got {block!r}")
+        layers, widths = tuple(layers), tuple(widths)
+        if len(layers) != len(widths) or not layers:
+            raise ValueError(
+                f"layers: expected one block count per stage width {widths}, got {layers}"
+            )
+        for n in layers:
+            check_int(n, "layers", minimum=1)
+        stages = tuple(range(1, len(layers) + 1))
+        if attention_stages is None:
+            attention_stages = stages
+        attention_stages = tuple(attention_stages)
+        for s in attention_stages:
+            if isinstance(s, bool) or not isinstance(s, int) or s not in stages:
+                raise ValueError(
+                    f"attention_stages: expected stage numbers from {stages}, got "
+                    f"{attention_stages!r}"
+                )
+        if attention is None and attention_kw:
+            raise ValueError(
+                f"attention_kw: expected None or {{}} when attention is None, got {attention_kw!r}"
+            )
+        f = {"device": device, "dtype": dtype}
+        self.num_classes = num_classes
+        # A name only (a factory may be a lambda, which would make the model unpicklable).
+        self.attention = (
+            attention
+            if attention is None or isinstance(attention, str)
+            else getattr(attention, "__name__", type(attention).__name__)
+        )
+        self.placement = placement
+        self.attention_stages = attention_stages
+        self.inplanes = widths[0]
+        if stem == "imagenet":
+            self.conv1 = nn.Conv2d(in_chans, widths[0], 7, stride=2, padding=3, bias=False, **f)
+        else:
+            self.conv1 = _conv3x3(in_chans, widths[0], **f)
+        self.bn1 = nn.BatchNorm2d(widths[0], **f)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1) if stem == "imagenet" else nn.Identity()
+        self._stage_names = []
+        for i, (n, width) in enumerate(zip(layers, widths, strict=True)):
+            stage = i + 1
+            layer = self._make_layer(
+                block,
+                width,
+                n,
+                stride=1 if i == 0 else 2,
+                shortcut=shortcut,
+                attention=attention if stage in attention_stages else None,
+                attention_kw=attention_kw,
+                defaults=attention_defaults,
+                placement=placement,
+                factory=f,
+            )
+            setattr(self, f"layer{stage}", layer)
+            self._stage_names.append(f"layer{stage}")
+        self.num_features = widths[-1] * block.expansion
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(self.num_features, num_classes, **f)
+        self._init_weights(zero_init_residual)
+
+    def _make_layer(
+        self, block, planes, blocks, *, stride, shortcut, attention, attention_kw, defaults,
+        placement, factory,
+    ) -> nn.Sequential:  # fmt: skip
+        out = planes * block.expansion
+        modules = []
+        for j in range(blocks):
+            s = stride if j == 0 else 1
+            downsample = None
+            if s != 1 or self.inplanes != out:
+                if shortcut == "A":
+                    downsample = ZeroPadShortcut(self.inplanes, out, s)
+                else:
+                    downsample = nn.Sequential(
+                        _conv1x1(self.inplanes, out, s, **factory),
+                        nn.BatchNorm2d(out, **factory),
+                    )
+            se_channels = self.inplanes if placement == "pre" else out
+            se = build_attention(attention, se_channels, attention_kw, defaults)
+            if se is not None:
+                se = se.to(**{k: v for k, v in factory.items() if v is not None})
+            modules.append(
+                block(self.inplanes, planes, s, downsample, se=se, placement=placement, **factory)
+            )
+            self.inplanes = out
+        return nn.Sequential(*modules)
+
+    def _init_weights(self, zero_init_residual: bool) -> None:
+        for name, m in self.named_modules():
+            if ".se" in name:
+                continue  # attention modules keep their own initialisation
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if zero_init_residual:
+            for m in self.modules():
+                if isinstance(m, Bottleneck):
+                    nn.init.zeros_(m.bn3.weight)
+                elif isinstance(m, BasicBlock):
+                    nn.init.zeros_(m.bn2.weight)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature map of the last stage, (N, num_features, H', W')."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        for name in self._stage_names:
+            x = getattr(self, name)(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_features(x)
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+_IMAGENET_DEPTHS: dict[int, tuple[type[_Block], tuple[int, ...]]] = {
+    18: (BasicBlock, (2, 2, 2, 2)),
+    34: (BasicBlock, (3, 4, 6, 3)),
+    50: (Bottleneck, (3, 4, 6, 3)),
+    101: (Bottleneck, (3, 4, 23, 3)),
+    152: (Bottleneck, (3, 8, 36, 3)),
+}
+
+
+def imagenet_resnet(
+    depth: int,
+    *,
+    num_classes: int = 1000,
+    in_chans: int = 3,
+    attention: AttentionSpec = None,
+    attention_kw: dict[str, Any] | None = None,
+    input_size: int | tuple[int, int] | None = None,
+    **kw: Any,
+) -> ResNet:
+    """ImageNet ResNet-``depth`` (18, 34, 50, 101 or 152), torchvision / timm parameter names.
+
+    ``input_size`` is accepted (and checked) for a uniform ``create_model`` interface; the
+    network works at any size (global average pooling).
+    """
+    if input_size is not None:
+        check_pair(input_size, "input_size")
+    if depth not in _IMAGENET_DEPTHS:
+        raise ValueError(f"depth: expected one of {sorted(_IMAGENET_DEPTHS)}, got {depth!r}")
+    block, layers = _IMAGENET_DEPTHS[depth]
+    kw.setdefault("attention_defaults", IMAGENET_ATTENTION_DEFAULTS)
+    return ResNet(
+        block,
+        layers,
+        num_classes=num_classes,
+        in_chans=in_chans,
+        attention=attention,
+        attention_kw=attention_kw,
+        **kw,
+    )
+
+
+def cifar_resnet(
+    depth: int,
+    *,
+    num_classes: int = 10,
+    in_chans: int = 3,
+    attention: AttentionSpec = None,
+    attention_kw: dict[str, Any] | None = None,
+    input_size: int | tuple[int, int] | None = None,
+    **kw: Any,
+) -> ResNet:
+    """CIFAR ResNet-``depth`` (depth = 6n + 2): three stages of n basic blocks, 16/32/64 channels.
+
+    3 x 3 convolution stem without pooling, option-A shortcuts by default (``shortcut="B"`` for
+    projections), global average pooling and ``fc``. ResNet-110 has 1.73M parameters.
+    """
+    if input_size is not None:
+        check_pair(input_size, "input_size")  # accepted for a uniform interface; any size works
+    check_int(depth, "depth", minimum=8)
+    if (depth - 2) % 6:
+        raise ValueError(f"depth: expected 6n + 2 (20, 32, 44, 56, 110, ...), got {depth}")
+    n = (depth - 2) // 6
+    kw.setdefault("shortcut", "A")
+    kw.setdefault("attention_defaults", CIFAR_ATTENTION_DEFAULTS)
+    return ResNet(
+        BasicBlock,
+        (n, n, n),
+        num_classes=num_classes,
+        in_chans=in_chans,
+        widths=(16, 32, 64),
+        stem="cifar",
+        attention=attention,
+        attention_kw=attention_kw,
+        **kw,
+    )
