@@ -402,8 +402,17 @@ def table(rows: list[Row]) -> list[str]:
     return lines
 
 
+class _UsageError(Exception):
+    """A command-line mistake, reported as one line on stderr (exit status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # type: ignore[override]
+        raise _UsageError(f"{self.prog}: error: {message}")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="visattn bench",
         description="Side-by-side benchmark of SE / CBAM / sampler: reference, fused, compiled, "
         "timm, grid_sample (prints a markdown table; never fails on time).",
@@ -436,14 +445,36 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _sampler_shape(spec: str | None) -> tuple[int, int, int, int] | None:
+    if spec is None:
+        return None
+    try:
+        values = tuple(int(v) for v in spec.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4 or min(values) < 1:
+        raise _UsageError(
+            f"visattn bench: error: --sampler-shape: expected four positive ints N,C,H,OUT, got {spec!r}"
+        )
+    return values  # type: ignore[return-value]
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    """Run the benchmark; returns 0, or 2 (one line on stderr) for a command-line mistake."""
+    try:
+        args = _parser().parse_args(argv)
+        sampler_shape = _sampler_shape(args.sampler_shape)
+    except _UsageError as err:
+        print(str(err), file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help
+        return int(exc.code or 0)
     if args.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
         device = torch.device(args.device)
         if device.type == "cuda" and not torch.cuda.is_available():
-            print("visattn bench: --device cuda but CUDA is not available", file=sys.stderr)
+            print("visattn bench: error: --device cuda but CUDA is not available", file=sys.stderr)
             return 2
     gpu = device.type == "cuda"
     if args.threads is not None:
@@ -460,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     blocks = [b.strip() for b in args.blocks.split(",") if b.strip()]
     for b in blocks:
         if b not in ("se", "cbam", "sampler"):
-            print(f"visattn bench: --blocks: unknown block {b!r}", file=sys.stderr)
+            print(f"visattn bench: error: --blocks: unknown block {b!r}", file=sys.stderr)
             return 2
     stages = RESNET50_STAGES[:1] if args.quick else RESNET50_STAGES
     big = max(batch * c * s * s for c, s in stages) * 4
@@ -471,8 +502,7 @@ def main(argv: list[str] | None = None) -> int:
             for c, s in stages:
                 bench_block(ctx, block, batch, c, s, args.compile)
     if "sampler" in blocks:
-        spec = args.sampler_shape or ("64,64,112,112" if gpu else "8,32,56,56")
-        n, c, h, o = (int(v) for v in spec.split(","))
+        n, c, h, o = sampler_shape or ((64, 64, 112, 112) if gpu else (8, 32, 56, 56))
         sdtypes = (args.sampler_dtypes or ("float32,bfloat16" if gpu else "float32")).split(",")
         for name in sdtypes:
             ctx.dtype = getattr(torch, name.strip())

@@ -32,3 +32,10 @@ def test_bench_quick_cpu_writes_markdown(tmp_path, capsys):
 def test_bench_rejects_unknown_block(capsys):
     assert main(["--device", "cpu", "--blocks", "se,nope"]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_bench_usage_errors_are_one_line(capsys):
+    assert main(["--sampler-shape", "1,2,x"]) == 2
+    assert main(["--no-such-option"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and all("visattn bench: error:" in line for line in lines)
