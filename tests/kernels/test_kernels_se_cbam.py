@@ -340,3 +340,16 @@ def test_cbam_with_batchnorm_matches_reference(device, channels_last, momentum):
             _close(p.grad, q.grad, 2e-4, name)
         for (name, buf), ref in zip(layer.named_buffers(), twin.buffers(), strict=True):
             _close(buf.float(), ref.float(), 1e-5, name)
+
+
+def test_flop_counter_counts_the_fused_blocks_like_the_formulas():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(2, 32, 9, 7, requires_grad=True)
+    for layer in (visattn.SqueezeExcite(32, reduction=4), visattn.CBAM(32, reduction=4)):
+        counts = []
+        for backend in (FAST, "reference"):
+            with use_backend(backend), FlopCounterMode(display=False) as counter:
+                layer(x).sum().backward()
+            counts.append(counter.get_total_flops())
+        assert counts[0] == counts[1] > 0, type(layer).__name__

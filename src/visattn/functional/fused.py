@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .._checks import check_choice, check_tensor
+from ..kernels import ops as _ops  # noqa: F401  (registers torch.ops.visattn.* and their FLOP counts)
 from .attention import GATES, POOLS, channel_pool, channel_scale, gate, global_pool
 
 __all__ = ["cbam", "cbam_reference", "squeeze_excite", "squeeze_excite_reference"]
@@ -89,8 +90,6 @@ def squeeze_excite(
         return squeeze_excite_reference(
             x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, squeeze=squeeze, gate_fn=gate
         )
-    from ..kernels import ops  # noqa: F401  (registers torch.ops.visattn)
-
     return torch.ops.visattn.squeeze_excite(
         x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, squeeze, gate, impl
     )[0]
@@ -169,8 +168,6 @@ def cbam(
             x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias, pool=pool,
             norm=norm,
         )  # fmt: skip
-    from ..kernels import ops  # noqa: F401  (registers torch.ops.visattn)
-
     bn: tuple = (None, None, None, None, 0, 1e-5)
     if norm is not None:
         batch_stats = norm.training or (norm.running_mean is None and norm.running_var is None)

@@ -451,3 +451,45 @@ def _cbam_backward(ctx, dy, _da, _db, _dz, _dpooled, _dstats):
 
 
 cbam.register_autograd(_cbam_backward, setup_context=_cbam_setup)
+
+
+# ----------------------------------------------------------------------------- FLOP counts
+# ``torch.utils.flop_counter`` counts matrix products and convolutions (2 FLOPs per
+# multiply-add) and sees a custom operator as a black box; these formulas give the fused
+# operators the counts of the plain formulas' 1 x 1 / k x k convolutions (pooling, gates and
+# products count 0 there too), and twice that for the backward (input and weight gradients).
+
+
+def _mlp_flops(x_shape, w1_shape, pools: int) -> int:
+    n, c = x_shape[0], x_shape[1]
+    return pools * 2 * n * 2 * c * w1_shape[0]
+
+
+def _spatial_flops(x_shape, conv_shape) -> int:
+    n, _, h, w = x_shape
+    return 2 * n * h * w * conv_shape[1] * conv_shape[2] * conv_shape[3]
+
+
+try:
+    from torch.utils.flop_counter import register_flop_formula
+except ImportError:  # pragma: no cover - old torch
+    register_flop_formula = None
+
+if register_flop_formula is not None:
+
+    @register_flop_formula(torch.ops.visattn.squeeze_excite)
+    def _se_flops(x, w1, *args, out_shape=None, **kwargs) -> int:
+        return _mlp_flops(x, w1, 1)
+
+    @register_flop_formula(torch.ops.visattn.squeeze_excite_backward)
+    def _se_backward_flops(dy, x, s, z, w1, *args, out_shape=None, **kwargs) -> int:
+        return 2 * _mlp_flops(x, w1, 1)
+
+    @register_flop_formula(torch.ops.visattn.cbam)
+    def _cbam_flops(x, w1, b1, w2, b2, conv_w, *args, out_shape=None, **kwargs) -> int:
+        return _mlp_flops(x, w1, conv_w[1]) + _spatial_flops(x, conv_w)
+
+    @register_flop_formula(torch.ops.visattn.cbam_backward)
+    def _cbam_backward_flops(dy, x, a, b, z, pooled, w1, b1, w2, b2, conv_w, *args,
+                             out_shape=None, **kwargs) -> int:  # fmt: skip
+        return 2 * (_mlp_flops(x, w1, conv_w[1]) + _spatial_flops(x, conv_w))
