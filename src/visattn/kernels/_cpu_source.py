@@ -65,6 +65,10 @@ static Geo make_geo(int64_t N, int64_t C, int64_t P, int nt) {
   return g;
 }
 
+static int64_t row_block(int64_t rows, int nt) {
+  return std::max<int64_t>(1, (rows + 16 * (int64_t)nt - 1) / (16 * (int64_t)nt));
+}
+
 static const float NEG_INF = -std::numeric_limits<float>::infinity();
 
 // By-value maximum: std::max takes references, which stops GCC from vectorising simd loops.
@@ -121,31 +125,39 @@ static void stats_c(const T* x, const Geo& g, int nt, float* sum, float* mx) {
 // ---------------------------------------------------------------- y = (x a_c) b_p
 template <typename T, bool CL, bool HAS_B>
 static void apply_k(const T* x, T* y, const float* a, const float* b, const Geo& g, int nt) {
-  const int64_t C = g.C, P = g.P, nblk = g.N * g.nb;
+  const int64_t C = g.C, P = g.P;
+  if (!CL) {
+    // NCHW: tiles of whole (n, c) rows, so that every tile writes one contiguous range and the
+    // threads fault in (and zero) disjoint pages of the fresh output.
+    const int64_t rows = g.N * C, rb = row_block(rows, nt);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (int64_t r0 = 0; r0 < rows; r0 += rb) {
+      for (int64_t r = r0; r < std::min(rows, r0 + rb); ++r) {
+        const int64_t n = r / C, o = r * P;
+        const float ac = a[r];
+        const float* bn = HAS_B ? b + n * P : nullptr;
+#pragma omp simd
+        for (int64_t p = 0; p < P; ++p) {
+          float v = ld(x + o, p) * ac;
+          st(y + o, p, HAS_B ? v * bn[p] : v);
+        }
+      }
+    }
+    return;
+  }
+  const int64_t nblk = g.N * g.nb;
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
   for (int64_t blk = 0; blk < nblk; ++blk) {
     const int64_t n = blk / g.nb, p0 = (blk % g.nb) * g.pb, p1 = std::min(P, p0 + g.pb);
     const float* an = a + n * C;
     const float* bn = HAS_B ? b + n * P : nullptr;
-    if (CL) {
-      for (int64_t p = p0; p < p1; ++p) {
-        const int64_t o = (n * P + p) * C;
-        const float bp = HAS_B ? bn[p] : 1.f;
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t o = (n * P + p) * C;
+      const float bp = HAS_B ? bn[p] : 1.f;
 #pragma omp simd
-        for (int64_t c = 0; c < C; ++c) {
-          float v = ld(x + o, c) * an[c];
-          st(y + o, c, HAS_B ? v * bp : v);
-        }
-      }
-    } else {
       for (int64_t c = 0; c < C; ++c) {
-        const int64_t o = (n * C + c) * P;
-        const float ac = an[c];
-#pragma omp simd
-        for (int64_t p = p0; p < p1; ++p) {
-          float v = ld(x + o, p) * ac;
-          st(y + o, p, HAS_B ? v * bn[p] : v);
-        }
+        float v = ld(x + o, c) * an[c];
+        st(y + o, c, HAS_B ? v * bp : v);
       }
     }
   }
@@ -320,6 +332,31 @@ static void bwd_apply(const T* dy, const T* x, const float* a, const float* b, c
                       const float* gmax, const float* pmax, const float* cavg, const float* cmax,
                       const float* zmax, T* dx, const Geo& g, int nt) {
   const int64_t C = g.C, P = g.P, nblk = g.N * g.nb;
+  if (!CL) {  // NCHW: contiguous row tiles (see apply_k)
+    const int64_t rows = g.N * C, rb = row_block(rows, nt);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (int64_t r0 = 0; r0 < rows; r0 += rb) {
+      for (int64_t r = r0; r < std::min(rows, r0 + rb); ++r) {
+        const int64_t n = r / C, o = r * P;
+        const float* bn = CBAM ? b + n * P : nullptr;
+        const float* gan = CBAM ? gavg + n * P : nullptr;
+        const float* gmn = MAXP ? gmax + n * P : nullptr;
+        const float* pmn = MAXP ? pmax + n * P : nullptr;
+        const float ac = a[r], ca = cavg[r];
+        const float cm = MAXC ? cmax[r] : 0.f, zc = MAXC ? zmax[r] : 0.f;
+#pragma omp simd
+        for (int64_t p = 0; p < P; ++p) {
+          float v = ld(x + o, p);
+          float gg = CBAM ? ld(dy + o, p) * bn[p] + gan[p] : ld(dy + o, p);
+          if (MAXP) gg += (ac * v == pmn[p]) ? gmn[p] : 0.f;
+          float r2 = ac * gg + ca;
+          if (MAXC) r2 += (v == zc) ? cm : 0.f;
+          st(dx + o, p, r2);
+        }
+      }
+    }
+    return;
+  }
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
   for (int64_t blk = 0; blk < nblk; ++blk) {
     const int64_t n = blk / g.nb, p0 = (blk % g.nb) * g.pb, p1 = std::min(P, p0 + g.pb);
