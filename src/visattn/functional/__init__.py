@@ -4,6 +4,7 @@ Every function here follows a formula of ``DESIGN.md`` §1 and names it in its d
 """
 
 from .attention import GATES, POOLS, channel_pool, channel_scale, gate, global_pool
+from .fused import cbam, cbam_reference, squeeze_excite, squeeze_excite_reference
 from .grids import (
     TRANSFORMS,
     affine_grid,
@@ -29,6 +30,8 @@ __all__ = [
     "affine_grid",
     "bilinear_sample",
     "bilinear_sample_reference",
+    "cbam",
+    "cbam_reference",
     "channel_pool",
     "channel_scale",
     "gate",
@@ -40,6 +43,8 @@ __all__ = [
     "projective_grid",
     "rts_matrix",
     "scale_translation_matrix",
+    "squeeze_excite",
+    "squeeze_excite_reference",
     "tps_control_points",
     "tps_grid",
     "tps_weights",

@@ -249,6 +249,55 @@ def bilinear_sample(
         return F.grid_sample(
             input, grid, mode="bilinear", padding_mode=padding_mode, align_corners=align_corners
         )
+    fast = _fast_sample(input, grid, align_corners, padding_mode)
+    if fast is not None:
+        return fast
     return bilinear_sample_reference(
         input, grid, align_corners=align_corners, padding_mode=padding_mode
     )
+
+
+def _fast_sample(
+    input: torch.Tensor, grid: torch.Tensor, align_corners: bool, padding_mode: str
+) -> torch.Tensor | None:
+    """The fast sampler for this device, or None where the reference must run.
+
+    CUDA: the Triton operator ``visattn::bilinear_sample`` (zero padding; deterministic
+    backward). CPU: ``torch.nn.functional.grid_sample``, whose CPU kernels compute the same
+    eq. 5-7 with the same kink / padding conventions and a deterministic backward. Both compute
+    in float32 (or float64 for float64 inputs) and return input's dtype (float32 under autocast).
+    """
+    from ..kernels._backend import get_backend, interpret_mode, triton_available
+
+    backend = get_backend()
+    if backend == "reference":
+        return None
+    _check_sample_args(input, grid, align_corners, padding_mode)
+    if input.numel() == 0 or grid.numel() == 0:
+        return None
+    device_type = input.device.type
+    autocast = torch.is_autocast_enabled(device_type)
+    out_dtype = torch.float32 if autocast else input.dtype
+    use_triton = (
+        padding_mode == "zeros"
+        and input.dtype in (torch.float32, torch.bfloat16, torch.float16)
+        and grid.dtype in (torch.float32, torch.bfloat16, torch.float16)
+        and triton_available()
+        and (device_type == "cuda" or (backend == "triton" and interpret_mode()))
+    )
+    if use_triton:
+        from ..kernels import sampler  # noqa: F401  (registers torch.ops.visattn)
+
+        with torch.autocast(device_type, enabled=False):
+            # The kernel computes in float32 and writes input's dtype: upcast when autocast
+            # asks for a float32 result.
+            return torch.ops.visattn.bilinear_sample(input.to(out_dtype), grid, align_corners)
+    if device_type != "cpu" or backend == "triton":
+        return None
+    compute = torch.promote_types(torch.promote_types(input.dtype, grid.dtype), torch.float32)
+    with torch.autocast(device_type, enabled=False):
+        out = F.grid_sample(
+            input.to(compute), grid.to(compute), mode="bilinear", padding_mode=padding_mode,
+            align_corners=align_corners,
+        )  # fmt: skip
+    return out.to(out_dtype)

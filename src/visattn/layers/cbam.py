@@ -15,7 +15,12 @@ the order of ``pool`` (average first by default, as in eq. 3).
 ``"spatial_first"`` applies M_s first then M_c, and ``"parallel"`` computes both maps from the
 same F and applies them together: F'' = M_c(F) * M_s(F) * F.
 
-Tests: ``tests/layers/test_cbam.py``.
+The block (order ``"channel_first"``, with or without ``norm``) runs
+:func:`visattn.functional.cbam`: fused kernels by default (:mod:`visattn.kernels`), the plain
+formula under ``VISATTN_BACKEND=reference``; the other orders and the standalone
+``ChannelAttention`` / ``SpatialAttention`` use the formulas below.
+
+Tests: ``tests/layers/test_cbam.py``, ``tests/kernels/test_kernels_se_cbam.py``.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from torch import nn
 
 from .._checks import check_choice, check_int, check_tensor
 from ..functional.attention import POOLS, channel_pool, channel_scale, global_pool
+from ..functional.fused import cbam
 from .squeeze_excite import reduced_channels
 
 __all__ = ["CBAM", "ChannelAttention", "SpatialAttention"]
@@ -185,6 +191,13 @@ class CBAM(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, self.channels)
         if self.order == "channel_first":
+            if set(self.channel.pool) == set(self.spatial.pool):
+                ch, sp = self.channel, self.spatial
+                norm = None if isinstance(sp.bn, nn.Identity) else sp.bn
+                return cbam(
+                    x, ch.fc1.weight, ch.fc1.bias, ch.fc2.weight, ch.fc2.bias, sp.conv.weight,
+                    sp.conv.bias, pool=sp.pool, norm=norm,
+                )  # fmt: skip
             return self.spatial(self.channel(x))
         if self.order == "spatial_first":
             return self.channel(self.spatial(x))

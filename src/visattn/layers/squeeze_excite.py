@@ -8,7 +8,10 @@ Code symbols: ``fc1`` is W_1 (with bias b_1 when ``bias=True``), ``fc2`` is W_2,
 is r. W_1 and W_2 are stored as 1 x 1 convolutions, the layout of timm's ``SEModule``
 (``se.fc1`` / ``se.fc2``), so its checkpoints load unchanged.
 
-Tests: ``tests/layers/test_squeeze_excite.py``.
+``forward`` runs :func:`visattn.functional.squeeze_excite`: the fused kernels of
+:mod:`visattn.kernels` by default, the plain formula under ``VISATTN_BACKEND=reference``.
+
+Tests: ``tests/layers/test_squeeze_excite.py``, ``tests/kernels/test_kernels_se_cbam.py``.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ import torch
 from torch import nn
 
 from .._checks import check_choice, check_int, check_tensor
-from ..functional.attention import GATES, POOLS, channel_scale, gate, global_pool
+from ..functional.attention import GATES, POOLS, gate, global_pool
+from ..functional.fused import squeeze_excite
 
 __all__ = ["SqueezeExcite", "reduced_channels"]
 
@@ -97,7 +101,10 @@ class SqueezeExcite(nn.Module):
         check_tensor(x, "x", ndim=4, layout="(N, C, H, W)")
         if x.shape[1] != self.channels:
             raise ValueError(f"x: expected {self.channels} channels, got shape {tuple(x.shape)}")
-        return channel_scale(x, self.excitation(x))
+        return squeeze_excite(
+            x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias,
+            squeeze=self.squeeze, gate=self.gate,
+        )  # fmt: skip
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, squeeze={self.squeeze!r}, gate={self.gate!r}"

@@ -1,0 +1,14 @@
+"""Fast kernels behind :mod:`visattn.functional` (DESIGN.md §5, issue 6).
+
+SE (arXiv:1709.01507), CBAM (arXiv:1807.06521) and the bilinear sampler of the Spatial
+Transformer (arXiv:1506.02025) run as fused kernels: Triton on CUDA
+(:mod:`visattn.kernels.triton_kernels`), C++ with OpenMP on CPU (:mod:`visattn.kernels.cpu`),
+wrapped as ``torch.library`` custom operators ``torch.ops.visattn.*``
+(:mod:`visattn.kernels.ops`, :mod:`visattn.kernels.sampler`). :func:`use_backend` and the
+``VISATTN_BACKEND`` environment variable switch back to the reference formulas. Kernels never
+import layers. Tests: ``tests/kernels/``.
+"""
+
+from ._backend import BACKENDS, get_backend, select_impl, triton_available, use_backend
+
+__all__ = ["BACKENDS", "get_backend", "select_impl", "triton_available", "use_backend"]

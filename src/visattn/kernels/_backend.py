@@ -1,0 +1,105 @@
+"""Backend switch of the fast kernels (DESIGN.md §5; issue 6).
+
+``VISATTN_BACKEND`` (environment, read at every call) and :func:`use_backend` (a context
+manager, which wins over the environment) choose how SE, CBAM and the bilinear sampler run:
+
+- ``"auto"`` (default): the fastest correct path for the device: Triton kernels on CUDA, the
+  fused C++ kernels on CPU (``torch.nn.functional.grid_sample`` for the sampler), the reference
+  formulas where neither applies (other dtypes, options a kernel does not cover).
+- ``"reference"``: the plain formulas of DESIGN.md §1 everywhere.
+- ``"cpu"``: like ``"auto"`` (kept for symmetry, selects the C++ kernels on CPU tensors).
+- ``"triton"``: Triton kernels also for CPU tensors; needs ``TRITON_INTERPRET=1`` set before
+  ``triton`` is imported (the interpreter runs the kernels on the CPU: tests only).
+
+Tests: ``tests/kernels/test_kernels_backend.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+from collections.abc import Iterator
+
+import torch
+
+__all__ = ["BACKENDS", "get_backend", "select_impl", "triton_available", "use_backend"]
+
+BACKENDS = ("auto", "reference", "cpu", "triton")
+
+_OVERRIDE: list[str] = []
+_TRITON_OK: list[bool] = []
+
+
+def _check(name: object, source: str) -> str:
+    if not isinstance(name, str) or name not in BACKENDS:
+        raise ValueError(
+            f"{source}: expected one of {', '.join(map(repr, BACKENDS))}, got {name!r}"
+        )
+    return name
+
+
+def get_backend() -> str:
+    """The active backend name: the innermost :func:`use_backend`, else ``VISATTN_BACKEND``."""
+    if _OVERRIDE:
+        return _OVERRIDE[-1]
+    return _check(os.environ.get("VISATTN_BACKEND", "auto") or "auto", "VISATTN_BACKEND")
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[str]:
+    """Context manager: run SE / CBAM / the sampler with backend ``name`` inside the block.
+
+    Example: ``with visattn.kernels.use_backend("reference"): y = layer(x)``. Not thread-local.
+    """
+    _OVERRIDE.append(_check(name, "backend"))
+    try:
+        yield name
+    finally:
+        _OVERRIDE.pop()
+
+
+@torch.compiler.assume_constant_result
+def triton_available() -> bool:
+    """Whether ``triton`` can be imported (checked once; a constant for torch.compile)."""
+    if not _TRITON_OK:
+        _TRITON_OK.append(importlib.util.find_spec("triton") is not None)
+    return _TRITON_OK[0]
+
+
+def interpret_mode() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+_FAST_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def select_impl(x: torch.Tensor) -> str | None:
+    """``"triton"``, ``"c"`` or ``None`` (reference) for the SE / CBAM kernels on ``x``."""
+    backend = get_backend()
+    if backend == "reference" or torch.onnx.is_in_onnx_export():
+        return None  # ONNX has no visattn:: operators: export the plain formulas
+    if x.dtype not in (*_FAST_DTYPES, torch.float16):
+        return None
+    if x.device.type == "cuda":
+        return "triton" if triton_available() else None
+    if x.device.type != "cpu":
+        return None
+    if backend == "triton":
+        if not (interpret_mode() and triton_available()):
+            raise RuntimeError(
+                "backend: 'triton' on CPU tensors needs triton and TRITON_INTERPRET=1 set before "
+                "triton is imported"
+            )
+        return "triton"
+    if x.dtype not in _FAST_DTYPES:
+        return None
+    return "c" if cpu_kernels_available() else None
+
+
+@torch.compiler.assume_constant_result
+def cpu_kernels_available() -> bool:
+    """Whether the C++ kernels build and load here (checked once; a constant for torch.compile)."""
+    from . import cpu
+
+    return cpu.available()

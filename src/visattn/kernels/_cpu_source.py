@@ -1,0 +1,485 @@
+"""C++ source of the fused CPU kernels for SE (arXiv:1709.01507) and CBAM (arXiv:1807.06521).
+
+The tensor x is viewed as (N, C, P) with P = H W, either NCHW-contiguous (``cl = 0``: p is the
+fastest index) or channels_last (``cl = 1``: c is the fastest index). Per-channel vectors
+(``a``: SE's s or CBAM's M_c, ``zmax``, ``cavg``, ``cmax``) are float32 (N, C); per-position
+vectors (``b``: CBAM's M_s, ``gavg``, ``gmax``, ``pmax``) are float32 (N, P). Element types are
+float32 (``dt = 0``) or bfloat16 (``dt = 1``); all arithmetic is float32.
+
+Kernels (each one pass over its full-size operands):
+
+- ``va_stats_c``  sum_p x and max_p x per (n, c)                         (SE squeeze / CBAM AvgPool, MaxPool)
+- ``va_apply``    y = (x * a_c) * b_p  (b optional)                        (SE eq. 4 / CBAM eq. 1)
+- ``va_stats_p``  sum_c a_c x and max_c a_c x per (n, p)                 (CBAM AvgPool_c, MaxPool_c of F')
+- ``va_bwd_reduce``  q_c = sum_p dy x b_p, db_p = sum_c dy a_c x, tie counts of both maxima
+- ``va_bwd_channel`` out_c = sum_p x (gavg_p + [a_c x == pmax_p] gmax_p)
+- ``va_bwd_apply``   dx = a_c (dy b_p + gavg_p + [a_c x == pmax_p] gmax_p) + cavg_c + [x == zmax_c] cmax_c
+
+Work is split into (n, block of positions) tiles that OpenMP threads take dynamically; partial
+per-channel sums of the tiles are added in a fixed tile order afterwards, so every result is
+deterministic (independent of which thread ran which tile).
+Built and loaded by :mod:`visattn.kernels.cpu`; tested in ``tests/kernels/test_kernels_se_cbam.py``.
+"""
+
+__all__ = ["SOURCE"]
+
+SOURCE = r"""
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+typedef uint16_t bf16_t;
+
+static inline float ld(const float* p, int64_t i) { return p[i]; }
+static inline float ld(const bf16_t* p, int64_t i) {
+  uint32_t u = ((uint32_t)p[i]) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+static inline void st(float* p, int64_t i, float v) { p[i] = v; }
+static inline void st(bf16_t* p, int64_t i, float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  uint32_t q = (u >> 16) | 0x40u;
+  p[i] = (bf16_t)(((u & 0x7fffffffu) > 0x7f800000u) ? q : r);
+}
+
+struct Geo {
+  int64_t N, C, P, nb, pb;
+};
+
+static Geo make_geo(int64_t N, int64_t C, int64_t P, int nt) {
+  Geo g;
+  g.N = N; g.C = C; g.P = P;
+  // About 16 tiles per thread, handed out dynamically: a thread that the OS deschedules on a
+  // busy machine delays its current tile only, not half of the pass.
+  int64_t want = std::max<int64_t>(1, (16 * (int64_t)nt + N - 1) / N);
+  int64_t nb = std::max<int64_t>(1, std::min<int64_t>(want, (P + 15) / 16));
+  g.pb = (P + nb - 1) / nb;
+  g.nb = (P + g.pb - 1) / g.pb;
+  return g;
+}
+
+static int64_t row_block(int64_t rows, int nt) {
+  return std::max<int64_t>(1, (rows + 16 * (int64_t)nt - 1) / (16 * (int64_t)nt));
+}
+
+static const float NEG_INF = -std::numeric_limits<float>::infinity();
+
+// By-value maximum: std::max takes references, which stops GCC from vectorising simd loops.
+static inline float vmax(float a, float b) { return a > b ? a : b; }
+
+// ---------------------------------------------------------------- sum_p x, max_p x
+template <typename T, bool CL>
+static void stats_c(const T* x, const Geo& g, int nt, float* sum, float* mx) {
+  const int64_t C = g.C, P = g.P, nblk = g.N * g.nb;
+  std::vector<float> ps(nblk * C), pm(nblk * C);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+  for (int64_t blk = 0; blk < nblk; ++blk) {
+    const int64_t n = blk / g.nb, p0 = (blk % g.nb) * g.pb, p1 = std::min(P, p0 + g.pb);
+    float* s = &ps[blk * C];
+    float* m = &pm[blk * C];
+    if (CL) {
+      for (int64_t c = 0; c < C; ++c) { s[c] = 0.f; m[c] = NEG_INF; }
+      for (int64_t p = p0; p < p1; ++p) {
+        const T* row = x + (n * P + p) * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          float v = ld(row, c);
+          s[c] += v;
+          m[c] = vmax(m[c], v);
+        }
+      }
+    } else {
+      for (int64_t c = 0; c < C; ++c) {
+        const T* row = x + (n * C + c) * P;
+        float acc = 0.f, mm = NEG_INF;
+#pragma omp simd reduction(+ : acc) reduction(max : mm)
+        for (int64_t p = p0; p < p1; ++p) {
+          float v = ld(row, p);
+          acc += v;
+          mm = vmax(mm, v);
+        }
+        s[c] = acc;
+        m[c] = mm;
+      }
+    }
+  }
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t c = 0; c < C; ++c) {
+      float acc = 0.f, mm = NEG_INF;
+      for (int64_t b = 0; b < g.nb; ++b) {
+        acc += ps[(n * g.nb + b) * C + c];
+        mm = vmax(mm, pm[(n * g.nb + b) * C + c]);
+      }
+      sum[n * C + c] = acc;
+      mx[n * C + c] = mm;
+    }
+}
+
+// ---------------------------------------------------------------- y = (x a_c) b_p
+template <typename T, bool CL, bool HAS_B>
+static void apply_k(const T* x, T* y, const float* a, const float* b, const Geo& g, int nt) {
+  const int64_t C = g.C, P = g.P;
+  if (!CL) {
+    // NCHW: tiles of whole (n, c) rows, so that every tile writes one contiguous range and the
+    // threads fault in (and zero) disjoint pages of the fresh output.
+    const int64_t rows = g.N * C, rb = row_block(rows, nt);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (int64_t r0 = 0; r0 < rows; r0 += rb) {
+      for (int64_t r = r0; r < std::min(rows, r0 + rb); ++r) {
+        const int64_t n = r / C, o = r * P;
+        const float ac = a[r];
+        const float* bn = HAS_B ? b + n * P : nullptr;
+#pragma omp simd
+        for (int64_t p = 0; p < P; ++p) {
+          float v = ld(x + o, p) * ac;
+          st(y + o, p, HAS_B ? v * bn[p] : v);
+        }
+      }
+    }
+    return;
+  }
+  const int64_t nblk = g.N * g.nb;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+  for (int64_t blk = 0; blk < nblk; ++blk) {
+    const int64_t n = blk / g.nb, p0 = (blk % g.nb) * g.pb, p1 = std::min(P, p0 + g.pb);
+    const float* an = a + n * C;
+    const float* bn = HAS_B ? b + n * P : nullptr;
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t o = (n * P + p) * C;
+      const float bp = HAS_B ? bn[p] : 1.f;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) {
+        float v = ld(x + o, c) * an[c];
+        st(y + o, c, HAS_B ? v * bp : v);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------- sum_c a x, max_c a x
+template <typename T, bool CL>
+static void stats_p(const T* x, const float* a, float* psum, float* pmax, const Geo& g, int nt) {
+  const int64_t C = g.C, P = g.P, nblk = g.N * g.nb;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+  for (int64_t blk = 0; blk < nblk; ++blk) {
+    const int64_t n = blk / g.nb, p0 = (blk % g.nb) * g.pb, p1 = std::min(P, p0 + g.pb);
+    const float* an = a + n * C;
+    if (CL) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const T* row = x + (n * P + p) * C;
+        float acc = 0.f, mm = NEG_INF;
+#pragma omp simd reduction(+ : acc) reduction(max : mm)
+        for (int64_t c = 0; c < C; ++c) {
+          float v = an[c] * ld(row, c);
+          acc += v;
+          mm = vmax(mm, v);
+        }
+        psum[n * P + p] = acc;
+        pmax[n * P + p] = mm;
+      }
+    } else {
+      float* s = psum + n * P;
+      float* m = pmax + n * P;
+      for (int64_t p = p0; p < p1; ++p) { s[p] = 0.f; m[p] = NEG_INF; }
+      for (int64_t c = 0; c < C; ++c) {
+        const T* row = x + (n * C + c) * P;
+        const float ac = an[c];
+#pragma omp simd
+        for (int64_t p = p0; p < p1; ++p) {
+          float v = ac * ld(row, p);
+          s[p] += v;
+          m[p] = vmax(m[p], v);
+        }
+      }
+    }
+  }
+}
+
+// ------------------------------------- q_c = sum_p dy x b_p, db_p = sum_c dy a x, tie counts
+template <typename T, bool CL, bool CBAM, bool CNT>
+static void bwd_reduce(const T* dy, const T* x, const float* a, const float* b,
+                       const float* zmax, const float* pmax, float* q, float* db, float* zcnt,
+                       float* pcnt, const Geo& g, int nt) {
+  const int64_t C = g.C, P = g.P, nblk = g.N * g.nb;
+  std::vector<float> pq(nblk * C), pz(CNT ? nblk * C : 0);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+  for (int64_t blk = 0; blk < nblk; ++blk) {
+    const int64_t n = blk / g.nb, p0 = (blk % g.nb) * g.pb, p1 = std::min(P, p0 + g.pb);
+    const float* an = a + n * C;
+    const float* zn = CNT ? zmax + n * C : nullptr;
+    float* qb = &pq[blk * C];
+    float* zb = CNT ? &pz[blk * C] : nullptr;
+    if (CL) {
+      for (int64_t c = 0; c < C; ++c) { qb[c] = 0.f; if (CNT) zb[c] = 0.f; }
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t o = (n * P + p) * C;
+        const float bp = CBAM ? b[n * P + p] : 1.f;
+        const float pm = (CBAM && CNT) ? pmax[n * P + p] : 0.f;
+        float dacc = 0.f, cacc = 0.f;
+#pragma omp simd reduction(+ : dacc, cacc)
+        for (int64_t c = 0; c < C; ++c) {
+          float v = ld(x + o, c);
+          float t = ld(dy + o, c) * v;
+          qb[c] += CBAM ? t * bp : t;
+          if (CBAM) dacc += t * an[c];
+          if (CNT) zb[c] += (v == zn[c]) ? 1.f : 0.f;
+          if (CBAM && CNT) cacc += (an[c] * v == pm) ? 1.f : 0.f;
+        }
+        if (CBAM) db[n * P + p] = dacc;
+        if (CBAM && CNT) pcnt[n * P + p] = cacc;
+      }
+    } else {
+      float* dbn = CBAM ? db + n * P : nullptr;
+      float* pcn = (CBAM && CNT) ? pcnt + n * P : nullptr;
+      const float* bn = CBAM ? b + n * P : nullptr;
+      const float* pmn = (CBAM && CNT) ? pmax + n * P : nullptr;
+      if (CBAM)
+        for (int64_t p = p0; p < p1; ++p) { dbn[p] = 0.f; if (CNT) pcn[p] = 0.f; }
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t o = (n * C + c) * P;
+        const float ac = an[c];
+        const float zc = CNT ? zn[c] : 0.f;
+        float qacc = 0.f, zacc = 0.f;
+#pragma omp simd reduction(+ : qacc, zacc)
+        for (int64_t p = p0; p < p1; ++p) {
+          float v = ld(x + o, p);
+          float t = ld(dy + o, p) * v;
+          qacc += CBAM ? t * bn[p] : t;
+          if (CBAM) dbn[p] += t * ac;
+          if (CNT) zacc += (v == zc) ? 1.f : 0.f;
+          if (CBAM && CNT) pcn[p] += (ac * v == pmn[p]) ? 1.f : 0.f;
+        }
+        qb[c] = qacc;
+        if (CNT) zb[c] = zacc;
+      }
+    }
+  }
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t c = 0; c < C; ++c) {
+      float acc = 0.f, zacc = 0.f;
+      for (int64_t bb = 0; bb < g.nb; ++bb) {
+        acc += pq[(n * g.nb + bb) * C + c];
+        if (CNT) zacc += pz[(n * g.nb + bb) * C + c];
+      }
+      q[n * C + c] = acc;
+      if (CNT) zcnt[n * C + c] = zacc;
+    }
+}
+
+// ------------------------------------- out_c = sum_p x (gavg_p + [a x == pmax_p] gmax_p)
+template <typename T, bool CL, bool MAXP>
+static void bwd_channel(const T* x, const float* a, const float* gavg, const float* gmax,
+                        const float* pmax, float* out, const Geo& g, int nt) {
+  const int64_t C = g.C, P = g.P, nblk = g.N * g.nb;
+  std::vector<float> pq(nblk * C);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+  for (int64_t blk = 0; blk < nblk; ++blk) {
+    const int64_t n = blk / g.nb, p0 = (blk % g.nb) * g.pb, p1 = std::min(P, p0 + g.pb);
+    const float* an = a + n * C;
+    float* qb = &pq[blk * C];
+    if (CL) {
+      for (int64_t c = 0; c < C; ++c) qb[c] = 0.f;
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t o = (n * P + p) * C;
+        const float ga = gavg[n * P + p];
+        const float gm = MAXP ? gmax[n * P + p] : 0.f;
+        const float pm = MAXP ? pmax[n * P + p] : 0.f;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          float v = ld(x + o, c);
+          float w = ga;
+          if (MAXP) w += (an[c] * v == pm) ? gm : 0.f;
+          qb[c] += v * w;
+        }
+      }
+    } else {
+      const float* gan = gavg + n * P;
+      const float* gmn = MAXP ? gmax + n * P : nullptr;
+      const float* pmn = MAXP ? pmax + n * P : nullptr;
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t o = (n * C + c) * P;
+        const float ac = an[c];
+        float acc = 0.f;
+#pragma omp simd reduction(+ : acc)
+        for (int64_t p = p0; p < p1; ++p) {
+          float v = ld(x + o, p);
+          float w = gan[p];
+          if (MAXP) w += (ac * v == pmn[p]) ? gmn[p] : 0.f;
+          acc += v * w;
+        }
+        qb[c] = acc;
+      }
+    }
+  }
+  for (int64_t n = 0; n < g.N; ++n)
+    for (int64_t c = 0; c < C; ++c) {
+      float acc = 0.f;
+      for (int64_t bb = 0; bb < g.nb; ++bb) acc += pq[(n * g.nb + bb) * C + c];
+      out[n * C + c] = acc;
+    }
+}
+
+// --------- dx = a_c (dy b_p + gavg_p + [a x == pmax_p] gmax_p) + cavg_c + [x == zmax_c] cmax_c
+template <typename T, bool CL, bool CBAM, bool MAXP, bool MAXC>
+static void bwd_apply(const T* dy, const T* x, const float* a, const float* b, const float* gavg,
+                      const float* gmax, const float* pmax, const float* cavg, const float* cmax,
+                      const float* zmax, T* dx, const Geo& g, int nt) {
+  const int64_t C = g.C, P = g.P, nblk = g.N * g.nb;
+  if (!CL) {  // NCHW: contiguous row tiles (see apply_k)
+    const int64_t rows = g.N * C, rb = row_block(rows, nt);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (int64_t r0 = 0; r0 < rows; r0 += rb) {
+      for (int64_t r = r0; r < std::min(rows, r0 + rb); ++r) {
+        const int64_t n = r / C, o = r * P;
+        const float* bn = CBAM ? b + n * P : nullptr;
+        const float* gan = CBAM ? gavg + n * P : nullptr;
+        const float* gmn = MAXP ? gmax + n * P : nullptr;
+        const float* pmn = MAXP ? pmax + n * P : nullptr;
+        const float ac = a[r], ca = cavg[r];
+        const float cm = MAXC ? cmax[r] : 0.f, zc = MAXC ? zmax[r] : 0.f;
+#pragma omp simd
+        for (int64_t p = 0; p < P; ++p) {
+          float v = ld(x + o, p);
+          float gg = CBAM ? ld(dy + o, p) * bn[p] + gan[p] : ld(dy + o, p);
+          if (MAXP) gg += (ac * v == pmn[p]) ? gmn[p] : 0.f;
+          float r2 = ac * gg + ca;
+          if (MAXC) r2 += (v == zc) ? cm : 0.f;
+          st(dx + o, p, r2);
+        }
+      }
+    }
+    return;
+  }
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+  for (int64_t blk = 0; blk < nblk; ++blk) {
+    const int64_t n = blk / g.nb, p0 = (blk % g.nb) * g.pb, p1 = std::min(P, p0 + g.pb);
+    const float* an = a + n * C;
+    const float* can = cavg + n * C;
+    const float* cmn = MAXC ? cmax + n * C : nullptr;
+    const float* zn = MAXC ? zmax + n * C : nullptr;
+    if (CL) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t o = (n * P + p) * C;
+        const float bp = CBAM ? b[n * P + p] : 1.f;
+        const float ga = CBAM ? gavg[n * P + p] : 0.f;
+        const float gm = MAXP ? gmax[n * P + p] : 0.f;
+        const float pm = MAXP ? pmax[n * P + p] : 0.f;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          float v = ld(x + o, c);
+          float gg = CBAM ? ld(dy + o, c) * bp + ga : ld(dy + o, c);
+          if (MAXP) gg += (an[c] * v == pm) ? gm : 0.f;
+          float r = an[c] * gg + can[c];
+          if (MAXC) r += (v == zn[c]) ? cmn[c] : 0.f;
+          st(dx + o, c, r);
+        }
+      }
+    } else {
+      const float* bn = CBAM ? b + n * P : nullptr;
+      const float* gan = CBAM ? gavg + n * P : nullptr;
+      const float* gmn = MAXP ? gmax + n * P : nullptr;
+      const float* pmn = MAXP ? pmax + n * P : nullptr;
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t o = (n * C + c) * P;
+        const float ac = an[c], ca = can[c];
+        const float cm = MAXC ? cmn[c] : 0.f, zc = MAXC ? zn[c] : 0.f;
+#pragma omp simd
+        for (int64_t p = p0; p < p1; ++p) {
+          float v = ld(x + o, p);
+          float gg = CBAM ? ld(dy + o, p) * bn[p] + gan[p] : ld(dy + o, p);
+          if (MAXP) gg += (ac * v == pmn[p]) ? gmn[p] : 0.f;
+          float r = ac * gg + ca;
+          if (MAXC) r += (v == zc) ? cm : 0.f;
+          st(dx + o, p, r);
+        }
+      }
+    }
+  }
+}
+
+#define DISPATCH_T_CL(dt, cl, CALL)                          \
+  do {                                                       \
+    if (dt == 0) {                                           \
+      typedef float T;                                       \
+      if (cl) { const bool CLV = true; CALL; }               \
+      else { const bool CLV = false; CALL; }                 \
+    } else {                                                 \
+      typedef bf16_t T;                                      \
+      if (cl) { const bool CLV = true; CALL; }               \
+      else { const bool CLV = false; CALL; }                 \
+    }                                                        \
+  } while (0)
+
+extern "C" {
+
+int va_version() { return 1; }
+
+void va_stats_c(int dt, int cl, const void* x, int64_t N, int64_t C, int64_t P, int nt,
+                float* sum, float* mx) {
+  Geo g = make_geo(N, C, P, nt);
+  DISPATCH_T_CL(dt, cl, (stats_c<T, CLV>((const T*)x, g, nt, sum, mx)));
+}
+
+void va_apply(int dt, int cl, const void* x, void* y, const float* a, const float* b, int64_t N,
+              int64_t C, int64_t P, int nt) {
+  Geo g = make_geo(N, C, P, nt);
+  if (b)
+    DISPATCH_T_CL(dt, cl, (apply_k<T, CLV, true>((const T*)x, (T*)y, a, b, g, nt)));
+  else
+    DISPATCH_T_CL(dt, cl, (apply_k<T, CLV, false>((const T*)x, (T*)y, a, b, g, nt)));
+}
+
+void va_stats_p(int dt, int cl, const void* x, const float* a, float* psum, float* pmax,
+                int64_t N, int64_t C, int64_t P, int nt) {
+  Geo g = make_geo(N, C, P, nt);
+  DISPATCH_T_CL(dt, cl, (stats_p<T, CLV>((const T*)x, a, psum, pmax, g, nt)));
+}
+
+void va_bwd_reduce(int dt, int cl, const void* dy, const void* x, const float* a,
+                   const float* b, const float* zmax, const float* pmax, float* q, float* db,
+                   float* zcnt, float* pcnt, int64_t N, int64_t C, int64_t P, int nt) {
+  Geo g = make_geo(N, C, P, nt);
+  const bool cbam = b != nullptr, cnt = zcnt != nullptr;
+#define VA_BR(CB, CN) \
+  DISPATCH_T_CL(dt, cl, (bwd_reduce<T, CLV, CB, CN>((const T*)dy, (const T*)x, a, b, zmax, pmax, q, db, zcnt, pcnt, g, nt)))
+  if (cbam) { if (cnt) VA_BR(true, true); else VA_BR(true, false); }
+  else { if (cnt) VA_BR(false, true); else VA_BR(false, false); }
+#undef VA_BR
+}
+
+void va_bwd_channel(int dt, int cl, const void* x, const float* a, const float* gavg,
+                    const float* gmax, const float* pmax, float* out, int64_t N, int64_t C,
+                    int64_t P, int nt) {
+  Geo g = make_geo(N, C, P, nt);
+  if (gmax)
+    DISPATCH_T_CL(dt, cl, (bwd_channel<T, CLV, true>((const T*)x, a, gavg, gmax, pmax, out, g, nt)));
+  else
+    DISPATCH_T_CL(dt, cl, (bwd_channel<T, CLV, false>((const T*)x, a, gavg, gmax, pmax, out, g, nt)));
+}
+
+void va_bwd_apply(int dt, int cl, const void* dy, const void* x, const float* a, const float* b,
+                  const float* gavg, const float* gmax, const float* pmax, const float* cavg,
+                  const float* cmax, const float* zmax, void* dx, int64_t N, int64_t C,
+                  int64_t P, int nt) {
+  Geo g = make_geo(N, C, P, nt);
+  const bool cbam = b != nullptr, maxp = gmax != nullptr, maxc = cmax != nullptr;
+#define VA_BA(CB, MP, MC) \
+  DISPATCH_T_CL(dt, cl, (bwd_apply<T, CLV, CB, MP, MC>((const T*)dy, (const T*)x, a, b, gavg, gmax, pmax, cavg, cmax, zmax, (T*)dx, g, nt)))
+  if (cbam) {
+    if (maxp) { if (maxc) VA_BA(true, true, true); else VA_BA(true, true, false); }
+    else { if (maxc) VA_BA(true, false, true); else VA_BA(true, false, false); }
+  } else {
+    if (maxc) VA_BA(false, false, true); else VA_BA(false, false, false);
+  }
+#undef VA_BA
+}
+
+}  // extern "C"
+"""

@@ -1,0 +1,495 @@
+"""``torch.library`` custom operators of the fused SE / CBAM blocks (namespace ``visattn::``).
+
+SE (Hu et al., arXiv:1709.01507): y = x * s,  s = gate(W_2 ReLU(W_1 z) + b_2),  z = pool_p(x).
+CBAM (Woo et al., arXiv:1807.06521, channel first): a = M_c = sigma(sum_k MLP(z_k)),
+b = M_s = sigma(conv([mean_c(a x); max_c(a x)])),  y = x * a * b.
+
+Hand-derived backward (sums over p run over the H W positions, over c over the channels)::
+
+    SE:    ds_c = sum_p dy x                     dx = s_c dy + dz_c / (H W)          (avg)
+                                                 dx = s_c dy + [x == z_c] dz_c / n_c   (max)
+    CBAM:  db_p = sum_c dy a_c x,  dP = conv^T(db b (1 - b)),  g_p = dP_avg / C,
+           h_p = dP_max / m_p,     da_c = sum_p x (dy b_p + g_p + [a_c x == Pmax_p] h_p)
+           dx = a_c (dy b_p + g_p + [a_c x == Pmax_p] h_p) + dz_avg,c / (H W) + [x == zmax_c] dz_max,c / n_c
+
+With BatchNorm after the convolution (``norm=True``) dP uses the BatchNorm gradient of the
+(N, H, W) map (batch statistics in training, running statistics in evaluation) in between.
+
+where n_c (m_p) counts the positions (channels) that reach the maximum: like ``torch.amax``, tied
+maxima share the gradient equally. The MLP / gate / convolution parts are (N, C) or (N, H, W)
+sized and use PyTorch ops; every full-size pass is one kernel of :mod:`visattn.kernels.cpu`
+(``impl="c"``) or :mod:`visattn.kernels.triton_kernels` (``impl="triton"``): 4 passes forward for
+CBAM, 6 backward; 3 + 4 for SE. Only x (the block input) is saved for backward.
+
+Extra outputs (s / a, b, the pooled statistics) are internal, marked non-differentiable.
+Double backward is not supported. Tests: ``tests/kernels/test_kernels_se_cbam.py`` (opcheck,
+reference comparisons, torch.compile).
+"""
+
+from __future__ import annotations
+
+import functools
+from types import ModuleType
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["cbam", "cbam_backward", "squeeze_excite", "squeeze_excite_backward"]
+
+SE_GATES = ("sigmoid", "hard_sigmoid", "tanh", "relu")
+
+
+def _no_autocast(fn):
+    """Run an operator's implementation with autocast off: its small float32 parts (MLP, gate,
+    convolution) must stay float32 whatever autocast the caller has on (the fake kernels say so)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch.autocast(args[0].device.type, enabled=False):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _kernels(impl: str) -> ModuleType:
+    if impl == "c":
+        from . import cpu
+
+        return cpu
+    if impl == "triton":
+        from . import triton_kernels
+
+        return triton_kernels
+    raise ValueError(f"impl: expected 'c' or 'triton', got {impl!r}")
+
+
+def _mat(w: Tensor) -> Tensor:
+    return w.reshape(w.shape[0], -1).float()
+
+
+def _hidden(z: Tensor, w1: Tensor, b1: Tensor | None) -> Tensor:
+    h = z @ _mat(w1).t()
+    if b1 is not None:
+        h = h + b1.float()
+    return torch.relu(h)
+
+
+def _out(h: Tensor, w2: Tensor, b2: Tensor | None) -> Tensor:
+    o = h @ _mat(w2).t()
+    if b2 is not None:
+        o = o + b2.float()
+    return o
+
+
+def _gate(name: str, l: Tensor) -> Tensor:
+    if name == "sigmoid":
+        return torch.sigmoid(l)
+    if name == "hard_sigmoid":
+        return F.hardsigmoid(l)
+    if name == "tanh":
+        return torch.tanh(l)
+    if name == "relu":
+        return torch.relu(l)
+    raise ValueError(f"gate: expected one of {SE_GATES}, got {name!r}")
+
+
+def _gate_grad(name: str, l: Tensor, s: Tensor, ds: Tensor) -> Tensor:
+    if name == "sigmoid":
+        return ds * s * (1 - s)
+    if name == "hard_sigmoid":
+        return ds * ((l > -3) & (l < 3)).float() / 6
+    if name == "tanh":
+        return ds * (1 - s * s)
+    return ds * (l > 0).float()
+
+
+def _cast_like(g: Tensor, ref: Tensor) -> Tensor:
+    return g.reshape(ref.shape).to(ref.dtype)
+
+
+def _empty_grad(ref: Tensor | None, like: Tensor) -> Tensor:
+    return like.new_empty(0) if ref is None else torch.empty_like(ref)
+
+
+# ----------------------------------------------------------------------------- SE
+
+
+@torch.library.custom_op("visattn::squeeze_excite", mutates_args=())
+@_no_autocast
+def squeeze_excite(
+    x: Tensor,
+    w1: Tensor,
+    b1: Tensor | None,
+    w2: Tensor,
+    b2: Tensor | None,
+    squeeze: str,
+    gate: str,
+    impl: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Fused SE forward: returns (y, s, z) with s, z float32 (N, C)."""
+    k = _kernels(impl)
+    total, peak = k.stats_c(x)
+    z = total / (x.shape[2] * x.shape[3]) if squeeze == "avg" else peak
+    s = _gate(gate, _out(_hidden(z, w1, b1), w2, b2))
+    return k.apply(x, s), s, z
+
+
+@squeeze_excite.register_fake
+def _(x, w1, b1, w2, b2, squeeze, gate, impl):
+    n, c = x.shape[:2]
+    vec = x.new_empty(n, c, dtype=torch.float32)
+    return torch.empty_like(x), vec, torch.empty_like(vec)
+
+
+@torch.library.custom_op("visattn::squeeze_excite_backward", mutates_args=())
+@_no_autocast
+def squeeze_excite_backward(
+    dy: Tensor,
+    x: Tensor,
+    s: Tensor,
+    z: Tensor,
+    w1: Tensor,
+    b1: Tensor | None,
+    w2: Tensor,
+    b2: Tensor | None,
+    squeeze: str,
+    gate: str,
+    impl: str,
+    need_dx: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients (dx, dw1, db1, dw2, db2) of the fused SE; empty tensors for absent ones."""
+    k = _kernels(impl)
+    is_max = squeeze == "max"
+    q, _, count, _ = k.bwd_reduce(dy, x, s, None, z if is_max else None, None)
+    h = _hidden(z, w1, b1)
+    dl = _gate_grad(gate, _out(h, w2, b2), s, q)
+    dw2 = dl.t() @ h
+    dh = (dl @ _mat(w2)) * (h > 0).float()
+    dw1 = dh.t() @ z
+    dz = dh @ _mat(w1)
+    if need_dx:
+        if is_max:
+            dx = k.bwd_apply(dy, x, s, None, None, None, None, torch.zeros_like(dz), dz / count, z)
+        else:
+            dx = k.bwd_apply(dy, x, s, None, None, None, None, dz / (x.shape[2] * x.shape[3]),
+                             None, None)  # fmt: skip
+    else:
+        dx = x.new_empty(0)
+    db1 = dh.sum(0).to(b1.dtype) if b1 is not None else x.new_empty(0)
+    db2 = dl.sum(0).to(b2.dtype) if b2 is not None else x.new_empty(0)
+    return dx, _cast_like(dw1, w1), db1, _cast_like(dw2, w2), db2
+
+
+@squeeze_excite_backward.register_fake
+def _(dy, x, s, z, w1, b1, w2, b2, squeeze, gate, impl, need_dx):
+    dx = torch.empty_like(x) if need_dx else x.new_empty(0)
+    return dx, torch.empty_like(w1), _empty_grad(b1, x), torch.empty_like(w2), _empty_grad(b2, x)
+
+
+def _se_setup(ctx, inputs, output):
+    x, w1, b1, w2, b2, squeeze, gate, impl = inputs
+    _, s, z = output
+    ctx.save_for_backward(x, s, z, w1, b1, w2, b2)
+    ctx.options = (squeeze, gate, impl)
+    ctx.mark_non_differentiable(s, z)
+
+
+def _se_backward(ctx, dy, _ds, _dz):
+    x, s, z, w1, b1, w2, b2 = ctx.saved_tensors
+    squeeze, gate, impl = ctx.options
+    need = ctx.needs_input_grad
+    dx, dw1, db1, dw2, db2 = torch.ops.visattn.squeeze_excite_backward(
+        dy, x, s, z, w1, b1, w2, b2, squeeze, gate, impl, bool(need[0])
+    )
+    return (
+        dx if need[0] else None,
+        dw1 if need[1] else None,
+        db1 if b1 is not None and need[2] else None,
+        dw2 if need[3] else None,
+        db2 if b2 is not None and need[4] else None,
+        None,
+        None,
+        None,
+    )
+
+
+squeeze_excite.register_autograd(_se_backward, setup_context=_se_setup)
+
+
+# ----------------------------------------------------------------------------- CBAM
+
+
+def _conv_backward(
+    grad: Tensor, pooled: Tensor, weight: Tensor, bias: bool, impl: str
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Gradients of the spatial map's k x k convolution (one output channel, padding k // 2).
+
+    On CPU two small convolutions (the transposed kernel for the input, input and gradient
+    swapped for the weight) are about 3x faster than oneDNN's convolution_backward here.
+    """
+    pad = weight.shape[-1] // 2
+    if impl != "c":
+        return torch.ops.aten.convolution_backward(
+            grad, pooled, weight, [1] if bias else None, [1, 1], [pad, pad], [1, 1], False,
+            [0, 0], 1, [True, True, bias],
+        )  # fmt: skip
+    d_in = F.conv2d(grad, weight.flip(-1, -2).transpose(0, 1), padding=pad)
+    d_w = F.conv2d(pooled.transpose(0, 1), grad.transpose(0, 1), padding=pad).transpose(0, 1)
+    return d_in, d_w, grad.sum((0, 2, 3)) if bias else None
+
+
+def _spatial_logits(pooled, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var, bn_mode: int, eps: float):
+    """f^{k x k}(pooled), then the optional BatchNorm: (conv output, logits, (x_hat, 1/std), stats)."""
+    cb = conv_b.float() if conv_b is not None else None
+    lg = F.conv2d(pooled, conv_w.float(), cb, padding=conv_w.shape[-1] // 2)
+    if bn_mode == 0:
+        return lg, lg, None, lg.new_zeros(2)
+    if bn_mode == 1:
+        mean, var = lg.mean(), lg.var(unbiased=False)
+    else:
+        mean, var = bn_mean.float().reshape(()), bn_var.float().reshape(())
+    inv = torch.rsqrt(var + eps)
+    xhat = (lg - mean) * inv
+    out = xhat * bn_w.float() if bn_w is not None else xhat
+    out = out + bn_b.float() if bn_b is not None else out
+    return lg, out, (xhat, inv), torch.stack([mean, var])
+
+
+def _pool_names(use_avg: bool, use_max: bool) -> list[str]:
+    return [name for name, on in (("avg", use_avg), ("max", use_max)) if on]
+
+
+@torch.library.custom_op("visattn::cbam", mutates_args=())
+@_no_autocast
+def cbam(
+    x: Tensor,
+    w1: Tensor,
+    b1: Tensor | None,
+    w2: Tensor,
+    b2: Tensor | None,
+    conv_w: Tensor,
+    conv_b: Tensor | None,
+    bn_w: Tensor | None,
+    bn_b: Tensor | None,
+    bn_mean: Tensor | None,
+    bn_var: Tensor | None,
+    bn_mode: int,
+    eps: float,
+    use_avg: bool,
+    use_max: bool,
+    impl: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Fused CBAM forward (channel first): returns (y, a, b, z, pooled, stats).
+
+    a: M_c float32 (N, C); b: M_s float32 (N, H W); z: the channel pools float32 (K, N, C);
+    pooled: the spatial pools float32 (N, K, H, W), avg before max, K = use_avg + use_max.
+    ``bn_mode`` 0: no BatchNorm after the convolution; 1: BatchNorm with the batch's statistics
+    (training); 2: with ``bn_mean`` / ``bn_var`` (evaluation). stats: float32 (2,), the batch
+    mean and biased variance of the convolution's output (mode 1; the caller updates the running
+    statistics from them, the operator mutates nothing).
+    """
+    if not (use_avg or use_max):
+        raise ValueError("pool: expected at least one of 'avg', 'max'")
+    k = _kernels(impl)
+    n, c, hh, ww = x.shape
+    total, peak = k.stats_c(x)
+    zs = ([total / (hh * ww)] if use_avg else []) + ([peak] if use_max else [])
+    z = torch.stack(zs)
+    logits = _out(_hidden(z, w1, b1), w2, b2).sum(0)
+    a = torch.sigmoid(logits)
+    psum, pmax = k.stats_p(x, a)
+    maps = ([psum / c] if use_avg else []) + ([pmax] if use_max else [])
+    pooled = torch.stack(maps, 1).reshape(n, len(maps), hh, ww)
+    _, logit, _, stats = _spatial_logits(pooled, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var,
+                                         bn_mode, eps)  # fmt: skip
+    b = torch.sigmoid(logit).reshape(n, hh * ww)
+    return k.apply(x, a, b), a, b, z, pooled, stats
+
+
+@cbam.register_fake
+def _(x, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var, bn_mode, eps, use_avg,
+      use_max, impl):  # fmt: skip
+    n, c, hh, ww = x.shape
+    kk = int(use_avg) + int(use_max)
+    f32 = torch.float32
+    return (
+        torch.empty_like(x),
+        x.new_empty(n, c, dtype=f32),
+        x.new_empty(n, hh * ww, dtype=f32),
+        x.new_empty(kk, n, c, dtype=f32),
+        x.new_empty(n, kk, hh, ww, dtype=f32),
+        x.new_empty(2, dtype=f32),
+    )
+
+
+@torch.library.custom_op("visattn::cbam_backward", mutates_args=())
+@_no_autocast
+def cbam_backward(
+    dy: Tensor,
+    x: Tensor,
+    a: Tensor,
+    b: Tensor,
+    z: Tensor,
+    pooled: Tensor,
+    w1: Tensor,
+    b1: Tensor | None,
+    w2: Tensor,
+    b2: Tensor | None,
+    conv_w: Tensor,
+    conv_b: Tensor | None,
+    bn_w: Tensor | None,
+    bn_b: Tensor | None,
+    bn_mean: Tensor | None,
+    bn_var: Tensor | None,
+    bn_mode: int,
+    eps: float,
+    use_avg: bool,
+    use_max: bool,
+    impl: str,
+    need_dx: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients (dx, dw1, db1, dw2, db2, dconv_w, dconv_b, dbn_w, dbn_b) of the fused CBAM."""
+    k = _kernels(impl)
+    n, c, hh, ww = x.shape
+    p = hh * ww
+    zmax = z[-1].contiguous() if use_max else None
+    pmax = pooled[:, -1].reshape(n, p).contiguous() if use_max else None
+    q, db, zcount, pcount = k.bwd_reduce(dy, x, a, b, zmax, pmax)
+    dlg = (db * b * (1 - b)).reshape(n, 1, hh, ww)
+    dbn_w, dbn_b = x.new_empty(0), x.new_empty(0)
+    if bn_mode:
+        _, _, (xhat, inv), _ = _spatial_logits(pooled, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var,
+                                               bn_mode, eps)  # fmt: skip
+        if bn_w is not None:
+            dbn_w = (dlg * xhat).sum().reshape(bn_w.shape).to(bn_w.dtype)
+        if bn_b is not None:
+            dbn_b = dlg.sum().reshape(bn_b.shape).to(bn_b.dtype)
+        g = dlg * bn_w.float() if bn_w is not None else dlg
+        if bn_mode == 1:  # batch statistics: mean and variance depend on every position
+            dlg = inv * (g - g.mean() - xhat * (g * xhat).mean())
+        else:
+            dlg = g * inv
+    dpooled, dcw, dcb = _conv_backward(dlg, pooled, conv_w.float(), conv_b is not None, impl)
+    gavg = dpooled[:, 0].reshape(n, p) / c if use_avg else dlg.new_zeros(n, p)
+    gmax = dpooled[:, -1].reshape(n, p) / pcount if use_max else None
+    da = q + k.bwd_channel(x, a, gavg, gmax, pmax)
+    dl = da * a * (1 - a)
+    hs = _hidden(z, w1, b1)  # (K, N, hidden)
+    dw2 = torch.einsum("nc,knh->ch", dl, hs)
+    dh = (dl @ _mat(w2)).unsqueeze(0) * (hs > 0).float()
+    dw1 = torch.einsum("knh,knc->hc", dh, z)
+    dz = dh @ _mat(w1)  # (K, N, C)
+    if need_dx:
+        cavg = dz[0] / p if use_avg else torch.zeros_like(da)
+        cmax = dz[-1] / zcount if use_max else None
+        dx = k.bwd_apply(dy, x, a, b, gavg, gmax, pmax, cavg, cmax, zmax)
+    else:
+        dx = x.new_empty(0)
+    db1 = dh.sum((0, 1)).to(b1.dtype) if b1 is not None else x.new_empty(0)
+    db2 = (dl.sum(0) * z.shape[0]).to(b2.dtype) if b2 is not None else x.new_empty(0)
+    dcb_out = dcb.to(conv_b.dtype) if conv_b is not None else x.new_empty(0)
+    return (dx, _cast_like(dw1, w1), db1, _cast_like(dw2, w2), db2, _cast_like(dcw, conv_w), dcb_out,
+            dbn_w, dbn_b)  # fmt: skip
+
+
+@cbam_backward.register_fake
+def _(dy, x, a, b, z, pooled, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var, bn_mode,
+      eps, use_avg, use_max, impl, need_dx):  # fmt: skip
+    dx = torch.empty_like(x) if need_dx else x.new_empty(0)
+    return (
+        dx,
+        torch.empty_like(w1),
+        _empty_grad(b1, x),
+        torch.empty_like(w2),
+        _empty_grad(b2, x),
+        torch.empty_like(conv_w),
+        _empty_grad(conv_b, x),
+        _empty_grad(bn_w, x),
+        _empty_grad(bn_b, x),
+    )
+
+
+def _cbam_setup(ctx, inputs, output):
+    x, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var, bn_mode, eps = inputs[:13]
+    use_avg, use_max, impl = inputs[13:]
+    _, a, b, z, pooled, stats = output
+    ctx.save_for_backward(x, a, b, z, pooled, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean,
+                          bn_var)  # fmt: skip
+    ctx.options = (bn_mode, eps, use_avg, use_max, impl)
+    ctx.mark_non_differentiable(a, b, z, pooled, stats)
+
+
+def _cbam_backward(ctx, dy, _da, _db, _dz, _dpooled, _dstats):
+    x, a, b, z, pooled, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var = (
+        ctx.saved_tensors
+    )
+    bn_mode, eps, use_avg, use_max, impl = ctx.options
+    need = ctx.needs_input_grad
+    dx, dw1, db1, dw2, db2, dcw, dcb, dbw, dbb = torch.ops.visattn.cbam_backward(
+        dy, x, a, b, z, pooled, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var,
+        bn_mode, eps, use_avg, use_max, impl, bool(need[0]),
+    )  # fmt: skip
+    return (
+        dx if need[0] else None,
+        dw1 if need[1] else None,
+        db1 if b1 is not None and need[2] else None,
+        dw2 if need[3] else None,
+        db2 if b2 is not None and need[4] else None,
+        dcw if need[5] else None,
+        dcb if conv_b is not None and need[6] else None,
+        dbw if bn_w is not None and need[7] else None,
+        dbb if bn_b is not None and need[8] else None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
+
+
+cbam.register_autograd(_cbam_backward, setup_context=_cbam_setup)
+
+
+# ----------------------------------------------------------------------------- FLOP counts
+# ``torch.utils.flop_counter`` counts matrix products and convolutions (2 FLOPs per
+# multiply-add) and sees a custom operator as a black box; these formulas give the fused
+# operators the counts of the plain formulas' 1 x 1 / k x k convolutions (pooling, gates and
+# products count 0 there too), and twice that for the backward (input and weight gradients).
+
+
+def _mlp_flops(x_shape, w1_shape, pools: int) -> int:
+    n, c = x_shape[0], x_shape[1]
+    return pools * 2 * n * 2 * c * w1_shape[0]
+
+
+def _spatial_flops(x_shape, conv_shape) -> int:
+    n, _, h, w = x_shape
+    return 2 * n * h * w * conv_shape[1] * conv_shape[2] * conv_shape[3]
+
+
+try:
+    from torch.utils.flop_counter import register_flop_formula
+except ImportError:  # pragma: no cover - old torch
+    register_flop_formula = None
+
+if register_flop_formula is not None:
+
+    @register_flop_formula(torch.ops.visattn.squeeze_excite)
+    def _se_flops(x, w1, *args, out_shape=None, **kwargs) -> int:
+        return _mlp_flops(x, w1, 1)
+
+    @register_flop_formula(torch.ops.visattn.squeeze_excite_backward)
+    def _se_backward_flops(dy, x, s, z, w1, *args, out_shape=None, **kwargs) -> int:
+        return 2 * _mlp_flops(x, w1, 1)
+
+    @register_flop_formula(torch.ops.visattn.cbam)
+    def _cbam_flops(x, w1, b1, w2, b2, conv_w, *args, out_shape=None, **kwargs) -> int:
+        return _mlp_flops(x, w1, conv_w[1]) + _spatial_flops(x, conv_w)
+
+    @register_flop_formula(torch.ops.visattn.cbam_backward)
+    def _cbam_backward_flops(dy, x, a, b, z, pooled, w1, b1, w2, b2, conv_w, *args,
+                             out_shape=None, **kwargs) -> int:  # fmt: skip
+        return 2 * (_mlp_flops(x, w1, conv_w[1]) + _spatial_flops(x, conv_w))

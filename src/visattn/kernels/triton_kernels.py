@@ -1,0 +1,578 @@
+"""Triton kernels of the fused SE / CBAM blocks (arXiv:1709.01507, arXiv:1807.06521) and of the
+bilinear sampler (Jaderberg et al., arXiv:1506.02025, eq. 5-7).
+
+x is addressed as (N, C, P) with P = H W through its strides, so NCHW and channels_last tensors
+take the same kernels (Triton specialises unit strides, which gives coalesced tiles either way).
+The SE / CBAM functions mirror :mod:`visattn.kernels.cpu` one for one (same names, arguments and
+formulas, listed in :mod:`visattn.kernels._cpu_source`). Reductions that run across tiles write
+per-tile partial sums that ``torch.sum`` adds afterwards: no atomics, deterministic.
+
+Sampler: ``sample_forward`` gathers the four corners (eq. 5); ``sample_backward_grid`` evaluates
+eq. 7 per output pixel (a gather, summed over channels inside the program); the input gradient
+(eq. 6) is a scatter in the paper's form, computed here deterministically as a gather: the
+4 N H_out W_out (corner -> input pixel) pairs are stably sorted by input pixel, and one program
+per block of input pixels walks its pixels' segments in that fixed order. Zero padding only.
+
+Runs on CUDA and, with ``TRITON_INTERPRET=1`` set before ``triton`` is imported, on CPU tensors.
+Tests: ``tests/kernels/test_kernels_triton.py`` (interpreter) and the CUDA-parametrised cases of
+``tests/kernels/test_kernels_se_cbam.py`` / ``test_kernels_sampler.py``.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = [
+    "apply",
+    "bwd_apply",
+    "bwd_channel",
+    "bwd_reduce",
+    "sample_backward",
+    "sample_forward",
+    "stats_c",
+    "stats_p",
+]
+
+_BC = 32
+_BP = 128
+
+
+def _vec(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.reshape(t.shape[0], -1).float().contiguous()
+
+
+def _layout(x: torch.Tensor) -> torch.Tensor:
+    """x with strides that flatten (H, W) into one P axis (NCHW or channels_last)."""
+    if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
+        return x
+    return x.contiguous()
+
+
+def _strides(t: torch.Tensor) -> tuple[int, int, int]:
+    return t.stride(0), t.stride(1), t.stride(3)
+
+
+def _like(x: torch.Tensor) -> torch.Tensor:
+    cl = (not x.is_contiguous()) and x.is_contiguous(memory_format=torch.channels_last)
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=fmt)
+
+
+# ----------------------------------------------------------------------------- SE / CBAM
+
+
+@triton.jit
+def _stats_c_kernel(x_ptr, sum_ptr, max_ptr, C, P, sxn, sxc, sxp,
+                    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
+    n = tl.program_id(0)
+    cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cm = cs < C
+    base = x_ptr + n.to(tl.int64) * sxn
+    acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
+    mx = tl.full([BLOCK_C, BLOCK_P], float("-inf"), dtype=tl.float32)
+    for p0 in range(0, P, BLOCK_P):
+        ps = p0 + tl.arange(0, BLOCK_P)
+        m = cm[:, None] & (ps < P)[None, :]
+        v = tl.load(base + cs[:, None] * sxc + ps[None, :] * sxp, mask=m, other=0.0).to(tl.float32)
+        acc += v
+        mx = tl.maximum(mx, tl.where(m, v, float("-inf")))
+    tl.store(sum_ptr + n * C + cs, tl.sum(acc, 1), mask=cm)
+    tl.store(max_ptr + n * C + cs, tl.max(mx, 1), mask=cm)
+
+
+def stats_c(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum_p x, max_p x), each float32 (N, C)."""
+    x = _layout(x)
+    n, c, h, w = x.shape
+    s = torch.empty(n, c, dtype=torch.float32, device=x.device)
+    m = torch.empty_like(s)
+    _stats_c_kernel[(n, triton.cdiv(c, _BC))](x, s, m, c, h * w, *_strides(x),
+                                              BLOCK_C=_BC, BLOCK_P=_BP)  # fmt: skip
+    return s, m
+
+
+@triton.jit
+def _apply_kernel(x_ptr, y_ptr, a_ptr, b_ptr, C, P, sxn, sxc, sxp, syn, syc, syp,
+                  HAS_B: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
+    n = tl.program_id(0)
+    cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    ps = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
+    cm = cs < C
+    pm = ps < P
+    m = cm[:, None] & pm[None, :]
+    n64 = n.to(tl.int64)
+    v = tl.load(x_ptr + n64 * sxn + cs[:, None] * sxc + ps[None, :] * sxp, mask=m, other=0.0)
+    av = tl.load(a_ptr + n * C + cs, mask=cm, other=0.0)
+    v = v.to(tl.float32) * av[:, None]
+    if HAS_B:
+        bv = tl.load(b_ptr + n * P + ps, mask=pm, other=0.0)
+        v = v * bv[None, :]
+    tl.store(y_ptr + n64 * syn + cs[:, None] * syc + ps[None, :] * syp,
+             v.to(y_ptr.dtype.element_ty), mask=m)  # fmt: skip
+
+
+def apply(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+    """y = (x a_c) b_p in x's dtype and layout."""
+    x = _layout(x)
+    n, c, h, w = x.shape
+    p = h * w
+    a, b = _vec(a), _vec(b)
+    y = _like(x)
+    grid = (n, triton.cdiv(c, _BC), triton.cdiv(p, _BP))
+    _apply_kernel[grid](x, y, a, b if b is not None else a, c, p, *_strides(x), *_strides(y),
+                        HAS_B=b is not None, BLOCK_C=_BC, BLOCK_P=_BP)  # fmt: skip
+    return y
+
+
+@triton.jit
+def _stats_p_kernel(x_ptr, a_ptr, sum_ptr, max_ptr, C, P, sxn, sxc, sxp,
+                    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
+    n = tl.program_id(0)
+    ps = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    pm = ps < P
+    base = x_ptr + n.to(tl.int64) * sxn
+    acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
+    mx = tl.full([BLOCK_C, BLOCK_P], float("-inf"), dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        cs = c0 + tl.arange(0, BLOCK_C)
+        cm = cs < C
+        m = cm[:, None] & pm[None, :]
+        v = tl.load(base + cs[:, None] * sxc + ps[None, :] * sxp, mask=m, other=0.0).to(tl.float32)
+        av = tl.load(a_ptr + n * C + cs, mask=cm, other=0.0)
+        v = av[:, None] * v
+        acc += v
+        mx = tl.maximum(mx, tl.where(m, v, float("-inf")))
+    tl.store(sum_ptr + n * P + ps, tl.sum(acc, 0), mask=pm)
+    tl.store(max_ptr + n * P + ps, tl.max(mx, 0), mask=pm)
+
+
+def stats_p(x: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum_c a_c x, max_c a_c x), each float32 (N, H W)."""
+    x = _layout(x)
+    n, c, h, w = x.shape
+    p = h * w
+    a = _vec(a)
+    s = torch.empty(n, p, dtype=torch.float32, device=x.device)
+    m = torch.empty_like(s)
+    _stats_p_kernel[(n, triton.cdiv(p, _BP))](x, a, s, m, c, p, *_strides(x),
+                                              BLOCK_C=_BC, BLOCK_P=_BP)  # fmt: skip
+    return s, m
+
+
+@triton.jit
+def _bwd_reduce_kernel(dy_ptr, x_ptr, a_ptr, b_ptr, zmax_ptr, pmax_ptr, q_ptr, db_ptr, zc_ptr,
+                       pc_ptr, C, P, NPB, sdn, sdc, sdp, sxn, sxc, sxp,
+                       CBAM: tl.constexpr, CNT: tl.constexpr,
+                       BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
+    n = tl.program_id(0)
+    pb = tl.program_id(1)
+    ps = pb * BLOCK_P + tl.arange(0, BLOCK_P)
+    pm = ps < P
+    n64 = n.to(tl.int64)
+    if CBAM:
+        bv = tl.load(b_ptr + n * P + ps, mask=pm, other=0.0)
+    else:
+        bv = tl.where(pm, 1.0, 0.0)
+    if CBAM and CNT:
+        pmx = tl.load(pmax_ptr + n * P + ps, mask=pm, other=0.0)
+    dbacc = tl.zeros([BLOCK_P], dtype=tl.float32)
+    pcacc = tl.zeros([BLOCK_P], dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        cs = c0 + tl.arange(0, BLOCK_C)
+        cm = cs < C
+        m = cm[:, None] & pm[None, :]
+        v = tl.load(x_ptr + n64 * sxn + cs[:, None] * sxc + ps[None, :] * sxp, mask=m, other=0.0)
+        d = tl.load(dy_ptr + n64 * sdn + cs[:, None] * sdc + ps[None, :] * sdp, mask=m, other=0.0)
+        v = v.to(tl.float32)
+        t = d.to(tl.float32) * v
+        out = (n64 * NPB + pb) * C + cs
+        tl.store(q_ptr + out, tl.sum(t * bv[None, :], 1), mask=cm)
+        if CBAM:
+            av = tl.load(a_ptr + n * C + cs, mask=cm, other=0.0)
+            dbacc += tl.sum(t * av[:, None], 0)
+        if CNT:
+            zm = tl.load(zmax_ptr + n * C + cs, mask=cm, other=0.0)
+            hit = m & (v == zm[:, None])
+            tl.store(zc_ptr + out, tl.sum(tl.where(hit, 1.0, 0.0), 1), mask=cm)
+            if CBAM:
+                hitp = m & ((av[:, None] * v) == pmx[None, :])
+                pcacc += tl.sum(tl.where(hitp, 1.0, 0.0), 0)
+    if CBAM:
+        tl.store(db_ptr + n * P + ps, dbacc, mask=pm)
+        if CNT:
+            tl.store(pc_ptr + n * P + ps, pcacc, mask=pm)
+
+
+def bwd_reduce(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor | None = None,
+    zmax: torch.Tensor | None = None,
+    pmax: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Same contract as :func:`visattn.kernels.cpu.bwd_reduce`."""
+    x = _layout(x)
+    dy = _layout(dy.to(x.dtype))
+    n, c, h, w = x.shape
+    p = h * w
+    npb = triton.cdiv(p, _BP)
+    a, b, zmax, pmax = _vec(a), _vec(b), _vec(zmax), _vec(pmax)
+    dev = x.device
+    qp = torch.empty(n, npb, c, dtype=torch.float32, device=dev)
+    zp = torch.empty(n, npb, c, dtype=torch.float32, device=dev) if zmax is not None else None
+    db = torch.empty(n, p, dtype=torch.float32, device=dev) if b is not None else None
+    pc = (
+        torch.empty(n, p, dtype=torch.float32, device=dev)
+        if (b is not None and zmax is not None)
+        else None
+    )
+    dummy = a
+    _bwd_reduce_kernel[(n, npb)](
+        dy, x, a, b if b is not None else dummy, zmax if zmax is not None else dummy,
+        pmax if pmax is not None else dummy, qp, db if db is not None else dummy,
+        zp if zp is not None else qp, pc if pc is not None else dummy, c, p, npb,
+        *_strides(dy), *_strides(x), CBAM=b is not None, CNT=zmax is not None,
+        BLOCK_C=_BC, BLOCK_P=_BP,
+    )  # fmt: skip
+    return qp.sum(1), db, (zp.sum(1) if zp is not None else None), pc
+
+
+@triton.jit
+def _bwd_channel_kernel(x_ptr, a_ptr, gavg_ptr, gmax_ptr, pmax_ptr, out_ptr, C, P, sxn, sxc, sxp,
+                        MAXP: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
+    n = tl.program_id(0)
+    cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cm = cs < C
+    base = x_ptr + n.to(tl.int64) * sxn
+    av = tl.load(a_ptr + n * C + cs, mask=cm, other=0.0)
+    acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
+    for p0 in range(0, P, BLOCK_P):
+        ps = p0 + tl.arange(0, BLOCK_P)
+        pm = ps < P
+        m = cm[:, None] & pm[None, :]
+        v = tl.load(base + cs[:, None] * sxc + ps[None, :] * sxp, mask=m, other=0.0).to(tl.float32)
+        wgt = tl.load(gavg_ptr + n * P + ps, mask=pm, other=0.0)[None, :]
+        if MAXP:
+            gm = tl.load(gmax_ptr + n * P + ps, mask=pm, other=0.0)
+            pmx = tl.load(pmax_ptr + n * P + ps, mask=pm, other=0.0)
+            wgt = wgt + tl.where((av[:, None] * v) == pmx[None, :], gm[None, :], 0.0)
+        acc += v * wgt
+    tl.store(out_ptr + n * C + cs, tl.sum(acc, 1), mask=cm)
+
+
+def bwd_channel(
+    x: torch.Tensor,
+    a: torch.Tensor,
+    gavg: torch.Tensor,
+    gmax: torch.Tensor | None = None,
+    pmax: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Same contract as :func:`visattn.kernels.cpu.bwd_channel`."""
+    x = _layout(x)
+    n, c, h, w = x.shape
+    a, gavg, gmax, pmax = _vec(a), _vec(gavg), _vec(gmax), _vec(pmax)
+    out = torch.empty(n, c, dtype=torch.float32, device=x.device)
+    _bwd_channel_kernel[(n, triton.cdiv(c, _BC))](
+        x, a, gavg, gmax if gmax is not None else gavg, pmax if pmax is not None else gavg, out,
+        c, h * w, *_strides(x), MAXP=gmax is not None, BLOCK_C=_BC, BLOCK_P=_BP,
+    )  # fmt: skip
+    return out
+
+
+@triton.jit
+def _bwd_apply_kernel(dy_ptr, x_ptr, a_ptr, b_ptr, gavg_ptr, gmax_ptr, pmax_ptr, cavg_ptr,
+                      cmax_ptr, zmax_ptr, dx_ptr, C, P, sdn, sdc, sdp, sxn, sxc, sxp, son, soc,
+                      sop, CBAM: tl.constexpr, MAXP: tl.constexpr, MAXC: tl.constexpr,
+                      BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
+    n = tl.program_id(0)
+    cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    ps = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
+    cm = cs < C
+    pm = ps < P
+    m = cm[:, None] & pm[None, :]
+    n64 = n.to(tl.int64)
+    v = tl.load(x_ptr + n64 * sxn + cs[:, None] * sxc + ps[None, :] * sxp, mask=m, other=0.0)
+    d = tl.load(dy_ptr + n64 * sdn + cs[:, None] * sdc + ps[None, :] * sdp, mask=m, other=0.0)
+    v = v.to(tl.float32)
+    g = d.to(tl.float32)
+    av = tl.load(a_ptr + n * C + cs, mask=cm, other=0.0)
+    if CBAM:
+        bv = tl.load(b_ptr + n * P + ps, mask=pm, other=0.0)
+        ga = tl.load(gavg_ptr + n * P + ps, mask=pm, other=0.0)
+        g = g * bv[None, :] + ga[None, :]
+    if MAXP:
+        gm = tl.load(gmax_ptr + n * P + ps, mask=pm, other=0.0)
+        pmx = tl.load(pmax_ptr + n * P + ps, mask=pm, other=0.0)
+        g = g + tl.where((av[:, None] * v) == pmx[None, :], gm[None, :], 0.0)
+    ca = tl.load(cavg_ptr + n * C + cs, mask=cm, other=0.0)
+    r = av[:, None] * g + ca[:, None]
+    if MAXC:
+        cmx = tl.load(cmax_ptr + n * C + cs, mask=cm, other=0.0)
+        zm = tl.load(zmax_ptr + n * C + cs, mask=cm, other=0.0)
+        r = r + tl.where(v == zm[:, None], cmx[:, None], 0.0)
+    tl.store(dx_ptr + n64 * son + cs[:, None] * soc + ps[None, :] * sop,
+             r.to(dx_ptr.dtype.element_ty), mask=m)  # fmt: skip
+
+
+def bwd_apply(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor | None,
+    gavg: torch.Tensor | None,
+    gmax: torch.Tensor | None,
+    pmax: torch.Tensor | None,
+    cavg: torch.Tensor,
+    cmax: torch.Tensor | None,
+    zmax: torch.Tensor | None,
+) -> torch.Tensor:
+    """Same contract as :func:`visattn.kernels.cpu.bwd_apply`."""
+    x = _layout(x)
+    dy = _layout(dy.to(x.dtype))
+    n, c, h, w = x.shape
+    p = h * w
+    a, b, gavg, gmax, pmax = _vec(a), _vec(b), _vec(gavg), _vec(gmax), _vec(pmax)
+    cavg, cmax, zmax = _vec(cavg), _vec(cmax), _vec(zmax)
+    dx = _like(x)
+    grid = (n, triton.cdiv(c, _BC), triton.cdiv(p, _BP))
+    _bwd_apply_kernel[grid](
+        dy, x, a, b if b is not None else a, gavg if gavg is not None else a,
+        gmax if gmax is not None else a, pmax if pmax is not None else a, cavg,
+        cmax if cmax is not None else a, zmax if zmax is not None else a, dx, c, p,
+        *_strides(dy), *_strides(x), *_strides(dx), CBAM=b is not None, MAXP=gmax is not None,
+        MAXC=cmax is not None, BLOCK_C=_BC, BLOCK_P=_BP,
+    )  # fmt: skip
+    return dx
+
+
+# ----------------------------------------------------------------------------- sampler
+
+
+@triton.jit
+def _pixel(g, size, ALIGN: tl.constexpr):
+    if ALIGN:
+        out = (g + 1.0) * ((size - 1) * 0.5)
+    else:
+        out = ((g + 1.0) * size - 1.0) * 0.5
+    # Far-away coordinates only touch padding; clamping keeps the integer corners in range.
+    return tl.minimum(tl.maximum(out, -2.0), size + 1.0)
+
+
+@triton.jit
+def _sample_fwd_kernel(in_ptr, grid_ptr, out_ptr, C, H, W, Q, sin, sic, sih, siw, son, soc, soq,
+                       ALIGN: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr):  # fmt: skip
+    n = tl.program_id(0)
+    qs = tl.program_id(1) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    cs = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    qm = qs < Q
+    cm = cs < C
+    n64 = n.to(tl.int64)
+    gbase = grid_ptr + (n64 * Q + qs) * 2
+    x = _pixel(tl.load(gbase, mask=qm, other=0.0).to(tl.float32), W, ALIGN)
+    y = _pixel(tl.load(gbase + 1, mask=qm, other=0.0).to(tl.float32), H, ALIGN)
+    x0f = tl.floor(x)
+    y0f = tl.floor(y)
+    wx1 = x - x0f
+    wy1 = y - y0f
+    x0 = x0f.to(tl.int32)
+    y0 = y0f.to(tl.int32)
+    acc = tl.zeros([BLOCK_Q, BLOCK_C], dtype=tl.float32)
+    base = in_ptr + n64 * sin + cs[None, :] * sic
+    for k in tl.static_range(4):
+        dyk = k // 2
+        dxk = k % 2
+        xi = x0 + dxk
+        yi = y0 + dyk
+        wgt = (wx1 if dxk == 1 else 1.0 - wx1) * (wy1 if dyk == 1 else 1.0 - wy1)
+        ok = qm & (xi >= 0) & (xi < W) & (yi >= 0) & (yi < H)
+        off = tl.where(ok, yi * sih + xi * siw, 0)
+        v = tl.load(base + off[:, None], mask=ok[:, None] & cm[None, :], other=0.0)
+        acc += v.to(tl.float32) * wgt[:, None]
+    optr = out_ptr + n64 * son + cs[None, :] * soc + qs[:, None] * soq
+    tl.store(optr, acc.to(out_ptr.dtype.element_ty), mask=qm[:, None] & cm[None, :])
+
+
+@triton.jit
+def _sample_bwd_grid_kernel(in_ptr, grid_ptr, go_ptr, gg_ptr, C, H, W, Q, sin, sic, sih, siw,
+                            sgn, sgc, sgq, ALIGN: tl.constexpr, BLOCK_Q: tl.constexpr,
+                            BLOCK_C: tl.constexpr):  # fmt: skip
+    n = tl.program_id(0)
+    qs = tl.program_id(1) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    qm = qs < Q
+    n64 = n.to(tl.int64)
+    gbase = grid_ptr + (n64 * Q + qs) * 2
+    x = _pixel(tl.load(gbase, mask=qm, other=0.0).to(tl.float32), W, ALIGN)
+    y = _pixel(tl.load(gbase + 1, mask=qm, other=0.0).to(tl.float32), H, ALIGN)
+    x0f = tl.floor(x)
+    y0f = tl.floor(y)
+    wx1 = x - x0f
+    wy1 = y - y0f
+    x0 = x0f.to(tl.int32)
+    y0 = y0f.to(tl.int32)
+    dvdx = tl.zeros([BLOCK_Q], dtype=tl.float32)
+    dvdy = tl.zeros([BLOCK_Q], dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        cs = c0 + tl.arange(0, BLOCK_C)
+        cm = cs < C
+        go = tl.load(go_ptr + n64 * sgn + cs[None, :] * sgc + qs[:, None] * sgq,
+                     mask=qm[:, None] & cm[None, :], other=0.0).to(tl.float32)  # fmt: skip
+        base = in_ptr + n64 * sin + cs[None, :] * sic
+        for k in tl.static_range(4):
+            dyk = k // 2
+            dxk = k % 2
+            xi = x0 + dxk
+            yi = y0 + dyk
+            ok = qm & (xi >= 0) & (xi < W) & (yi >= 0) & (yi < H)
+            off = tl.where(ok, yi * sih + xi * siw, 0)
+            u = tl.load(base + off[:, None], mask=ok[:, None] & cm[None, :], other=0.0)
+            udv = tl.sum(u.to(tl.float32) * go, 1)
+            sx = 1.0 if dxk == 1 else -1.0
+            sy = 1.0 if dyk == 1 else -1.0
+            dvdx += udv * sx * (wy1 if dyk == 1 else 1.0 - wy1)
+            dvdy += udv * sy * (wx1 if dxk == 1 else 1.0 - wx1)
+    if ALIGN:
+        scx = (W - 1) * 0.5
+        scy = (H - 1) * 0.5
+    else:
+        scx = W * 0.5
+        scy = H * 0.5
+    tl.store(gg_ptr + (n64 * Q + qs) * 2, dvdx * scx, mask=qm)
+    tl.store(gg_ptr + (n64 * Q + qs) * 2 + 1, dvdy * scy, mask=qm)
+
+
+@triton.jit
+def _sample_bwd_input_kernel(go_ptr, start_ptr, end_ptr, eq_ptr, ew_ptr, gi_ptr, C, HW, NHW, W,
+                             sgn, sgc, sgq, sin, sic, sih, siw,
+                             BLOCK_X: tl.constexpr, BLOCK_C: tl.constexpr):  # fmt: skip
+    pix = tl.program_id(0) * BLOCK_X + tl.arange(0, BLOCK_X)
+    cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    xm = pix < NHW
+    cm = cs < C
+    start = tl.load(start_ptr + pix, mask=xm, other=0)
+    count = tl.load(end_ptr + pix, mask=xm, other=0) - start
+    n = (pix // HW).to(tl.int64)
+    hw = pix % HW
+    acc = tl.zeros([BLOCK_X, BLOCK_C], dtype=tl.float32)
+    longest = tl.max(count, 0)
+    for j in range(0, longest):
+        live = j < count
+        e = start + j
+        q = tl.load(eq_ptr + e, mask=live, other=0).to(tl.int64)
+        wgt = tl.load(ew_ptr + e, mask=live, other=0.0)
+        g = tl.load(go_ptr + n[:, None] * sgn + cs[None, :] * sgc + q[:, None] * sgq,
+                    mask=live[:, None] & cm[None, :], other=0.0)  # fmt: skip
+        acc += g.to(tl.float32) * wgt[:, None]
+    off = n[:, None] * sin + cs[None, :] * sic + ((hw // W) * sih + (hw % W) * siw)[:, None]
+    tl.store(gi_ptr + off, acc.to(gi_ptr.dtype.element_ty), mask=xm[:, None] & cm[None, :])
+
+
+_BQ = 64
+_BX = 32
+
+
+def _c_block(c: int) -> int:
+    return max(16, min(64, triton.next_power_of_2(c)))
+
+
+def _qstrides(t: torch.Tensor) -> tuple[int, int, int]:
+    """Strides (n, c, q) of an (N, C, H, W) tensor whose (H, W) flatten to q = h W + w."""
+    return t.stride(0), t.stride(1), t.stride(3)
+
+
+def _sample_prep(input: torch.Tensor, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return _layout(input), grid.float().contiguous()
+
+
+def sample_forward(input: torch.Tensor, grid: torch.Tensor, align_corners: bool) -> torch.Tensor:
+    """V (N, C, H_out, W_out) in input's dtype and layout; eq. 5, zero padding."""
+    input, grid = _sample_prep(input, grid)
+    n, c, h, w = input.shape
+    ho, wo = grid.shape[1], grid.shape[2]
+    q = ho * wo
+    cl = (not input.is_contiguous()) and input.is_contiguous(memory_format=torch.channels_last)
+    fmt = torch.channels_last if cl else torch.contiguous_format
+    out = torch.empty((n, c, ho, wo), dtype=input.dtype, device=input.device, memory_format=fmt)
+    bc = _c_block(c)
+    _sample_fwd_kernel[(n, triton.cdiv(q, _BQ), triton.cdiv(c, bc))](
+        input, grid, out, c, h, w, q, input.stride(0), input.stride(1), input.stride(2),
+        input.stride(3), *_qstrides(out), ALIGN=align_corners, BLOCK_Q=_BQ, BLOCK_C=bc,
+    )  # fmt: skip
+    return out
+
+
+def _corner_table(grid: torch.Tensor, h: int, w: int, align_corners: bool):
+    """Sorted (input pixel <- output pixel, weight) pairs: the deterministic scatter plan."""
+    n, ho, wo = grid.shape[:3]
+    q = ho * wo
+
+    def pixel(g: torch.Tensor, size: int) -> torch.Tensor:
+        out = (g + 1) * ((size - 1) * 0.5) if align_corners else ((g + 1) * size - 1) * 0.5
+        return out.clamp(-2.0, size + 1.0)
+
+    x = pixel(grid[..., 0].reshape(n, q), w)
+    y = pixel(grid[..., 1].reshape(n, q), h)
+    x0 = torch.floor(x)
+    y0 = torch.floor(y)
+    wx1, wy1 = x - x0, y - y0
+    x0i, y0i = x0.long(), y0.long()
+    sentinel = n * h * w
+    base = torch.arange(n, device=grid.device).reshape(n, 1) * (h * w)
+    keys, weights = [], []
+    for dyk, wy in ((0, 1 - wy1), (1, wy1)):
+        for dxk, wx in ((0, 1 - wx1), (1, wx1)):
+            xi, yi = x0i + dxk, y0i + dyk
+            ok = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+            keys.append(torch.where(ok, base + yi * w + xi, sentinel))
+            weights.append(wx * wy)
+    key = torch.stack(keys, -1).reshape(-1)
+    weight = torch.stack(weights, -1).reshape(-1)
+    small = sentinel < 2**31 - 1
+    if small:
+        key = key.int()
+    sorted_key, perm = torch.sort(key, stable=True)
+    bounds = torch.searchsorted(
+        sorted_key, torch.arange(sentinel + 1, device=grid.device, dtype=sorted_key.dtype)
+    )
+    entry_q = (perm // 4) % q
+    entry_w = weight[perm]
+    if small:
+        bounds, entry_q = bounds.int(), entry_q.int()
+    return bounds[:-1].contiguous(), bounds[1:].contiguous(), entry_q.contiguous(), entry_w
+
+
+def sample_backward(
+    grad_out: torch.Tensor,
+    input: torch.Tensor,
+    grid: torch.Tensor,
+    align_corners: bool,
+    need_input: bool,
+    need_grid: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(dL/dU by eq. 6, deterministic; dL/dgrid by eq. 7), each None when not needed."""
+    input, grid = _sample_prep(input, grid)
+    n, c, h, w = input.shape
+    ho, wo = grid.shape[1], grid.shape[2]
+    q = ho * wo
+    go = _layout(grad_out.to(input.dtype))
+    bc = _c_block(c)
+    grad_input = grad_grid = None
+    if need_grid:
+        grad_grid = torch.empty(n, ho, wo, 2, dtype=torch.float32, device=input.device)
+        _sample_bwd_grid_kernel[(n, triton.cdiv(q, _BQ))](
+            input, grid, go, grad_grid, c, h, w, q, input.stride(0), input.stride(1),
+            input.stride(2), input.stride(3), *_qstrides(go), ALIGN=align_corners,
+            BLOCK_Q=_BQ, BLOCK_C=bc,
+        )  # fmt: skip
+    if need_input:
+        start, stop, entry_q, entry_w = _corner_table(grid, h, w, align_corners)
+        grad_input = _like(input)
+        nhw = n * h * w
+        _sample_bwd_input_kernel[(triton.cdiv(nhw, _BX), triton.cdiv(c, bc))](
+            go, start, stop, entry_q, entry_w, grad_input, c, h * w, nhw, w, *_qstrides(go),
+            grad_input.stride(0), grad_input.stride(1), grad_input.stride(2),
+            grad_input.stride(3), BLOCK_X=_BX, BLOCK_C=bc,
+        )  # fmt: skip
+    return grad_input, grad_grid

@@ -1,0 +1,41 @@
+"""``visattn bench`` (src/visattn/bench.py) runs end to end on tiny CPU shapes and writes its table.
+
+Only the structure is checked (rows for every implementation, numbers present): timings are
+never asserted.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from visattn.bench import main
+
+
+def test_bench_quick_cpu_writes_markdown(tmp_path, capsys):
+    out = tmp_path / "bench.md"
+    code = main(
+        ["--device", "cpu", "--quick", "--batch", "1", "--repeats", "1", "--warmup", "0",
+         "--sampler-shape", "1,3,9,7", "--output", str(out), "--no-models"]
+    )  # fmt: skip
+    assert code == 0
+    text = out.read_text()
+    assert "copy bandwidth" in text and "| block | shape |" in text
+    for impl in ("visattn reference", "visattn fast (default)", "F.grid_sample"):
+        assert impl in text
+    if importlib.util.find_spec("timm") is not None:
+        assert "| se | 1x256x56x56 | timm |" in text
+    cbam_rows = [line for line in text.splitlines() if line.startswith("| cbam |")]
+    assert cbam_rows and all(float(line.split("|")[8]) > 0 for line in cbam_rows)  # peak memory
+    assert "visattn fast" in capsys.readouterr().out
+
+
+def test_bench_rejects_unknown_block(capsys):
+    assert main(["--device", "cpu", "--blocks", "se,nope"]) == 2
+    assert "nope" in capsys.readouterr().err
+
+
+def test_bench_usage_errors_are_one_line(capsys):
+    assert main(["--sampler-shape", "1,2,x"]) == 2
+    assert main(["--no-such-option"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and all("visattn bench: error:" in line for line in lines)
