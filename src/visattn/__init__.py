@@ -10,6 +10,7 @@ the ``visattn`` command line lives in ``visattn.cli``.
 """
 
 from . import functional, models
+from .kernels import use_backend
 from .layers import (
     CBAM,
     ChannelAttention,
@@ -55,4 +56,5 @@ __all__ = [
     "register_attention",
     "register_model",
     "summary",
+    "use_backend",
 ]

@@ -218,6 +218,8 @@ def bench_block(ctx: Context, block: str, n: int, c: int, size: int, compile_ref
     candidates: list[tuple[str, Callable[[], None], str]] = []
     candidates.append(("visattn reference", _fwd_bwd(ours, x, dy), "reference"))
     candidates.append(("visattn fast (default)", _fwd_bwd(ours, x, dy), "auto"))
+    if ctx.device.type == "cuda":  # opt-in on CUDA ("auto" keeps the reference there)
+        candidates.append(("visattn triton", _fwd_bwd(ours, x, dy), "triton"))
     if compile_ref:
         compiled = torch.compile(ours)
         candidates.append(("torch.compile(reference)", _fwd_bwd(compiled, x, dy), "reference"))

@@ -3,13 +3,16 @@
 ``VISATTN_BACKEND`` (environment, read at every call) and :func:`use_backend` (a context
 manager, which wins over the environment) choose how SE, CBAM and the bilinear sampler run:
 
-- ``"auto"`` (default): the fastest correct path for the device: Triton kernels on CUDA, the
-  fused C++ kernels on CPU (``torch.nn.functional.grid_sample`` for the sampler), the reference
-  formulas where neither applies (other dtypes, options a kernel does not cover).
+- ``"auto"`` (default): the fastest correct path for the device: the fused C++ kernels for SE
+  and CBAM on CPU (``torch.nn.functional.grid_sample`` for the sampler); on CUDA the Triton
+  sampler (deterministic backward) and the reference formulas for SE and CBAM, because the
+  Triton SE / CBAM kernels, while correct, were slower than the reference on an H200
+  (docs/benchmarks.md); the reference wherever no kernel applies.
 - ``"reference"``: the plain formulas of DESIGN.md §1 everywhere.
 - ``"cpu"``: like ``"auto"`` (kept for symmetry, selects the C++ kernels on CPU tensors).
-- ``"triton"``: Triton kernels also for CPU tensors; needs ``TRITON_INTERPRET=1`` set before
-  ``triton`` is imported (the interpreter runs the kernels on the CPU: tests only).
+- ``"triton"``: the Triton SE / CBAM kernels on CUDA (experimental, see above), and on CPU
+  tensors when ``TRITON_INTERPRET=1`` is set before ``triton`` is imported (the interpreter runs
+  the kernels on the CPU: tests only).
 
 Tests: ``tests/kernels/test_kernels_backend.py``.
 """
@@ -82,7 +85,10 @@ def select_impl(x: torch.Tensor) -> str | None:
     if x.dtype not in (*_FAST_DTYPES, torch.float16):
         return None
     if x.device.type == "cuda":
-        return "triton" if triton_available() else None
+        # The Triton SE / CBAM kernels are opt-in: on an H200 they match the reference but are
+        # slower than it, alone and inside SE- / CBAM-ResNet-50 (docs/benchmarks.md), so "auto"
+        # keeps the reference formulas on CUDA.
+        return "triton" if backend == "triton" and triton_available() else None
     if x.device.type != "cpu":
         return None
     if backend == "triton":
