@@ -14,7 +14,9 @@ What is recorded, per layer (keyed by the layer's qualified name in ``model.name
 
 If a fast implementation of a layer bypasses the observed sub-module, a hook on the layer itself
 recomputes the value from the layer's input (``excitation`` / ``attention``), so capture never
-silently misses a layer. No global state: all hooks are removed when the recorder closes.
+silently misses a layer. The fused CBAM (``visattn.kernels``) calls neither of its two parts: a
+hook on the ``CBAM`` module then recomputes M_c and M_s from its input in the layer's order
+(eq. 1), restoring any BatchNorm running statistics the recomputation touched. No global state: all hooks are removed when the recorder closes.
 
 Tests: ``tests/viz/test_viz_capture.py``.
 """
@@ -31,7 +33,7 @@ from torch import nn
 
 from .._checks import check_tensor
 from ..functional.attention import gate as apply_gate
-from ..layers import ChannelAttention, SpatialAttention, SpatialTransformer, SqueezeExcite
+from ..layers import CBAM, ChannelAttention, SpatialAttention, SpatialTransformer, SqueezeExcite
 
 __all__ = ["AttentionMaps", "AttentionRecorder", "attention_layers", "capture"]
 
@@ -128,6 +130,9 @@ class AttentionRecorder:
                 self._hook_spatial(name, layer)
             else:
                 self._hook_stn(name, layer)
+        for name, layer in modules.items():
+            if isinstance(layer, CBAM):
+                self._hook_cbam(name, layer)
 
     def close(self) -> None:
         """Remove every hook."""
@@ -149,6 +154,41 @@ class AttentionRecorder:
                     value = _cpu(recompute(args[0]))
                 del records[count["before"] :]  # what sub-module hooks saw while recomputing
                 records.append(value)
+
+        self._handles.append(layer.register_forward_pre_hook(pre))
+        self._handles.append(layer.register_forward_hook(post))
+
+    def _hook_cbam(self, name: str, layer: CBAM) -> None:
+        """Fallback for the fused CBAM, which runs neither ``layer.channel`` nor ``layer.spatial``."""
+        prefix = f"{name}." if name else ""
+        channel = self._store["channel"][prefix + "channel"]
+        spatial = self._store["spatial"][prefix + "spatial"]
+        count = {"channel": 0, "spatial": 0}
+
+        def pre(_m: nn.Module, _args: tuple) -> None:
+            count.update(channel=len(channel), spatial=len(spatial))
+
+        def post(_m: nn.Module, args: tuple, _out: Any) -> None:
+            if len(channel) != count["channel"] or len(spatial) != count["spatial"]:
+                return  # the parts ran and were recorded by their own hooks
+            if not (args and isinstance(args[0], torch.Tensor)):
+                return
+            x = args[0]
+            buffers = {k: b.clone() for k, b in layer.named_buffers()}
+            with torch.no_grad():
+                if layer.order == "spatial_first":
+                    ms = layer.spatial.attention(x)
+                    mc = layer.channel.attention(ms * x)
+                elif layer.order == "channel_first":
+                    mc = layer.channel.attention(x)
+                    ms = layer.spatial.attention(mc * x)
+                else:
+                    mc, ms = layer.channel.attention(x), layer.spatial.attention(x)
+                for k, b in layer.named_buffers():
+                    b.copy_(buffers[k])
+            del channel[count["channel"] :], spatial[count["spatial"] :]  # seen while recomputing
+            channel.append(_cpu(mc).flatten(1))
+            spatial.append(_cpu(ms))
 
         self._handles.append(layer.register_forward_pre_hook(pre))
         self._handles.append(layer.register_forward_hook(post))
