@@ -52,6 +52,22 @@ def test_every_model_forward_backward(name: str) -> None:
         assert model(x[:1]).shape == (1, num_classes)
 
 
+@pytest.mark.parametrize("name", vm.list_models())
+def test_every_model_compiles(name: str) -> None:
+    """torch.compile of every registered model agrees with eager.
+
+    Graph capture (Dynamo) and AOTAutograd run for every model with the ``aot_eager`` backend;
+    Inductor's code generation costs 10-60 s per model on a 2-core CPU, so it is exercised on
+    representatives in ``test_models_summary.py`` / ``test_models_stn.py``.
+    """
+    model = vm.create_model(name, num_classes=7).eval()
+    x = _input(name)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="aot_eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x))
+
+
 def test_unknown_name_lists_valid_names() -> None:
     with pytest.raises(
         ValueError, match=r"name: expected one of .*resnet50.*stcnn.*got 'resnet51'"
