@@ -362,6 +362,17 @@ def _pixel(g, size, ALIGN: tl.constexpr):
 
 
 @triton.jit
+def _top_left_corner(grid_ptr, n64, qs, qm, Q, H, W, ALIGN: tl.constexpr):
+    """Pixel (x0, y0) = floor(x^s, y^s) of output points ``qs`` and the weights x - x0, y - y0."""
+    gbase = grid_ptr + (n64 * Q + qs) * 2
+    x = _pixel(tl.load(gbase, mask=qm, other=0.0).to(tl.float32), W, ALIGN)
+    y = _pixel(tl.load(gbase + 1, mask=qm, other=0.0).to(tl.float32), H, ALIGN)
+    x0f = tl.floor(x)
+    y0f = tl.floor(y)
+    return x0f.to(tl.int32), y0f.to(tl.int32), x - x0f, y - y0f
+
+
+@triton.jit
 def _sample_fwd_kernel(in_ptr, grid_ptr, out_ptr, C, H, W, Q, sin, sic, sih, siw, son, soc, soq,
                        ALIGN: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr):  # fmt: skip
     n = tl.program_id(0)
@@ -370,15 +381,7 @@ def _sample_fwd_kernel(in_ptr, grid_ptr, out_ptr, C, H, W, Q, sin, sic, sih, siw
     qm = qs < Q
     cm = cs < C
     n64 = n.to(tl.int64)
-    gbase = grid_ptr + (n64 * Q + qs) * 2
-    x = _pixel(tl.load(gbase, mask=qm, other=0.0).to(tl.float32), W, ALIGN)
-    y = _pixel(tl.load(gbase + 1, mask=qm, other=0.0).to(tl.float32), H, ALIGN)
-    x0f = tl.floor(x)
-    y0f = tl.floor(y)
-    wx1 = x - x0f
-    wy1 = y - y0f
-    x0 = x0f.to(tl.int32)
-    y0 = y0f.to(tl.int32)
+    x0, y0, wx1, wy1 = _top_left_corner(grid_ptr, n64, qs, qm, Q, H, W, ALIGN)
     acc = tl.zeros([BLOCK_Q, BLOCK_C], dtype=tl.float32)
     base = in_ptr + n64 * sin + cs[None, :] * sic
     for k in tl.static_range(4):
@@ -403,15 +406,7 @@ def _sample_bwd_grid_kernel(in_ptr, grid_ptr, go_ptr, gg_ptr, C, H, W, Q, sin, s
     qs = tl.program_id(1) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     qm = qs < Q
     n64 = n.to(tl.int64)
-    gbase = grid_ptr + (n64 * Q + qs) * 2
-    x = _pixel(tl.load(gbase, mask=qm, other=0.0).to(tl.float32), W, ALIGN)
-    y = _pixel(tl.load(gbase + 1, mask=qm, other=0.0).to(tl.float32), H, ALIGN)
-    x0f = tl.floor(x)
-    y0f = tl.floor(y)
-    wx1 = x - x0f
-    wy1 = y - y0f
-    x0 = x0f.to(tl.int32)
-    y0 = y0f.to(tl.int32)
+    x0, y0, wx1, wy1 = _top_left_corner(grid_ptr, n64, qs, qm, Q, H, W, ALIGN)
     dvdx = tl.zeros([BLOCK_Q], dtype=tl.float32)
     dvdy = tl.zeros([BLOCK_Q], dtype=tl.float32)
     for c0 in range(0, C, BLOCK_C):
