@@ -9,8 +9,10 @@ same run (read + write bytes / time). Peak memory: on CUDA ``torch.cuda.max_memo
 above the memory held before the call; on CPU the peak of the running sum of the allocation /
 free events that ``torch.profiler`` (``profile_memory=True``) records for PyTorch's CPU
 allocator during the call (block input, parameters and dy are allocated before and not counted;
-the output, everything saved for backward, temporaries and x.grad are), which counts every tensor (the C++ kernels allocate through PyTorch too; their small
-per-tile scratch vectors, < 1% of a pass, are not counted).
+the output, everything saved for backward, temporaries and x.grad are). The C++ kernels allocate
+through PyTorch too; their output pool (:mod:`visattn.kernels._pool`) is emptied before the
+call, so that the outputs it would otherwise hand out again are counted as allocations; their
+small per-tile scratch vectors, < 1% of a pass, are not counted.
 
 On CUDA it also measures training images/s of ``resnet50``, ``seresnet50`` and ``cbam_resnet50``
 (``visattn.create_model``, from the models package; skipped with a message when it is missing).
@@ -137,6 +139,10 @@ def _peak_bytes(
     """
     if clear is not None:
         clear()
+    if device.type == "cpu":
+        from visattn.kernels import empty_cache
+
+        empty_cache()  # the fused kernels' outputs are then new allocations, seen and counted
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         base = torch.cuda.memory_allocated(device)

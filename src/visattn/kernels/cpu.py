@@ -8,10 +8,11 @@ calls). The OpenMP runtime is the one PyTorch has already loaded (same ``libgomp
 both share one thread pool setting; the kernels use ``torch.get_num_threads()`` threads.
 Without a working compiler :func:`available` is False and the layers use the reference formulas.
 
-Full-size outputs (y, dx) are fresh allocations; for large ones (>= 4 MiB) glibc maps new pages
-whose first-touch page faults cost more than the kernel itself on small CPUs. On Linux the
-kernels therefore ask for transparent huge pages on the output's range (``madvise(MADV_HUGEPAGE)``
-before the first write), which cuts that cost about 3x; the memory used is the same.
+Full-size outputs (y, dx) come from :mod:`visattn.kernels._pool`, which reuses the memory of
+earlier outputs once PyTorch has released them: glibc maps large blocks freshly from the system,
+and the first-touch page faults (the kernel zeroes every new page) cost more than the fused
+kernel itself on small CPUs. New large outputs are advised to use transparent huge pages
+(``madvise(MADV_HUGEPAGE)`` before the first write), which cuts the first-touch cost about 3x.
 
 Every function takes x of shape (N, C, H, W) in NCHW or channels_last layout (other strides are
 made contiguous first) and float32 / bfloat16; per-channel vectors are float32 (N, C), per
@@ -33,6 +34,7 @@ from pathlib import Path
 import torch
 
 from ._cpu_source import SOURCE
+from ._pool import output_pool
 
 __all__ = [
     "apply",
@@ -166,18 +168,23 @@ def _libc() -> ctypes.CDLL | None:
     return _STATE["libc"]  # type: ignore[return-value]
 
 
+def _advise_huge_pages(storage: torch.UntypedStorage) -> None:
+    """Ask for transparent huge pages on a new output's range (advice only: errors are harmless)."""
+    libc = _libc()
+    nbytes = storage.nbytes()
+    if libc is None or nbytes < 4 * 2**20:
+        return
+    ptr = storage.data_ptr()
+    start = (ptr + _HUGE - 1) & ~(_HUGE - 1)
+    end = (ptr + nbytes) & ~(_HUGE - 1)
+    if end > start:
+        libc.madvise(start, end - start, _MADV_HUGEPAGE)
+
+
 def _empty(shape: torch.Size, dtype: torch.dtype, cl: bool) -> torch.Tensor:
-    """A fresh output tensor; large ones are advised to use transparent huge pages."""
-    out = torch.empty(shape, dtype=dtype, memory_format=_fmt(cl))
-    nbytes = out.numel() * out.element_size()
-    libc = _libc() if nbytes >= 4 * 2**20 else None
-    if libc is not None:
-        ptr = out.data_ptr()
-        start = (ptr + _HUGE - 1) & ~(_HUGE - 1)
-        end = (ptr + nbytes) & ~(_HUGE - 1)
-        if end > start:
-            libc.madvise(start, end - start, _MADV_HUGEPAGE)  # advice only: errors are harmless
-    return out
+    """A full-size output: reused memory from the output pool where possible, else a fresh
+    allocation advised to use transparent huge pages."""
+    return output_pool(_advise_huge_pages).empty(shape, dtype, _fmt(cl))
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
