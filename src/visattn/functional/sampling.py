@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from .._checks import check_choice, check_tensor
+from ..kernels._backend import get_backend, interpret_mode, triton_available
 
 __all__ = ["PADDING_MODES", "bilinear_sample", "bilinear_sample_reference"]
 
@@ -267,8 +268,6 @@ def _fast_sample(
     eq. 5-7 with the same kink / padding conventions and a deterministic backward. Both compute
     in float32 (or float64 for float64 inputs) and return input's dtype (float32 under autocast).
     """
-    from ..kernels._backend import get_backend, interpret_mode, triton_available
-
     backend = get_backend()
     if backend == "reference":
         return None
@@ -295,9 +294,11 @@ def _fast_sample(
     if device_type != "cpu" or backend == "triton":
         return None
     compute = torch.promote_types(torch.promote_types(input.dtype, grid.dtype), torch.float32)
-    with torch.autocast(device_type, enabled=False):
-        out = F.grid_sample(
-            input.to(compute), grid.to(compute), mode="bilinear", padding_mode=padding_mode,
-            align_corners=align_corners,
-        )  # fmt: skip
-    return out.to(out_dtype)
+    input = input if input.dtype == compute else input.to(compute)
+    grid = grid if grid.dtype == compute else grid.to(compute)
+    if autocast:
+        with torch.autocast(device_type, enabled=False):
+            out = F.grid_sample(input, grid, "bilinear", padding_mode, align_corners)
+    else:
+        out = F.grid_sample(input, grid, "bilinear", padding_mode, align_corners)
+    return out if out.dtype == out_dtype else out.to(out_dtype)
