@@ -59,7 +59,8 @@ static Geo make_geo(int64_t N, int64_t C, int64_t P, int nt) {
   // About 16 tiles per thread, handed out dynamically: a thread that the OS deschedules on a
   // busy machine delays its current tile only, not half of the pass.
   int64_t want = std::max<int64_t>(1, (16 * (int64_t)nt + N - 1) / N);
-  int64_t nb = std::max<int64_t>(1, std::min<int64_t>(want, (P + 15) / 16));
+  // Tiles of at least 64 positions: shorter rows spend their time in loop tails.
+  int64_t nb = std::max<int64_t>(1, std::min<int64_t>(want, P / 64));
   g.pb = (P + nb - 1) / nb;
   g.nb = (P + g.pb - 1) / g.pb;
   return g;
@@ -86,7 +87,18 @@ static void stats_c(const T* x, const Geo& g, int nt, float* sum, float* mx) {
     float* m = &pm[blk * C];
     if (CL) {
       for (int64_t c = 0; c < C; ++c) { s[c] = 0.f; m[c] = NEG_INF; }
-      for (int64_t p = p0; p < p1; ++p) {
+      int64_t p = p0;
+      for (; p + 4 <= p1; p += 4) {  // 4 rows per update of the accumulators: 4x less traffic
+        const T* r0 = x + (n * P + p) * C;
+        const T *r1 = r0 + C, *r2 = r1 + C, *r3 = r2 + C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          float v0 = ld(r0, c), v1 = ld(r1, c), v2 = ld(r2, c), v3 = ld(r3, c);
+          s[c] += (v0 + v1) + (v2 + v3);
+          m[c] = vmax(m[c], vmax(vmax(v0, v1), vmax(v2, v3)));
+        }
+      }
+      for (; p < p1; ++p) {
         const T* row = x + (n * P + p) * C;
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) {
@@ -188,7 +200,19 @@ static void stats_p(const T* x, const float* a, float* psum, float* pmax, const 
       float* s = psum + n * P;
       float* m = pmax + n * P;
       for (int64_t p = p0; p < p1; ++p) { s[p] = 0.f; m[p] = NEG_INF; }
-      for (int64_t c = 0; c < C; ++c) {
+      int64_t c = 0;
+      for (; c + 4 <= C; c += 4) {  // 4 channels per update of the per-position accumulators
+        const T* r0 = x + (n * C + c) * P;
+        const T *r1 = r0 + P, *r2 = r1 + P, *r3 = r2 + P;
+        const float a0 = an[c], a1 = an[c + 1], a2 = an[c + 2], a3 = an[c + 3];
+#pragma omp simd
+        for (int64_t p = p0; p < p1; ++p) {
+          float v0 = a0 * ld(r0, p), v1 = a1 * ld(r1, p), v2 = a2 * ld(r2, p), v3 = a3 * ld(r3, p);
+          s[p] += (v0 + v1) + (v2 + v3);
+          m[p] = vmax(m[p], vmax(vmax(v0, v1), vmax(v2, v3)));
+        }
+      }
+      for (; c < C; ++c) {
         const T* row = x + (n * C + c) * P;
         const float ac = an[c];
 #pragma omp simd
@@ -218,7 +242,47 @@ static void bwd_reduce(const T* dy, const T* x, const float* a, const float* b,
     float* zb = CNT ? &pz[blk * C] : nullptr;
     if (CL) {
       for (int64_t c = 0; c < C; ++c) { qb[c] = 0.f; if (CNT) zb[c] = 0.f; }
-      for (int64_t p = p0; p < p1; ++p) {
+      int64_t p = p0;
+      for (; p + 4 <= p1; p += 4) {  // 4 rows per update of the per-channel accumulators
+        const int64_t o0 = (n * P + p) * C, o1 = o0 + C, o2 = o1 + C, o3 = o2 + C;
+        const float* bq = CBAM ? b + n * P + p : nullptr;
+        const float* pq4 = (CBAM && CNT) ? pmax + n * P + p : nullptr;
+        const float b0 = CBAM ? bq[0] : 1.f, b1 = CBAM ? bq[1] : 1.f;
+        const float b2 = CBAM ? bq[2] : 1.f, b3 = CBAM ? bq[3] : 1.f;
+        const float m0 = pq4 ? pq4[0] : 0.f, m1 = pq4 ? pq4[1] : 0.f;
+        const float m2 = pq4 ? pq4[2] : 0.f, m3 = pq4 ? pq4[3] : 0.f;
+        float d0 = 0.f, d1 = 0.f, d2 = 0.f, d3 = 0.f, k0 = 0.f, k1 = 0.f, k2 = 0.f, k3 = 0.f;
+#pragma omp simd reduction(+ : d0, d1, d2, d3, k0, k1, k2, k3)
+        for (int64_t c = 0; c < C; ++c) {
+          float v0 = ld(x + o0, c), v1 = ld(x + o1, c), v2 = ld(x + o2, c), v3 = ld(x + o3, c);
+          float t0 = ld(dy + o0, c) * v0, t1 = ld(dy + o1, c) * v1;
+          float t2 = ld(dy + o2, c) * v2, t3 = ld(dy + o3, c) * v3;
+          qb[c] += CBAM ? (t0 * b0 + t1 * b1) + (t2 * b2 + t3 * b3) : (t0 + t1) + (t2 + t3);
+          if (CBAM) {
+            const float ac = an[c];
+            d0 += t0 * ac; d1 += t1 * ac; d2 += t2 * ac; d3 += t3 * ac;
+          }
+          if (CNT) {
+            const float zc = zn[c];
+            zb[c] += ((v0 == zc) ? 1.f : 0.f) + ((v1 == zc) ? 1.f : 0.f) +
+                     ((v2 == zc) ? 1.f : 0.f) + ((v3 == zc) ? 1.f : 0.f);
+          }
+          if (CBAM && CNT) {
+            const float ac = an[c];
+            k0 += (ac * v0 == m0) ? 1.f : 0.f; k1 += (ac * v1 == m1) ? 1.f : 0.f;
+            k2 += (ac * v2 == m2) ? 1.f : 0.f; k3 += (ac * v3 == m3) ? 1.f : 0.f;
+          }
+        }
+        if (CBAM) {
+          float* dq = db + n * P + p;
+          dq[0] = d0; dq[1] = d1; dq[2] = d2; dq[3] = d3;
+        }
+        if (CBAM && CNT) {
+          float* kq = pcnt + n * P + p;
+          kq[0] = k0; kq[1] = k1; kq[2] = k2; kq[3] = k3;
+        }
+      }
+      for (; p < p1; ++p) {
         const int64_t o = (n * P + p) * C;
         const float bp = CBAM ? b[n * P + p] : 1.f;
         const float pm = (CBAM && CNT) ? pmax[n * P + p] : 0.f;
@@ -242,7 +306,33 @@ static void bwd_reduce(const T* dy, const T* x, const float* a, const float* b,
       const float* pmn = (CBAM && CNT) ? pmax + n * P : nullptr;
       if (CBAM)
         for (int64_t p = p0; p < p1; ++p) { dbn[p] = 0.f; if (CNT) pcn[p] = 0.f; }
-      for (int64_t c = 0; c < C; ++c) {
+      int64_t c = 0;
+      for (; CBAM && c + 4 <= C; c += 4) {  // 4 channels per update of db_p and the tie counts
+        const int64_t o0 = (n * C + c) * P, o1 = o0 + P, o2 = o1 + P, o3 = o2 + P;
+        const float a0 = an[c], a1 = an[c + 1], a2 = an[c + 2], a3 = an[c + 3];
+        const float z0 = CNT ? zn[c] : 0.f, z1 = CNT ? zn[c + 1] : 0.f;
+        const float z2 = CNT ? zn[c + 2] : 0.f, z3 = CNT ? zn[c + 3] : 0.f;
+        float q0 = 0.f, q1 = 0.f, q2 = 0.f, q3 = 0.f, y0 = 0.f, y1 = 0.f, y2 = 0.f, y3 = 0.f;
+#pragma omp simd reduction(+ : q0, q1, q2, q3, y0, y1, y2, y3)
+        for (int64_t p = p0; p < p1; ++p) {
+          float v0 = ld(x + o0, p), v1 = ld(x + o1, p), v2 = ld(x + o2, p), v3 = ld(x + o3, p);
+          float t0 = ld(dy + o0, p) * v0, t1 = ld(dy + o1, p) * v1;
+          float t2 = ld(dy + o2, p) * v2, t3 = ld(dy + o3, p) * v3;
+          const float bp = bn[p];
+          q0 += t0 * bp; q1 += t1 * bp; q2 += t2 * bp; q3 += t3 * bp;
+          dbn[p] += (t0 * a0 + t1 * a1) + (t2 * a2 + t3 * a3);
+          if (CNT) {
+            y0 += (v0 == z0) ? 1.f : 0.f; y1 += (v1 == z1) ? 1.f : 0.f;
+            y2 += (v2 == z2) ? 1.f : 0.f; y3 += (v3 == z3) ? 1.f : 0.f;
+            const float pm = pmn[p];
+            pcn[p] += ((a0 * v0 == pm) ? 1.f : 0.f) + ((a1 * v1 == pm) ? 1.f : 0.f) +
+                      ((a2 * v2 == pm) ? 1.f : 0.f) + ((a3 * v3 == pm) ? 1.f : 0.f);
+          }
+        }
+        qb[c] = q0; qb[c + 1] = q1; qb[c + 2] = q2; qb[c + 3] = q3;
+        if (CNT) { zb[c] = y0; zb[c + 1] = y1; zb[c + 2] = y2; zb[c + 3] = y3; }
+      }
+      for (; c < C; ++c) {
         const int64_t o = (n * C + c) * P;
         const float ac = an[c];
         const float zc = CNT ? zn[c] : 0.f;
@@ -286,7 +376,30 @@ static void bwd_channel(const T* x, const float* a, const float* gavg, const flo
     float* qb = &pq[blk * C];
     if (CL) {
       for (int64_t c = 0; c < C; ++c) qb[c] = 0.f;
-      for (int64_t p = p0; p < p1; ++p) {
+      int64_t p = p0;
+      for (; p + 4 <= p1; p += 4) {  // 4 rows per update of the per-channel accumulators
+        const int64_t o0 = (n * P + p) * C, o1 = o0 + C, o2 = o1 + C, o3 = o2 + C;
+        const float* gq = gavg + n * P + p;
+        const float* hq = MAXP ? gmax + n * P + p : nullptr;
+        const float* mq = MAXP ? pmax + n * P + p : nullptr;
+        const float w0 = gq[0], w1 = gq[1], w2 = gq[2], w3 = gq[3];
+        const float h0 = MAXP ? hq[0] : 0.f, h1 = MAXP ? hq[1] : 0.f;
+        const float h2 = MAXP ? hq[2] : 0.f, h3 = MAXP ? hq[3] : 0.f;
+        const float m0 = MAXP ? mq[0] : 0.f, m1 = MAXP ? mq[1] : 0.f;
+        const float m2 = MAXP ? mq[2] : 0.f, m3 = MAXP ? mq[3] : 0.f;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          float v0 = ld(x + o0, c), v1 = ld(x + o1, c), v2 = ld(x + o2, c), v3 = ld(x + o3, c);
+          float u0 = w0, u1 = w1, u2 = w2, u3 = w3;
+          if (MAXP) {
+            const float ac = an[c];
+            u0 += (ac * v0 == m0) ? h0 : 0.f; u1 += (ac * v1 == m1) ? h1 : 0.f;
+            u2 += (ac * v2 == m2) ? h2 : 0.f; u3 += (ac * v3 == m3) ? h3 : 0.f;
+          }
+          qb[c] += (v0 * u0 + v1 * u1) + (v2 * u2 + v3 * u3);
+        }
+      }
+      for (; p < p1; ++p) {
         const int64_t o = (n * P + p) * C;
         const float ga = gavg[n * P + p];
         const float gm = MAXP ? gmax[n * P + p] : 0.f;
