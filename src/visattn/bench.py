@@ -23,6 +23,7 @@ It never fails on time: it is a measuring tool. Entry points: ``visattn bench`` 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import importlib.util
 import platform
 import statistics
@@ -63,6 +64,25 @@ class Context:
     best: float = 0.0  # minimum seconds of the last _time call
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    keep_freed_memory: bool = False
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed memory for reuse instead of mapping every large tensor
+    afresh (``mallopt``: mmap threshold 1 GiB, trim threshold 2 GiB), for the whole process.
+
+    Every candidate (timm, the reference, ``grid_sample``) then reuses memory the way the fused
+    CPU kernels' output pool does, which separates the kernels' speed from the allocator's.
+    Returns False where this is not glibc on Linux, or glibc refuses.
+    """
+    if platform.system() != "Linux":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(mallopt(m_mmap_threshold, 1 << 30)) and bool(mallopt(m_trim_threshold, 1 << 31))
 
 
 def _sync(device: torch.device) -> None:
@@ -375,6 +395,8 @@ def environment(ctx: Context) -> list[str]:
         f"after {ctx.warmup} warm-up"
     )
     lines.append(f"- measured copy bandwidth: {ctx.bandwidth / 1e9:.1f} GB/s (read + write)")
+    if ctx.keep_freed_memory:
+        lines.append("- allocator: glibc keeps freed memory for reuse (--keep-freed-memory)")
     return lines
 
 
@@ -439,6 +461,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="torch threads on CPU")
     p.add_argument("--compile", action="store_true", help="add torch.compile rows (slow)")
+    p.add_argument("--keep-freed-memory", action="store_true",
+                   help="CPU: let glibc reuse freed memory for every candidate (see docs/benchmarks.md)")  # fmt: skip
     p.add_argument("--sampler-shape", default=None,
                    help="N,C,H,OUT of the sampler (default 64,64,112,112 on CUDA, 8,32,56,56 on CPU)")  # fmt: skip
     p.add_argument("--sampler-dtypes", default=None,
@@ -487,6 +511,9 @@ def main(argv: list[str] | None = None) -> int:
     gpu = device.type == "cuda"
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    kept = args.keep_freed_memory and keep_freed_memory()
+    if args.keep_freed_memory and not kept:
+        print("visattn bench: --keep-freed-memory: not glibc on Linux, ignored", file=sys.stderr)
     dtype = getattr(torch, args.dtype or ("bfloat16" if gpu else "float32"))
     ctx = Context(
         device=device,
@@ -494,6 +521,7 @@ def main(argv: list[str] | None = None) -> int:
         channels_last=args.channels_last if args.channels_last is not None else gpu,
         repeats=args.repeats or (20 if gpu else 5),
         warmup=args.warmup,
+        keep_freed_memory=kept,
     )
     batch = args.batch or (128 if gpu else 16)
     blocks = [b.strip() for b in args.blocks.split(",") if b.strip()]

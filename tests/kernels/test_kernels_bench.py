@@ -39,3 +39,24 @@ def test_bench_usage_errors_are_one_line(capsys):
     assert main(["--no-such-option"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 2 and all("visattn bench: error:" in line for line in lines)
+
+
+def test_bench_keep_freed_memory_is_reported(tmp_path):
+    """--keep-freed-memory changes malloc for the whole process: run it in a child process."""
+    import platform
+    import subprocess
+    import sys
+
+    out = tmp_path / "bench.md"
+    proc = subprocess.run(
+        [sys.executable, "-m", "visattn.bench", "--device", "cpu", "--quick", "--batch", "1",
+         "--repeats", "1", "--warmup", "0", "--blocks", "se", "--no-models",
+         "--keep-freed-memory", "--output", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    reported = "glibc keeps freed memory" in out.read_text()
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert reported
+    else:
+        assert not reported and "ignored" in proc.stderr
