@@ -46,7 +46,10 @@ def _no_autocast(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        with torch.autocast(args[0].device.type, enabled=False):
+        device_type = args[0].device.type
+        if not torch.is_autocast_enabled(device_type):
+            return fn(*args, **kwargs)
+        with torch.autocast(device_type, enabled=False):
             return fn(*args, **kwargs)
 
     return wrapper
@@ -69,17 +72,11 @@ def _mat(w: Tensor) -> Tensor:
 
 
 def _hidden(z: Tensor, w1: Tensor, b1: Tensor | None) -> Tensor:
-    h = z @ _mat(w1).t()
-    if b1 is not None:
-        h = h + b1.float()
-    return torch.relu(h)
+    return torch.relu(F.linear(z, _mat(w1), b1.float() if b1 is not None else None))
 
 
 def _out(h: Tensor, w2: Tensor, b2: Tensor | None) -> Tensor:
-    o = h @ _mat(w2).t()
-    if b2 is not None:
-        o = o + b2.float()
-    return o
+    return F.linear(h, _mat(w2), b2.float() if b2 is not None else None)
 
 
 def _gate(name: str, l: Tensor) -> Tensor:
