@@ -3,7 +3,8 @@
 #   1. correctness on CUDA: benchmarks/gpu_correctness.py (fast vs reference, fp32 / bf16,
 #      NCHW / channels_last, all gradients, sampler determinism) and, when pytest is installed,
 #      the CUDA-parametrised cases of tests/kernels/;
-#   2. the benchmark at the GPU shapes (N=128, C=256..2048 ResNet-50 stages, bf16, channels_last;
+#   2. the benchmark at the GPU shapes (N=128, C=256..2048 ResNet-50 stages, bf16, channels_last,
+#      with the host (launch) time of every row;
 #      sampler 64x64x112x112 fp32 and bf16; whole networks when visattn.models is present), then
 #      the torch.compile rows at the first stage;
 #   3. optional (GPU_CHECK_COMPILE_MODELS=1, several more minutes): the networks under torch.compile.

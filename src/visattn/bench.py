@@ -51,6 +51,7 @@ class Row:
     ratio: float | None = None
     peak_mb: float | None = None
     note: str = ""
+    host_ms: float | None = None  # CUDA: time until forward + backward are launched
 
 
 @dataclass
@@ -107,8 +108,10 @@ def _time(fn: Callable[[], object], ctx: Context, repeats: int | None = None) ->
 
 def _time_interleaved(
     candidates: list[tuple[str, Callable[[], None], str]], ctx: Context, label: str
-) -> list[tuple[str, Callable[[], None], str, float, float]]:
-    """Median and minimum seconds of each candidate, timed round-robin.
+) -> list[tuple[str, Callable[[], None], str, float, float, float]]:
+    """Median and minimum seconds of each candidate, timed round-robin, and the median host
+    seconds (until the call returns, before synchronising: on CUDA the time to launch its work;
+    when it is close to the total, the GPU waits for the host).
 
     Every repeat runs each candidate once in turn, so a load spike on a shared machine hits
     all of them alike instead of one candidate's whole series. Candidates that fail are
@@ -128,17 +131,21 @@ def _time_interleaved(
             continue
         ready.append((name, step, backend))
     times: dict[str, list[float]] = {name: [] for name, _, _ in ready}
+    hosts: dict[str, list[float]] = {name: [] for name, _, _ in ready}
     for _ in range(ctx.repeats):
         for name, step, backend in ready:
             with use_backend(backend):
                 start = time.perf_counter()
                 step()
+                launched = time.perf_counter()
                 _sync(ctx.device)
                 times[name].append(time.perf_counter() - start)
+                hosts[name].append(launched - start)
     return [
-        (name, step, backend, statistics.median(times[name]), min(times[name]))
+        (name, step, backend, statistics.median(times[name]), min(times[name]),
+         statistics.median(hosts[name]))
         for name, step, backend in ready
-    ]
+    ]  # fmt: skip
 
 
 def measure_bandwidth(ctx: Context, nbytes: int) -> float:
@@ -202,12 +209,15 @@ def _layout(t: torch.Tensor, ctx: Context) -> torch.Tensor:
     return t.contiguous(memory_format=torch.channels_last) if ctx.channels_last else t
 
 
-def _add(ctx: Context, block, shape, impl, seconds, nbytes, peak=None, note="", best=0.0) -> Row:
+def _add(ctx: Context, block, shape, impl, seconds, nbytes, peak=None, note="", best=0.0,
+         host=None) -> Row:  # fmt: skip
     row = Row(block, shape, impl, seconds * 1e3, seconds * ctx.bandwidth / nbytes,
-              best_ms=best * 1e3, peak_mb=None if peak is None else peak / 2**20, note=note)  # fmt: skip
+              best_ms=best * 1e3, peak_mb=None if peak is None else peak / 2**20, note=note,
+              host_ms=host * 1e3 if host is not None and ctx.device.type == "cuda" else None)  # fmt: skip
     ctx.rows.append(row)
     print(f"  {block:8s} {shape:22s} {impl:28s} {row.ms:9.3f} ms  {row.passes:7.1f} passes"
-          + (f"  peak {row.peak_mb:8.1f} MB" if row.peak_mb is not None else ""), flush=True)  # fmt: skip
+          + (f"  peak {row.peak_mb:8.1f} MB" if row.peak_mb is not None else "")
+          + (f"  host {row.host_ms:8.3f} ms" if row.host_ms is not None else ""), flush=True)  # fmt: skip
     return row
 
 
@@ -259,14 +269,14 @@ def bench_block(ctx: Context, block: str, n: int, c: int, size: int, compile_ref
         ctx.notes.append("timm is not installed: no timm rows")
     timm_ms = None
     rows = []
-    for name, step, backend, seconds, best in _time_interleaved(
+    for name, step, backend, seconds, best, host in _time_interleaved(
         candidates, ctx, f"{block} {shape}"
     ):
         mem = None
         if peak:
             with use_backend(backend):
                 mem = _peak_bytes(step, ctx.device, clear=lambda: setattr(x, "grad", None))
-        row = _add(ctx, block, shape, name, seconds, nbytes, mem, best=best)
+        row = _add(ctx, block, shape, name, seconds, nbytes, mem, best=best, host=host)
         rows.append(row)
         if name == "timm":
             timm_ms = row.ms
@@ -315,8 +325,8 @@ def bench_sampler(ctx: Context, n: int, c: int, size: int, out: int, compile_ref
         candidates.append(("torch.compile(reference)", compiled, "reference"))
     candidates.append(("F.grid_sample", torch_gs, "auto"))
     rows = []
-    for name, _, _, seconds, best in _time_interleaved(candidates, ctx, f"sampler {shape}"):
-        rows.append(_add(ctx, "sampler", shape, name, seconds, nbytes, best=best))
+    for name, _, _, seconds, best, host in _time_interleaved(candidates, ctx, f"sampler {shape}"):
+        rows.append(_add(ctx, "sampler", shape, name, seconds, nbytes, best=best, host=host))
     base = [r.ms for r in rows if r.impl == "F.grid_sample"]
     for row in rows:
         row.ratio = row.ms / base[0] if base else None
@@ -418,17 +428,23 @@ def _cpu_model() -> str:
 
 
 def table(rows: list[Row]) -> list[str]:
+    """Markdown rows; a "host (ms)" column is added when the rows carry host times (CUDA)."""
+    host = any(r.host_ms is not None for r in rows)
     lines = [
-        "| block | shape | implementation | median (ms) | best (ms) | memory passes | vs timm / grid_sample | peak memory (MB) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| block | shape | implementation | median (ms) | best (ms) | memory passes | vs timm / grid_sample | peak memory (MB) |"
+        + (" host (ms) |" if host else ""),
+        "|---|---|---|---|---|---|---|---|" + ("---|" if host else ""),
     ]
     for r in rows:
         ratio = f"{r.ratio:.2f}x" if r.ratio is not None else "-"
         peak = f"{r.peak_mb:.1f}" if r.peak_mb is not None else "-"
-        lines.append(
+        line = (
             f"| {r.block} | {r.shape} | {r.impl} | {r.ms:.3f} | {r.best_ms:.3f} | {r.passes:.1f} "
             f"| {ratio} | {peak} |"
         )
+        if host:
+            line += f" {r.host_ms:.3f} |" if r.host_ms is not None else " - |"
+        lines.append(line)
     return lines
 
 

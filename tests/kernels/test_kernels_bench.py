@@ -60,3 +60,14 @@ def test_bench_keep_freed_memory_is_reported(tmp_path):
         assert reported
     else:
         assert not reported and "ignored" in proc.stderr
+
+
+def test_table_adds_host_column_only_for_rows_with_host_times():
+    from visattn.bench import Row, table
+
+    cpu = table([Row("se", "1x2x3x3", "timm", 1.0, 5.0)])
+    assert "host (ms)" not in cpu[0] and cpu[2].count("|") == 9
+    gpu = table([Row("se", "1x2x3x3", "timm", 1.0, 5.0, host_ms=0.25),
+                 Row("se", "1x2x3x3", "visattn", 2.0, 9.0)])  # fmt: skip
+    assert gpu[0].endswith("host (ms) |") and gpu[1].count("---") == 9
+    assert gpu[2].endswith(" 0.250 |") and gpu[3].endswith(" - |")
