@@ -9,6 +9,7 @@ Tests: ``tests/engine/``.
 from .checkpoint import CheckpointError, atomic_write_bytes, read_safetensors, write_safetensors
 from .options import TrainOptions, lr_at, validate_options
 from .pipeline import Pipeline, channel_stats, derive_seed, epoch_permutation, preprocess
+from .syncbn import SyncBatchNorm, convert_sync_batchnorm
 from .trainer import (
     TEST_DISTORTION_SEED,
     build_model,
@@ -24,10 +25,12 @@ __all__ = [
     "TEST_DISTORTION_SEED",
     "CheckpointError",
     "Pipeline",
+    "SyncBatchNorm",
     "TrainOptions",
     "atomic_write_bytes",
     "build_model",
     "channel_stats",
+    "convert_sync_batchnorm",
     "count_flops",
     "count_params",
     "derive_seed",

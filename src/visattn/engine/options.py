@@ -54,6 +54,7 @@ class TrainOptions:
     amp: bool = False
     channels_last: bool = False
     compile: bool = False
+    sync_bn: bool = False
     seed: int = 0
     train_subset: int = 0
     val_subset: int = 0
@@ -99,6 +100,8 @@ _HELP = {
     "amp": "mixed precision (bf16 where supported, else fp16 with loss scaling)",
     "channels_last": "channels_last memory format for model and inputs",
     "compile": "torch.compile the model",
+    "sync_bn": "several processes (torchrun): BatchNorm statistics over the whole global batch, "
+    "as in one process, instead of each process's shard",
     "seed": "seed of data order, distortions and initialisation",
     "train_subset": "use only the first N training images (0: all)",
     "val_subset": "hold out the last N training images for per-epoch validation (0: none)",

@@ -55,6 +55,7 @@ from .checkpoint import (
 )
 from .options import TrainOptions, lr_at, validate_options
 from .pipeline import Pipeline, channel_stats, derive_seed, epoch_permutation
+from .syncbn import convert_sync_batchnorm
 
 __all__ = [
     "RESUMABLE_OVERRIDES",
@@ -517,6 +518,9 @@ def train(opts: TrainOptions, *, explicit: set[str] | None = None) -> dict[str, 
             )
 
         run_model: nn.Module = model
+        if info.enabled and opts.sync_bn:
+            model = convert_sync_batchnorm(model, device.type)  # same parameters and buffers
+            run_model = model
         if info.enabled:
             run_model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None
