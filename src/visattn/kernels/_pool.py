@@ -10,7 +10,8 @@ small CPU that costs more than the fused kernel itself (docs/benchmarks.md: abou
 hands them out again for the next output of the same size, the way the CUDA caching allocator
 (or jemalloc / tcmalloc) does. A storage is free when nothing but the pool holds it
 (``torch._C._storage_Use_Count`` is 1): the pool never hands out memory that a live tensor, a
-view, an autograd graph or a NumPy array still refers to. The outputs are ordinary tensors that
+view, an autograd graph or a NumPy array still refers to, nor memory moved to shared memory
+(which another process may read). The outputs are ordinary tensors that
 own a reference to their storage, so the memory stays valid as long as anybody holds them.
 
 Limits: outputs under ``MIN_BYTES`` bypass the pool (malloc caches small blocks itself); the pool
@@ -67,7 +68,9 @@ class OutputPool:
 
     @staticmethod
     def _free(storage: torch.UntypedStorage) -> bool:
-        return _use_count(storage._cdata) == 1  # type: ignore[misc]
+        # Memory moved to shared memory (``share_memory_``) may be read by another process:
+        # it is never free for reuse (it leaves the pool with its last tensor).
+        return _use_count(storage._cdata) == 1 and not storage.is_shared()  # type: ignore[misc]
 
     def empty(
         self,
@@ -103,6 +106,12 @@ class OutputPool:
                     self.hits += 1
                     return on(st)
             self.misses += 1
+            # Forget shared-memory storages that nobody here holds any more.
+            self._storages = [
+                st
+                for st in self._storages
+                if not (st.is_shared() and _use_count(st._cdata) == 1)  # type: ignore[misc]
+            ]
             total = sum(st.nbytes() for st in self._storages)
             if total + nbytes > self.limit_bytes:
                 # Evict free storages (their memory goes back to the system) until it fits.
