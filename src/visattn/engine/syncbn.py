@@ -2,7 +2,7 @@
 
 Under DistributedDataParallel every process sees B / W images of a global batch of B, and a plain
 BatchNorm normalises with the statistics of its own shard. Synchronised BatchNorm (Ioffe and
-Szegedy, arXiv:1502.03167, eq. in Alg. 1, over the global batch) uses
+Szegedy, arXiv:1502.03167, Algorithm 1 over the global batch) uses
 
     mean = (1 / n) sum_r sum_i x_ri,   var = (1 / n) sum_r sum_i (x_ri - mean)^2,
     y = (x - mean) / sqrt(var + eps) * gamma + beta,
@@ -15,8 +15,8 @@ On CUDA :func:`convert_sync_batchnorm` uses ``torch.nn.SyncBatchNorm``. PyTorch'
 CPU tensors, so elsewhere it uses :class:`SyncBatchNorm` below: two differentiable all-reduces
 (the sum and count, then the squared deviations from the global mean) whose backward
 all-reduces the gradients, so every process gets the gradient of the global batch's
-statistics. The arithmetic is float32 (float64 for float64 inputs). Outside a multi-process training run (one process,
-evaluation mode) it is exactly ``nn.BatchNorm``.
+statistics. The arithmetic is float32 (float64 for float64 inputs). Outside a multi-process
+training step (one process, or evaluation mode) it is exactly ``nn.BatchNorm``.
 
 Tests: ``tests/engine/test_engine_syncbn.py``.
 """
@@ -74,9 +74,10 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
             raise ValueError(f"input: expected at least 2-D (N, C, ...), got {input.dim()}-D")
 
     def _synchronised(self) -> bool:
-        use_batch = self.training or self.running_mean is None
+        # Training mode only, like torch.nn.SyncBatchNorm: evaluation is sharded unevenly, and a
+        # collective that not every process reaches would hang.
         return (
-            use_batch
+            self.training
             and dist.is_available()
             and dist.is_initialized()
             and dist.get_world_size(self.process_group) > 1
