@@ -85,3 +85,25 @@ def test_two_processes_resnet_cbam_on_image_folder(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["img", "run"]
     assert json.loads((run / "options.json").read_text())["dataset"] == f"folder:{tmp_path / 'img'}"
     assert main(["eval", "--checkpoint", str(run), "--device", "cpu"]) == 0  # from another cwd
+
+
+def test_train_sync_bn_two_processes_match_one_process(tmp_path):
+    """resnet20_cifar has BatchNorm everywhere: with --sync-bn two processes with 8 images
+    each follow the one-process run with 16 (up to float summation order)."""
+    args = [
+        "--model", "resnet20_cifar", "--epochs", "1", "--batch-size", "16",
+        "--train-subset", "32", "--test-subset", "16", "--optimizer", "sgd", "--lr", "0.05",
+        "--quiet", "--device", "cpu", "--seed", "5", "--sync-bn",
+    ]  # fmt: skip
+    torch.set_num_threads(1)
+    assert main(["train", *args, "--out", str(tmp_path / "one")]) == 0
+    result = _torchrun([*args, "--out", str(tmp_path / "two")], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one = load_file(tmp_path / "one" / "model.safetensors")
+    two = load_file(tmp_path / "two" / "model.safetensors")
+    assert one.keys() == two.keys() and any("running_var" in k for k in one)
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], rtol=1e-3, atol=1e-3)
+    r1 = json.loads((tmp_path / "one" / "metrics.jsonl").read_text())
+    r2 = json.loads((tmp_path / "two" / "metrics.jsonl").read_text())
+    assert abs(r1["train_loss"] - r2["train_loss"]) < 1e-4

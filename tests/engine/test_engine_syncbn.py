@@ -1,28 +1,20 @@
 """Synchronised BatchNorm (src/visattn/engine/syncbn.py): W processes with B / W images each
 compute what one BatchNorm computes on all B images (output, every gradient, running
 statistics); one process and evaluation mode are plain BatchNorm; the converter keeps the
-parameter objects; ``train --sync-bn`` under torchrun follows the one-process run."""
+parameter objects. ``train --sync-bn`` under torchrun: tests/engine/test_engine_distributed.py."""
 
 from __future__ import annotations
 
-import json
 import os
 import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from safetensors.torch import load_file
 from torch import nn
 
-from visattn.cli import main
 from visattn.engine import SyncBatchNorm, convert_sync_batchnorm
-
-SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 def _free_port() -> int:
@@ -110,31 +102,3 @@ def test_converter_keeps_parameters_and_state_dict_keys():
 def test_bad_input_names_the_argument():
     with pytest.raises(ValueError, match="input: expected at least 2-D"):
         SyncBatchNorm(3)(torch.randn(3))
-
-
-def test_train_sync_bn_two_processes_match_one_process(tmp_path):
-    """resnet20_cifar has BatchNorm everywhere: with --sync-bn two processes with 8 images
-    each follow the one-process run with 16 (up to float summation order)."""
-    args = [
-        "--model", "resnet20_cifar", "--epochs", "1", "--batch-size", "16",
-        "--train-subset", "32", "--test-subset", "16", "--optimizer", "sgd", "--lr", "0.05",
-        "--quiet", "--device", "cpu", "--seed", "5", "--sync-bn",
-    ]  # fmt: skip
-    torch.set_num_threads(1)
-    assert main(["train", *args, "--out", str(tmp_path / "one")]) == 0
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")])
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    result = subprocess.run(
-        [*cmd, "-m", "visattn", "train", *args, "--out", str(tmp_path / "two")],
-        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    one = load_file(tmp_path / "one" / "model.safetensors")
-    two = load_file(tmp_path / "two" / "model.safetensors")
-    assert one.keys() == two.keys() and any("running_var" in k for k in one)
-    for k in one:
-        torch.testing.assert_close(two[k], one[k], rtol=1e-3, atol=1e-3)
-    r1 = json.loads((tmp_path / "one" / "metrics.jsonl").read_text())
-    r2 = json.loads((tmp_path / "two" / "metrics.jsonl").read_text())
-    assert abs(r1["train_loss"] - r2["train_loss"]) < 1e-4

@@ -18,7 +18,8 @@ all-reduces the gradients, so every process gets the gradient of the global batc
 statistics. The arithmetic is float32 (float64 for float64 inputs). Outside a multi-process
 training step (one process, or evaluation mode) it is exactly ``nn.BatchNorm``.
 
-Tests: ``tests/engine/test_engine_syncbn.py``.
+Tests: ``tests/engine/test_engine_syncbn.py`` and, end to end under torchrun,
+``tests/engine/test_engine_distributed.py``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from ..functional.fused import update_running_stats
 
 __all__ = ["SyncBatchNorm", "convert_sync_batchnorm"]
 
@@ -102,19 +105,8 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         if self.affine:
             y = y * self.weight.reshape(shape) + self.bias.reshape(shape)
         if self.track_running_stats and self.training and self.running_mean is not None:
-            self._update_running_stats(mean.detach(), var.detach(), float(count))
+            update_running_stats(self, mean.detach(), var.detach(), float(count))
         return y.to(input.dtype)
-
-    @torch.no_grad()
-    def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, count: float) -> None:
-        self.num_batches_tracked.add_(1)
-        if self.momentum is None:  # cumulative moving average
-            factor = 1.0 / float(self.num_batches_tracked)
-        else:
-            factor = self.momentum
-        unbiased = var * (count / max(count - 1.0, 1.0))
-        self.running_mean.mul_(1 - factor).add_(mean.to(self.running_mean.dtype), alpha=factor)
-        self.running_var.mul_(1 - factor).add_(unbiased.to(self.running_var.dtype), alpha=factor)
 
 
 def convert_sync_batchnorm(module: nn.Module, device_type: str) -> nn.Module:

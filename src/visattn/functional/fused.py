@@ -178,20 +178,22 @@ def cbam(
         "avg" in pool, "max" in pool, impl,
     )  # fmt: skip
     if norm is not None and norm.training and norm.track_running_stats:
-        _update_running_stats(norm, stats, x.shape[0] * x.shape[2] * x.shape[3])
+        update_running_stats(norm, stats[0], stats[1], x.shape[0] * x.shape[2] * x.shape[3])
     return y
 
 
-def _update_running_stats(norm: torch.nn.BatchNorm2d, stats: torch.Tensor, count: int) -> None:
-    """What ``nn.BatchNorm2d`` does to its buffers in a training step (unbiased running var)."""
+def update_running_stats(
+    norm: torch.nn.modules.batchnorm._BatchNorm, mean: torch.Tensor, var: torch.Tensor, count: float
+) -> None:
+    """What ``nn.BatchNorm`` does to its buffers in a training step, from the batch's mean and
+    biased variance over ``count`` values per channel (the running variance is unbiased)."""
     with torch.no_grad():
         norm.num_batches_tracked.add_(1)
         if norm.momentum is None:
-            factor = 1.0 / norm.num_batches_tracked.to(stats.dtype)
+            factor = 1.0 / norm.num_batches_tracked.to(mean.dtype)
         else:
-            factor = torch.tensor(norm.momentum, dtype=stats.dtype, device=stats.device)
-        mean = stats[0]
-        var = stats[1] * (count / max(count - 1, 1))
+            factor = torch.tensor(norm.momentum, dtype=mean.dtype, device=mean.device)
+        var = var * (count / max(count - 1, 1))
         rm, rv = norm.running_mean, norm.running_var
         rm.copy_(rm * (1 - factor) + (mean * factor).to(rm.dtype))
         rv.copy_(rv * (1 - factor) + (var * factor).to(rv.dtype))

@@ -169,14 +169,15 @@ def _libc() -> ctypes.CDLL | None:
 
 
 def _advise_huge_pages(storage: torch.UntypedStorage) -> None:
-    """Ask for transparent huge pages on a new output's range (advice only: errors are harmless)."""
+    """Ask for transparent huge pages on a new output's range (advice only: errors are harmless).
+
+    The output pool calls this for new outputs of at least ``_pool.MIN_BYTES`` only."""
     libc = _libc()
-    nbytes = storage.nbytes()
-    if libc is None or nbytes < 4 * 2**20:
+    if libc is None:
         return
     ptr = storage.data_ptr()
     start = (ptr + _HUGE - 1) & ~(_HUGE - 1)
-    end = (ptr + nbytes) & ~(_HUGE - 1)
+    end = (ptr + storage.nbytes()) & ~(_HUGE - 1)
     if end > start:
         libc.madvise(start, end - start, _MADV_HUGEPAGE)
 
