@@ -100,7 +100,10 @@ def test_placement_semantics() -> None:
         block = BasicBlock(16, 16, se=Double(16), placement=placement).eval()
         plain = BasicBlock(16, 16).eval()
         plain.load_state_dict(block.state_dict())
-        f = plain._branch
+
+        def f(t, m=plain):  # F(x) of a basic block (He et al., Fig. 2)
+            return m.bn2(m.conv2(torch.relu(m.bn1(m.conv1(t)))))
+
         expected = {
             "standard": torch.relu(x + 2 * f(x)),
             "pre": torch.relu(x + f(2 * x)),

@@ -4,20 +4,27 @@
   (Hu et al., arXiv:1709.01507, eq. 2-4).
 - :func:`cbam`: F' = M_c(F) * F, F'' = M_s(F') * F' with M_c = sigma(sum_k MLP(pool_k(F))) and
   M_s = sigma(f^{k x k}([AvgPool_c(F'); MaxPool_c(F')])) (Woo et al., arXiv:1807.06521, eq. 1-3).
+- ``input_norm=`` of both: the block applied to BN(c) = gamma (c - mu) / sqrt(var + eps) + beta,
+  the BatchNorm that precedes SE / CBAM in a residual branch, as one autograd node that keeps c
+  (which the BatchNorm needs for its own backward anyway) instead of BN(c), and recomputes BN(c)
+  in backward: one full-size saved tensor less per block.
 
 Weights are given in the layout of the layers' 1 x 1 / k x k convolutions (``fc1.weight`` of
 shape (C/r, C, 1, 1) or (C/r, C)). The backend (:mod:`visattn.kernels`) is ``auto`` unless
 ``VISATTN_BACKEND`` or ``visattn.kernels.use_backend`` says otherwise; the reference branch
 below is the plain formula and is what every fast path is tested against.
-Tests: ``tests/kernels/test_kernels_se_cbam.py``.
+Tests: ``tests/kernels/test_kernels_se_cbam.py``, ``tests/kernels/test_kernels_norm_fusion.py``.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .._checks import check_choice, check_tensor
 from ..kernels import ops as _ops  # noqa: F401  (registers torch.ops.visattn.* and their FLOP counts)
@@ -66,15 +73,20 @@ def squeeze_excite(
     *,
     squeeze: str = "avg",
     gate: str = "sigmoid",
+    input_norm: nn.Module | None = None,
 ) -> torch.Tensor:
     """Squeeze-and-Excitation of x (N, C, H, W) -> (N, C, H, W), fused where possible.
 
     Args:
-        x: u, any memory format.
+        x: u, any memory format (with ``input_norm``: the BatchNorm's input c, and u = BN(c)).
         fc1_weight, fc1_bias: W_1 (C/r, C[, 1, 1]) and b_1 (C/r) or None.
         fc2_weight, fc2_bias: W_2 (C, C/r[, 1, 1]) and b_2 (C) or None.
         squeeze: ``"avg"`` or ``"max"`` global pooling.
         gate: one of ``GATES``.
+        input_norm: a module applied to x first, e.g. the residual branch's last BatchNorm.
+            A plain ``nn.BatchNorm2d`` (C features, no hooks) is fused when gradients are
+            needed: statistics and running-statistics update as in its own forward, BN(x)
+            recomputed in backward instead of kept. Any other module is simply called.
 
     The fast path (float32 / bfloat16 on CPU and CUDA) reads x three times forward and four
     times backward and saves only x; the MLP runs in float32. Max-squeeze ties share the
@@ -86,13 +98,15 @@ def squeeze_excite(
     from ..kernels._backend import select_impl
 
     impl = select_impl(x) if x.numel() > 0 else None
+    params = (fc1_weight, fc1_bias, fc2_weight, fc2_bias)
+    if impl is not None and _fuses_norm(input_norm, x, params):
+        return _BatchNormThen.apply(x, *_norm_inputs(input_norm, x), _SE, (squeeze, gate, impl),
+                                    *params)[0]  # fmt: skip
+    if input_norm is not None:
+        x = input_norm(x)
     if impl is None:
-        return squeeze_excite_reference(
-            x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, squeeze=squeeze, gate_fn=gate
-        )
-    return torch.ops.visattn.squeeze_excite(
-        x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, squeeze, gate, impl
-    )[0]
+        return squeeze_excite_reference(x, *params, squeeze=squeeze, gate_fn=gate)
+    return torch.ops.visattn.squeeze_excite(x, *params, squeeze, gate, impl)[0]
 
 
 def cbam_reference(
@@ -132,17 +146,19 @@ def cbam(
     *,
     pool: Sequence[str] = ("avg", "max"),
     norm: torch.nn.Module | None = None,
+    input_norm: nn.Module | None = None,
 ) -> torch.Tensor:
     """CBAM (channel attention, then spatial attention, eq. 1) of x (N, C, H, W), fused.
 
     Args:
-        x: F, any memory format.
+        x: F, any memory format (with ``input_norm``: the BatchNorm's input c, and F = BN(c)).
         fc1_weight ... fc2_bias: the shared MLP W_0, b_0, W_1, b_1 of M_c.
         conv_weight, conv_bias: f^{k x k} of M_s, shape (1, len(pool), k, k) with k odd, and (1,).
         pool: pools of both parts, avg before max in the spatial map (as the layers build it).
         norm: optional ``nn.BatchNorm2d(1)`` after the convolution (the official code's layout).
             It behaves exactly as if called: batch statistics and a running-statistics update
             in training mode, running statistics in evaluation mode.
+        input_norm: a module applied to x first, fused like :func:`squeeze_excite`'s.
 
     The fast path reads x four times forward and six times backward (plus dy / dx), keeps only
     x for backward and handles max ties like ``torch.amax`` (equal shares). Other pool orders
@@ -164,6 +180,8 @@ def cbam(
     fast = fast_pools and odd_square and plain_norm and x.numel() > 0
     impl = select_impl(x) if fast else None
     if impl is None:
+        if input_norm is not None:
+            x = input_norm(x)
         return cbam_reference(
             x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias, pool=pool,
             norm=norm,
@@ -173,13 +191,150 @@ def cbam(
         batch_stats = norm.training or (norm.running_mean is None and norm.running_var is None)
         running = (None, None) if batch_stats else (norm.running_mean, norm.running_var)
         bn = (norm.weight, norm.bias, *running, 1 if batch_stats else 2, float(norm.eps))
-    y, *_, stats = torch.ops.visattn.cbam(
-        x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias, *bn,
-        "avg" in pool, "max" in pool, impl,
-    )  # fmt: skip
+    params = (fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias, *bn[:4])
+    options = (*bn[4:], "avg" in pool, "max" in pool, impl)
+    if _fuses_norm(input_norm, x, params):
+        y, stats = _BatchNormThen.apply(x, *_norm_inputs(input_norm, x), _CBAM, options, *params)
+    else:
+        if input_norm is not None:
+            x = input_norm(x)
+        y, *_, stats = torch.ops.visattn.cbam(x, *params, *options)
     if norm is not None and norm.training and norm.track_running_stats:
         update_running_stats(norm, stats[0], stats[1], x.shape[0] * x.shape[2] * x.shape[3])
     return y
+
+
+# ----------------------------------------------------------------------------- input BatchNorm
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    """Whether calling ``module`` would run hooks (its own or global ones, as nn.Module checks)."""
+    from torch.nn.modules import module as m
+
+    return bool(
+        module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+        or module._backward_pre_hooks or m._global_forward_hooks
+        or m._global_forward_pre_hooks or m._global_backward_hooks
+        or m._global_backward_pre_hooks
+    )  # fmt: skip
+
+
+def _fuses_norm(norm: nn.Module | None, x: torch.Tensor, params: Sequence[Any]) -> bool:
+    """Whether ``norm`` then the block runs as one :class:`_BatchNormThen` node.
+
+    Only where it saves memory and changes nothing else: a plain ``nn.BatchNorm2d`` (not a
+    subclass such as ``SyncBatchNorm``) over x's channels, without hooks, while autograd records.
+    """
+    if norm is None or type(norm) is not nn.BatchNorm2d or norm.num_features != x.shape[1]:
+        return False
+    if _has_hooks(norm) or not torch.is_grad_enabled():
+        return False
+    tensors = (x, norm.weight, norm.bias, *params)
+    return any(isinstance(t, torch.Tensor) and t.requires_grad for t in tensors)
+
+
+def _norm_inputs(norm: nn.BatchNorm2d, c: torch.Tensor) -> tuple:
+    """(weight, bias, mean, var, eps, batch_stats) of ``norm``'s forward on c.
+
+    Batch statistics (training mode, or no running statistics) come from
+    ``torch.batch_norm_update_stats``, which also updates the running statistics exactly as
+    ``nn.BatchNorm2d.forward`` would (momentum, or the cumulative average when momentum is None);
+    otherwise the running statistics are used.
+    """
+    batch_stats = norm.training or (norm.running_mean is None and norm.running_var is None)
+    if not batch_stats:
+        return norm.weight, norm.bias, norm.running_mean, norm.running_var, norm.eps, False
+    update = norm.training and norm.track_running_stats and norm.running_mean is not None
+    factor = 0.0
+    with torch.no_grad():
+        if update:
+            norm.num_batches_tracked.add_(1)
+            momentum = norm.momentum
+            factor = 1.0 / float(norm.num_batches_tracked) if momentum is None else momentum
+        running = (norm.running_mean, norm.running_var) if update else (None, None)
+        mean, var = torch.batch_norm_update_stats(c, *running, factor)
+    return norm.weight, norm.bias, mean, var, norm.eps, True
+
+
+def _normalize(c, weight, bias, mean, var, eps: float) -> torch.Tensor:
+    """BN(c) with given statistics; the same call forward and backward, so the two agree bit for
+    bit (CBAM's and max-SE's maxima are recognised by equality in backward)."""
+    with torch.autocast(c.device.type, enabled=False):
+        return F.batch_norm(c, mean, var, weight, bias, False, 0.0, eps)
+
+
+class _SE:
+    """SE through the visattn::squeeze_excite operators; options (squeeze, gate, impl)."""
+
+    saved = 2  # s, z
+
+    @staticmethod
+    def forward(x, params, options):
+        y, s, z = torch.ops.visattn.squeeze_excite(x, *params, *options)
+        return y, (s, z), ()
+
+    @staticmethod
+    def backward(dy, x, saved, params, options):
+        dx, *grads = torch.ops.visattn.squeeze_excite_backward(dy, x, *saved, *params, *options,
+                                                                True)  # fmt: skip
+        return dx, grads
+
+
+class _CBAM:
+    """CBAM through the visattn::cbam operators; options (bn_mode, eps, use_avg, use_max, impl)."""
+
+    saved = 4  # a, b, z, pooled
+
+    @staticmethod
+    def forward(x, params, options):
+        y, a, b, z, pooled, stats = torch.ops.visattn.cbam(x, *params, *options)
+        return y, (a, b, z, pooled), (stats,)
+
+    @staticmethod
+    def backward(dy, x, saved, params, options):
+        dx, *grads = torch.ops.visattn.cbam_backward(dy, x, *saved, *params, *options, True)
+        return dx, grads  # no gradient for the spatial BatchNorm's running statistics
+
+
+class _BatchNormThen(torch.autograd.Function):
+    """y = block(BN(c)) as one node that saves c (not BN(c)) and the (C,) statistics.
+
+    Backward: x = BN(c) recomputed (one read of c, one write of x), the block's backward operator
+    gives dL/dx and its parameters' gradients, and ``native_batch_norm_backward`` gives dL/dc,
+    dL/dgamma, dL/dbeta (through the batch statistics in training mode), as BatchNorm's own
+    backward does. Outputs: y, then the block's extra outputs (non-differentiable).
+    """
+
+    @staticmethod
+    def forward(ctx, c, weight, bias, mean, var, eps, batch_stats, block, options, *params):
+        x = _normalize(c, weight, bias, mean, var, eps)
+        y, saved, extra = block.forward(x, params, options)
+        ctx.save_for_backward(c, weight, bias, mean, var, *saved, *params)
+        ctx.setup = (eps, batch_stats, block, options)
+        ctx.mark_non_differentiable(*extra)
+        return (y, *extra)
+
+    @staticmethod
+    def backward(ctx, dy, *_extra):
+        eps, batch_stats, block, options = ctx.setup
+        c, weight, bias, mean, var, *rest = ctx.saved_tensors
+        saved, params = rest[: block.saved], rest[block.saved :]
+        dx, grads = block.backward(dy, _normalize(c, weight, bias, mean, var, eps), saved, params,
+                                   options)  # fmt: skip
+        need = ctx.needs_input_grad
+        mask = [need[0], weight is not None and need[1], bias is not None and need[2]]
+        if batch_stats:
+            invstd = torch.rsqrt(var + eps)
+            stats = (None, None, mean, invstd)
+        else:
+            stats = (mean, var, None, None)
+        dc, dw, db = torch.ops.aten.native_batch_norm_backward(dx, c, weight, *stats, batch_stats,
+                                                               eps, mask)  # fmt: skip
+        grads = [  # parameters without a gradient output (running statistics) get None
+            g if p is not None and n else None
+            for g, p, n in itertools.zip_longest(grads, params, need[9:])
+        ]
+        return (dc, dw, db, None, None, None, None, None, None, *grads)
 
 
 def update_running_stats(

@@ -1,6 +1,7 @@
 """nn.Module layers, one file per mechanism, and the attention registry."""
 
 from .cbam import CBAM, ChannelAttention, SpatialAttention
+from .fusion import batchnorm_attention
 from .registry import create_attention, list_attention, register_attention
 from .spatial_transformer import GridGenerator, SpatialTransformer, default_localisation
 from .squeeze_excite import SqueezeExcite, reduced_channels
@@ -12,6 +13,7 @@ __all__ = [
     "SpatialAttention",
     "SpatialTransformer",
     "SqueezeExcite",
+    "batchnorm_attention",
     "create_attention",
     "default_localisation",
     "list_attention",

@@ -189,15 +189,21 @@ class CBAM(nn.Module):
         self.channels = channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._attend(x)
+
+    def _attend(self, x: torch.Tensor, input_norm: nn.Module | None = None) -> torch.Tensor:
+        """CBAM(x), or CBAM(input_norm(x)) fused (:func:`visattn.layers.batchnorm_attention`)."""
         _check_input(x, self.channels)
+        if self.order == "channel_first" and set(self.channel.pool) == set(self.spatial.pool):
+            ch, sp = self.channel, self.spatial
+            norm = None if isinstance(sp.bn, nn.Identity) else sp.bn
+            return cbam(
+                x, ch.fc1.weight, ch.fc1.bias, ch.fc2.weight, ch.fc2.bias, sp.conv.weight,
+                sp.conv.bias, pool=sp.pool, norm=norm, input_norm=input_norm,
+            )  # fmt: skip
+        if input_norm is not None:
+            x = input_norm(x)
         if self.order == "channel_first":
-            if set(self.channel.pool) == set(self.spatial.pool):
-                ch, sp = self.channel, self.spatial
-                norm = None if isinstance(sp.bn, nn.Identity) else sp.bn
-                return cbam(
-                    x, ch.fc1.weight, ch.fc1.bias, ch.fc2.weight, ch.fc2.bias, sp.conv.weight,
-                    sp.conv.bias, pool=sp.pool, norm=norm,
-                )  # fmt: skip
             return self.spatial(self.channel(x))
         if self.order == "spatial_first":
             return self.channel(self.spatial(x))

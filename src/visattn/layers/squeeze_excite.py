@@ -98,12 +98,16 @@ class SqueezeExcite(nn.Module):
         return gate(self.gate, self.fc2(self.act(self.fc1(z))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._attend(x)
+
+    def _attend(self, x: torch.Tensor, input_norm: nn.Module | None = None) -> torch.Tensor:
+        """SE(x), or SE(input_norm(x)) fused (:func:`visattn.layers.batchnorm_attention`)."""
         check_tensor(x, "x", ndim=4, layout="(N, C, H, W)")
         if x.shape[1] != self.channels:
             raise ValueError(f"x: expected {self.channels} channels, got shape {tuple(x.shape)}")
         return squeeze_excite(
             x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias,
-            squeeze=self.squeeze, gate=self.gate,
+            squeeze=self.squeeze, gate=self.gate, input_norm=input_norm,
         )  # fmt: skip
 
     def extra_repr(self) -> str:

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._checks import check_choice, check_int, check_pair
+from ..layers.fusion import batchnorm_attention
 from ..layers.registry import create_attention
 
 __all__ = [
@@ -139,15 +140,21 @@ class _Block(nn.Module):
     downsample: nn.Module | None
     placement: str
 
-    def _branch(self, x: torch.Tensor) -> torch.Tensor:
+    def _branch_conv(self, x: torch.Tensor) -> torch.Tensor:
+        """F(x) up to its last convolution: F(x) = norm(_branch_conv(x)), norm the last of
+        ``_layer_names`` (``bn2`` / ``bn3``)."""
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         se, placement = self.se, self.placement
         out = se(x) if se is not None and placement == "pre" else x
-        out = self._branch(out)
+        out = self._branch_conv(out)
+        norm = getattr(self, self._layer_names[-1])
         if se is not None and placement == "standard":
-            out = se(out)
+            # se(norm(out)); SE / CBAM keep only the BatchNorm's input (layers/fusion.py)
+            out = batchnorm_attention(norm, se, out)
+        else:
+            out = norm(out)
         shortcut = x if self.downsample is None else self.downsample(x)
         if se is not None and placement == "identity":
             shortcut = se(shortcut)
@@ -208,9 +215,8 @@ class BasicBlock(_Block):
         self.placement = check_choice(placement, "placement", PLACEMENTS)
         self.se = se
 
-    def _branch(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        return self.bn2(self.conv2(out))
+    def _branch_conv(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.relu(self.bn1(self.conv1(x))))
 
 
 class Bottleneck(_Block):
@@ -245,10 +251,10 @@ class Bottleneck(_Block):
         self.placement = check_choice(placement, "placement", PLACEMENTS)
         self.se = se
 
-    def _branch(self, x: torch.Tensor) -> torch.Tensor:
+    def _branch_conv(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        return self.bn3(self.conv3(out))
+        return self.conv3(out)
 
 
 class ResNet(nn.Module):
