@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # GPU check of issue 6 (fused SE / CBAM / sampler), for one H100 / H200, about 8 minutes:
 #   1. correctness on CUDA: benchmarks/gpu_correctness.py (fast vs reference, fp32 / bf16,
-#      NCHW / channels_last, all gradients, sampler determinism) and, when pytest is installed,
-#      the CUDA-parametrised cases of tests/kernels/;
+#      NCHW / channels_last, all gradients, BatchNorm + attention node, sampler determinism)
+#      and, when pytest is installed, the CUDA-parametrised cases of tests/kernels/;
 #   2. the benchmark at the GPU shapes (N=128, C=256..2048 ResNet-50 stages, bf16, channels_last,
 #      with the host (launch) time of every row;
-#      sampler 64x64x112x112 fp32 and bf16; whole networks when visattn.models is present), then
-#      the torch.compile rows at the first stage;
+#      sampler 64x64x112x112 fp32 and bf16; whole networks when visattn.models is present, with
+#      SE / CBAM on the default (reference) and on the Triton kernels, which also fuse the
+#      BatchNorm before them), then the torch.compile rows at the first stage;
 #   3. optional (GPU_CHECK_COMPILE_MODELS=1, several more minutes): the networks under torch.compile.
 # Run from the repository (any cwd): bash benchmarks/gpu_check.sh
 # Everything is printed; files go to $OUT (or /tmp/visattn_gpu_check): check.txt (environment and
@@ -36,14 +37,14 @@ timeout 240 "$PY" benchmarks/gpu_correctness.py 2>&1 | tee -a "$RES/check.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 if "$PY" -c 'import pytest' 2>/dev/null; then
   timeout 150 "$PY" -m pytest -q -p no:cacheprovider tests/kernels/test_kernels_se_cbam.py \
-    tests/kernels/test_kernels_sampler.py -k "cuda or compile" 2>&1 | tail -25 | tee -a "$RES/check.txt"
+    tests/kernels/test_kernels_norm_fusion.py tests/kernels/test_kernels_sampler.py -k "cuda or compile" 2>&1 | tail -25 | tee -a "$RES/check.txt"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 else
   echo "pytest not installed: skipped tests/kernels (gpu_correctness.py covers the same checks)"
 fi
 
 echo "== 2. benchmark (bf16, channels_last, N=128) =="
-timeout 200 "$PY" -m visattn.bench --device cuda --dtype bfloat16 --channels-last --batch 128 \
+timeout 260 "$PY" -m visattn.bench --device cuda --dtype bfloat16 --channels-last --batch 128 \
   --repeats 20 --models --model-batch 128 --model-steps 8 --output "$RES/bench.md" 2>&1 \
   | grep -v '^USDT'
 echo "== 3. torch.compile rows (first stage) =="

@@ -68,6 +68,47 @@ def compare(label, fast_fn, ref_fn, x, params, dtype):
         check(f"{label} {name}", a, b, TOL[dtype])
 
 
+def check_norm_fusion(dev: str) -> None:
+    """BatchNorm then SE / CBAM as one node (visattn.layers.batchnorm_attention) on the Triton
+    kernels vs the two modules: float32 against the reference formulas, bfloat16 (autocast)
+    against the unfused Triton path; training mode, output, grad c, every parameter, running
+    statistics."""
+    import copy
+
+    import visattn
+    from visattn.layers import batchnorm_attention
+
+    for n, c, s in [(8, 256, 56), (2, 2048, 7)]:
+        for kind in ("se", "cbam"):
+            for dtype in (torch.float32, torch.bfloat16):
+                for cl in (False, True):
+                    norm = torch.nn.BatchNorm2d(c).to(dev)
+                    att = (visattn.SqueezeExcite(c) if kind == "se"
+                           else visattn.CBAM(c, norm=True)).to(dev)  # fmt: skip
+                    plain = (copy.deepcopy(norm), copy.deepcopy(att))
+                    x = torch.randn(n, c, s, s, device=dev) * 2 + 0.5
+                    if cl:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    x = x.to(dtype)
+                    grad = torch.randn(x.shape, device=dev).to(dtype)
+                    autocast = torch.autocast(dev, torch.bfloat16,
+                                              enabled=dtype == torch.bfloat16)  # fmt: skip
+                    outs = []
+                    for mods, backend, fused in (((norm, att), FAST, True),
+                                                 (plain, FAST if dtype != torch.float32
+                                                  else "reference", False)):  # fmt: skip
+                        xi = x.detach().clone().requires_grad_(True)
+                        with use_backend(backend), autocast:
+                            y = batchnorm_attention(*mods, xi) if fused else mods[1](mods[0](xi))
+                        y.backward(grad)
+                        params = [p.grad for m in mods for p in m.parameters()]
+                        buffers = [b.float() for m in mods for b in m.buffers()]
+                        outs.append([y.detach(), xi.grad, *params, *buffers])
+                    tag = f"BN+{kind} {n}x{c}x{s}x{s} {str(dtype)[6:]} {'CL' if cl else 'NCHW'}"
+                    for i, (a, b) in enumerate(zip(*outs, strict=True)):
+                        check(f"{tag} value {i}", a, b, TOL[dtype])
+
+
 def main() -> int:
     assert torch.cuda.is_available(), "CUDA is not available"
     dev = "cuda"
@@ -98,6 +139,7 @@ def main() -> int:
                             lambda x, *p, q=squeeze: squeeze_excite_reference(x, *p, squeeze=q),
                             x, [w1, b1, w2, b2], dtype)  # fmt: skip
                 compare(f"CBAM {tag}", cbam, cbam_reference, x, [w1, b1, w2, b2, cw, cb], dtype)
+    check_norm_fusion(dev)
     # Sampler: fast (Triton) vs reference, and bitwise-repeatable backward.
     for n, c, h, o in [(4, 16, 37, 29), (64, 64, 112, 112)]:
         for dtype in (torch.float32, torch.bfloat16):

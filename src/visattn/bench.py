@@ -357,13 +357,22 @@ def bench_models(ctx: Context, batch: int, steps: int, compile_models: bool) -> 
         "| model | mode | images/s | vs resnet50 | peak memory (GiB) |",
         "|---|---|---|---|---|",
     ]
+    from visattn.kernels import use_backend
+
+    # On CUDA the default ("auto") runs SE / CBAM by the reference formulas; the Triton kernels
+    # (and with them the BatchNorm + attention node, docs/kernels.md) are measured alongside.
+    runs = [("resnet50", "auto"), ("seresnet50", "auto"), ("cbam_resnet50", "auto")]
+    if ctx.device.type == "cuda":
+        runs[2:2] = [("seresnet50", "triton")]
+        runs.append(("cbam_resnet50", "triton"))
     for mode in ["eager"] + (["compile"] if compile_models else []):
         base = None
-        for name in ("resnet50", "seresnet50", "cbam_resnet50"):
+        for name, backend in runs:
+            label = name if backend == "auto" else f"{name} ({backend})"
             try:
                 model = create_model(name).to(ctx.device).to(memory_format=torch.channels_last)
             except Exception as err:
-                lines.append(f"| {name} | {mode} | failed: {type(err).__name__}: {err} | | |")
+                lines.append(f"| {label} | {mode} | failed: {type(err).__name__}: {err} | | |")
                 continue
             run = torch.compile(model) if mode == "compile" else model
             opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -372,20 +381,24 @@ def bench_models(ctx: Context, batch: int, steps: int, compile_models: bool) -> 
             )
             labels = torch.randint(0, 1000, (batch,), device=ctx.device)
 
-            step = _train_step(run, opt, images, labels, ctx.device)
+            train = _train_step(run, opt, images, labels, ctx.device)
+
+            def step(train=train, backend=backend) -> None:
+                with use_backend(backend):
+                    train()
 
             try:
                 seconds = _time(step, ctx, repeats=steps)
                 mem = _peak_bytes(step, ctx.device) / 2**30
             except Exception as err:
-                lines.append(f"| {name} | {mode} | failed: {type(err).__name__}: {err} | | |")
+                lines.append(f"| {label} | {mode} | failed: {type(err).__name__}: {err} | | |")
                 continue
             ips = batch / seconds
             base = ips if name == "resnet50" else base
             rel = f"{ips / base:.0%}" if base else "-"
-            lines.append(f"| {name} | {mode} | {ips:.1f} | {rel} | {mem:.2f} |")
+            lines.append(f"| {label} | {mode} | {ips:.1f} | {rel} | {mem:.2f} |")
             print(lines[-1], flush=True)
-            del model, run, opt, step
+            del model, run, opt, step, train
     return lines
 
 

@@ -71,3 +71,24 @@ def test_table_adds_host_column_only_for_rows_with_host_times():
                  Row("se", "1x2x3x3", "visattn", 2.0, 9.0)])  # fmt: skip
     assert gpu[0].endswith("host (ms) |") and gpu[1].count("---") == 9
     assert gpu[2].endswith(" 0.250 |") and gpu[3].endswith(" - |")
+
+
+def test_bench_models_rows_with_small_networks(monkeypatch):
+    """The whole-network rows, with CIFAR-sized ResNets standing in for the ResNet-50 family."""
+    import torch
+
+    import visattn.models
+    from visattn.bench import Context, bench_models
+
+    attention = {"resnet50": None, "seresnet50": "se", "cbam_resnet50": "cbam"}
+    real = visattn.models.create_model
+    monkeypatch.setattr(
+        visattn.models, "create_model",
+        lambda name: real("resnet20_cifar", attention=attention[name], num_classes=1000),
+    )  # fmt: skip
+    ctx = Context(torch.device("cpu"), torch.float32, True, repeats=1, warmup=0)
+    lines = bench_models(ctx, batch=2, steps=1, compile_models=False)
+    assert lines[0].startswith("| model | mode | images/s | vs resnet50 | peak memory (GiB) |")
+    rows = [line.split("|")[1:-1] for line in lines[2:]]
+    assert [r[0].strip() for r in rows] == ["resnet50", "seresnet50", "cbam_resnet50"]
+    assert all(float(r[2]) > 0 and float(r[4]) >= 0 and r[3].strip().endswith("%") for r in rows)
