@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from ._cpu_source import SOURCE
+from ._excite import excite, excite_backward, excite_wgrad  # the MLP part: PyTorch ops on CPU
 from ._pool import output_pool
 
 __all__ = [
@@ -43,6 +44,9 @@ __all__ = [
     "bwd_apply",
     "bwd_channel",
     "bwd_reduce",
+    "excite",
+    "excite_backward",
+    "excite_wgrad",
     "stats_c",
     "stats_p",
 ]

@@ -37,8 +37,6 @@ from torch import Tensor
 
 __all__ = ["cbam", "cbam_backward", "squeeze_excite", "squeeze_excite_backward"]
 
-SE_GATES = ("sigmoid", "hard_sigmoid", "tanh", "relu")
-
 
 def _no_autocast(fn):
     """Run an operator's implementation with autocast off: its small float32 parts (MLP, gate,
@@ -71,34 +69,8 @@ def _mat(w: Tensor) -> Tensor:
     return w.reshape(w.shape[0], -1).float()
 
 
-def _hidden(z: Tensor, w1: Tensor, b1: Tensor | None) -> Tensor:
-    return torch.relu(F.linear(z, _mat(w1), b1.float() if b1 is not None else None))
-
-
-def _out(h: Tensor, w2: Tensor, b2: Tensor | None) -> Tensor:
-    return F.linear(h, _mat(w2), b2.float() if b2 is not None else None)
-
-
-def _gate(name: str, l: Tensor) -> Tensor:
-    if name == "sigmoid":
-        return torch.sigmoid(l)
-    if name == "hard_sigmoid":
-        return F.hardsigmoid(l)
-    if name == "tanh":
-        return torch.tanh(l)
-    if name == "relu":
-        return torch.relu(l)
-    raise ValueError(f"gate: expected one of {SE_GATES}, got {name!r}")
-
-
-def _gate_grad(name: str, l: Tensor, s: Tensor, ds: Tensor) -> Tensor:
-    if name == "sigmoid":
-        return ds * s * (1 - s)
-    if name == "hard_sigmoid":
-        return ds * ((l > -3) & (l < 3)).float() / 6
-    if name == "tanh":
-        return ds * (1 - s * s)
-    return ds * (l > 0).float()
+def _vector(b: Tensor | None) -> Tensor | None:
+    return b.float() if b is not None else None
 
 
 def _cast_like(g: Tensor, ref: Tensor) -> Tensor:
@@ -128,7 +100,7 @@ def squeeze_excite(
     k = _kernels(impl)
     total, peak = k.stats_c(x)
     z = total / (x.shape[2] * x.shape[3]) if squeeze == "avg" else peak
-    s = _gate(gate, _out(_hidden(z, w1, b1), w2, b2))
+    _, _, s = k.excite(z.unsqueeze(0), _mat(w1), _vector(b1), _mat(w2), _vector(b2), gate)
     return k.apply(x, s), s, z
 
 
@@ -159,22 +131,18 @@ def squeeze_excite_backward(
     k = _kernels(impl)
     is_max = squeeze == "max"
     q, _, count, _ = k.bwd_reduce(dy, x, s, None, z if is_max else None, None)
-    h = _hidden(z, w1, b1)
-    dl = _gate_grad(gate, _out(h, w2, b2), s, q)
-    dw2 = dl.t() @ h
-    dh = (dl @ _mat(w2)) * (h > 0).float()
-    dw1 = dh.t() @ z
-    dz = dh @ _mat(w1)
+    w1m, w2m, zk = _mat(w1), _mat(w2), z.unsqueeze(0)
+    h, l, _ = k.excite(zk, w1m, _vector(b1), w2m, _vector(b2), gate)  # (N, C)-sized recompute
+    positions = x.shape[2] * x.shape[3]
+    dl, dh, cavg, cmax = k.excite_backward(q, l, s, h, w1m, w2m, count, positions, not is_max,
+                                           is_max, gate)  # fmt: skip
+    dw1, db1, dw2, db2 = k.excite_wgrad(dl, dh, zk, h)
     if need_dx:
-        if is_max:
-            dx = k.bwd_apply(dy, x, s, None, None, None, None, torch.zeros_like(dz), dz / count, z)
-        else:
-            dx = k.bwd_apply(dy, x, s, None, None, None, None, dz / (x.shape[2] * x.shape[3]),
-                             None, None)  # fmt: skip
+        dx = k.bwd_apply(dy, x, s, None, None, None, None, cavg, cmax, z if is_max else None)
     else:
         dx = x.new_empty(0)
-    db1 = dh.sum(0).to(b1.dtype) if b1 is not None else x.new_empty(0)
-    db2 = dl.sum(0).to(b2.dtype) if b2 is not None else x.new_empty(0)
+    db1 = db1.to(b1.dtype) if b1 is not None else x.new_empty(0)
+    db2 = db2.to(b2.dtype) if b2 is not None else x.new_empty(0)
     return dx, _cast_like(dw1, w1), db1, _cast_like(dw2, w2), db2
 
 
@@ -293,8 +261,7 @@ def cbam(
     total, peak = k.stats_c(x)
     zs = ([total / (hh * ww)] if use_avg else []) + ([peak] if use_max else [])
     z = torch.stack(zs)
-    logits = _out(_hidden(z, w1, b1), w2, b2).sum(0)
-    a = torch.sigmoid(logits)
+    _, _, a = k.excite(z, _mat(w1), _vector(b1), _mat(w2), _vector(b2), "sigmoid")
     psum, pmax = k.stats_p(x, a)
     maps = ([psum / c] if use_avg else []) + ([pmax] if use_max else [])
     pooled = torch.stack(maps, 1).reshape(n, len(maps), hh, ww)
@@ -371,20 +338,17 @@ def cbam_backward(
     gavg = dpooled[:, 0].reshape(n, p) / c if use_avg else dlg.new_zeros(n, p)
     gmax = dpooled[:, -1].reshape(n, p) / pcount if use_max else None
     da = q + k.bwd_channel(x, a, gavg, gmax, pmax)
-    dl = da * a * (1 - a)
-    hs = _hidden(z, w1, b1)  # (K, N, hidden)
-    dw2 = torch.einsum("nc,knh->ch", dl, hs)
-    dh = (dl @ _mat(w2)).unsqueeze(0) * (hs > 0).float()
-    dw1 = torch.einsum("knh,knc->hc", dh, z)
-    dz = dh @ _mat(w1)  # (K, N, C)
+    w1m, w2m = _mat(w1), _mat(w2)
+    h, l, _ = k.excite(z, w1m, _vector(b1), w2m, _vector(b2), "sigmoid")  # (K, N, hidden)
+    dl, dh, cavg, cmax = k.excite_backward(da, l, a, h, w1m, w2m, zcount, p, use_avg, use_max,
+                                           "sigmoid")  # fmt: skip
+    dw1, db1, dw2, db2 = k.excite_wgrad(dl, dh, z, h)
     if need_dx:
-        cavg = dz[0] / p if use_avg else torch.zeros_like(da)
-        cmax = dz[-1] / zcount if use_max else None
         dx = k.bwd_apply(dy, x, a, b, gavg, gmax, pmax, cavg, cmax, zmax)
     else:
         dx = x.new_empty(0)
-    db1 = dh.sum((0, 1)).to(b1.dtype) if b1 is not None else x.new_empty(0)
-    db2 = (dl.sum(0) * z.shape[0]).to(b2.dtype) if b2 is not None else x.new_empty(0)
+    db1 = db1.to(b1.dtype) if b1 is not None else x.new_empty(0)
+    db2 = db2.to(b2.dtype) if b2 is not None else x.new_empty(0)
     dcb_out = dcb.to(conv_b.dtype) if conv_b is not None else x.new_empty(0)
     return (dx, _cast_like(dw1, w1), db1, _cast_like(dw2, w2), db2, _cast_like(dcw, conv_w), dcb_out,
             dbn_w, dbn_b)  # fmt: skip
