@@ -359,3 +359,37 @@ def test_flop_counter_counts_the_fused_blocks_like_the_formulas():
                 layer(x).sum().backward()
             counts.append(counter.get_total_flops())
         assert counts[0] == counts[1] > 0, type(layer).__name__
+
+
+@pytest.mark.skipif(not INTERPRETED, reason="run by test_kernels_triton.py (interpreter)")
+@pytest.mark.parametrize("gate", ["sigmoid", "hard_sigmoid", "tanh", "relu"])
+@pytest.mark.parametrize("pools", [(True, False), (False, True), (True, True)])
+def test_triton_excitation_kernels_match_their_pytorch_formulas(gate, pools):
+    """visattn.kernels.triton_kernels.excite / excite_backward / excite_wgrad against
+    visattn.kernels._excite, with sizes that cross every tile (samples, channels, hidden)."""
+    from visattn.kernels import _excite, triton_kernels
+
+    use_avg, use_max = pools
+    k = int(use_avg) + int(use_max)
+    n, c, hid = 19, 70, 35  # tiles: 16 samples, 64 channels, 32 hidden units
+    z = torch.randn(k, n, c)
+    w1, w2 = torch.randn(hid, c) / c**0.5, torch.randn(c, hid) / hid**0.5
+    for b1, b2 in ((torch.randn(hid), torch.randn(c)), (None, None)):
+        got = triton_kernels.excite(z, w1, b1, w2, b2, gate)
+        want = _excite.excite(z, w1, b1, w2, b2, gate)
+        for name, a, b in zip(("h", "l", "s"), got, want, strict=True):
+            _close(a, b, 1e-5, name)
+        h, l, s = want
+        ds, count = torch.randn(n, c), torch.randint(1, 4, (n, c)).float()
+        args = (ds, l, s, h, w1, w2, count, 37, use_avg, use_max, gate)
+        got = triton_kernels.excite_backward(*args)
+        want = _excite.excite_backward(*args)
+        for name, a, b in zip(("dl", "dh", "cavg", "cmax"), got, want, strict=True):
+            assert (a is None) == (b is None), name
+            if a is not None:
+                _close(a, b, 1e-5, name)
+        dl, dh = want[:2]
+        got = triton_kernels.excite_wgrad(dl, dh, z, h)
+        want = _excite.excite_wgrad(dl, dh, z, h)
+        for name, a, b in zip(("dw1", "db1", "dw2", "db2"), got, want, strict=True):
+            _close(a, b, 1e-5, name)

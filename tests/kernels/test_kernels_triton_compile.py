@@ -23,8 +23,8 @@ CE = "constexpr"
 
 
 def _sig(names: str, kinds: dict[str, str], default: str = I32) -> dict[str, str]:
-    return {n: kinds.get(n, CE if n.isupper() and n.startswith(("BLOCK", "HAS", "CBAM", "CNT",
-            "MAXP", "MAXC", "ALIGN")) else default) for n in names.split()}  # fmt: skip
+    return {n: kinds.get(n, CE if (n.isupper() and n.startswith(("BLOCK", "HAS", "CBAM", "CNT",
+            "MAXP", "MAXC", "ALIGN", "GATE"))) or n == "K" else default) for n in names.split()}  # fmt: skip
 
 
 CASES = {
@@ -50,6 +50,19 @@ CASES = {
                   **dict.fromkeys(["a_ptr", "b_ptr", "gavg_ptr", "gmax_ptr", "pmax_ptr",
                   "cavg_ptr", "cmax_ptr", "zmax_ptr"], F32)}),
                   {"CBAM": True, "MAXP": True, "MAXC": True}),
+    "excite": (T._excite_kernel, _sig("z_ptr w1_ptr b1_ptr w2_ptr b2_ptr h_ptr l_ptr s_ptr N C HID "
+               "K GATE HAS_B1 HAS_B2 BLOCK_N BLOCK_H BLOCK_K", dict.fromkeys(["z_ptr", "w1_ptr",
+               "b1_ptr", "w2_ptr", "b2_ptr", "h_ptr", "l_ptr", "s_ptr"], F32)),
+               {"K": 2, "GATE": 0, "HAS_B1": True, "HAS_B2": True}),
+    "excite_bwd": (T._excite_bwd_kernel, _sig("ds_ptr l_ptr s_ptr h_ptr w1_ptr w2_ptr cnt_ptr "
+                   "dl_ptr dh_ptr cavg_ptr cmax_ptr N C HID inv_p K GATE HAS_AVG HAS_MAX BLOCK_N "
+                   "BLOCK_H BLOCK_K", {**dict.fromkeys(["ds_ptr", "l_ptr", "s_ptr", "h_ptr",
+                   "w1_ptr", "w2_ptr", "cnt_ptr", "dl_ptr", "dh_ptr", "cavg_ptr", "cmax_ptr"], F32),
+                   "inv_p": "fp32"}), {"K": 2, "GATE": 1, "HAS_AVG": True, "HAS_MAX": True}),
+    "excite_wgrad": (T._excite_wgrad_kernel, _sig("dl_ptr dh_ptr z_ptr h_ptr dw1_ptr db1_ptr "
+                     "dw2_ptr db2_ptr N C HID K BLOCK_N BLOCK_H BLOCK_K", dict.fromkeys(["dl_ptr",
+                     "dh_ptr", "z_ptr", "h_ptr", "dw1_ptr", "db1_ptr", "dw2_ptr", "db2_ptr"],
+                     F32)), {"K": 2}),
     "sample_fwd": (T._sample_fwd_kernel, _sig("in_ptr grid_ptr out_ptr C H W Q sin sic sih siw son "
                    "soc soq ALIGN BLOCK_Q BLOCK_C", {"in_ptr": BF16, "grid_ptr": F32,
                    "out_ptr": BF16}), {"ALIGN": False}),
@@ -61,7 +74,8 @@ CASES = {
                          {"go_ptr": BF16, "start_ptr": "*i32", "end_ptr": "*i32",
                           "eq_ptr": "*i32", "ew_ptr": F32, "gi_ptr": BF16}), {}),
 }  # fmt: skip
-BLOCKS = {"BLOCK_C": 32, "BLOCK_P": 128, "BLOCK_Q": 64, "BLOCK_X": 32}
+BLOCKS = {"BLOCK_C": 32, "BLOCK_P": 128, "BLOCK_Q": 64, "BLOCK_X": 32, "BLOCK_N": 16,
+          "BLOCK_H": 32, "BLOCK_K": 64}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

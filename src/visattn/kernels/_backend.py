@@ -26,7 +26,14 @@ from collections.abc import Iterator
 
 import torch
 
-__all__ = ["BACKENDS", "get_backend", "select_impl", "triton_available", "use_backend"]
+__all__ = [
+    "BACKENDS",
+    "flat_f32",
+    "get_backend",
+    "select_impl",
+    "triton_available",
+    "use_backend",
+]
 
 BACKENDS = ("auto", "reference", "cpu", "triton")
 
@@ -109,3 +116,13 @@ def cpu_kernels_available() -> bool:
     from . import cpu
 
     return cpu.available()
+
+
+def flat_f32(t: torch.Tensor | None) -> torch.Tensor | None:
+    """t (N, ...) as a contiguous float32 (N, K) matrix, the layout the kernels index; t itself
+    when it already is one (the common case: no dispatcher calls on the hot path)."""
+    if t is None:
+        return None
+    if t.dim() == 2 and t.dtype == torch.float32 and t.is_contiguous():
+        return t
+    return t.reshape(t.shape[0], -1).float().contiguous()

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from ._backend import flat_f32
 from ._cpu_source import SOURCE
 from ._excite import excite, excite_backward, excite_wgrad  # the MLP part: PyTorch ops on CPU
 from ._pool import output_pool
@@ -196,10 +197,6 @@ def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-def _vec(t: torch.Tensor | None) -> torch.Tensor | None:
-    return None if t is None else t.reshape(t.shape[0], -1).float().contiguous()
-
-
 def _prep(x: torch.Tensor) -> tuple[torch.Tensor, bool, int, int, int, int]:
     cl = layout_of(x)
     x = as_layout(x, cl)
@@ -226,7 +223,7 @@ def stats_c(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def apply(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
     """y = (x a_c) b_p in x's dtype and layout."""
     x, cl, dt, n, c, p = _prep(x)
-    a, b = _vec(a), _vec(b)
+    a, b = map(flat_f32, (a, b))
     y = _empty(x.shape, x.dtype, cl)
     _lib().va_apply(dt, int(cl), x.data_ptr(), y.data_ptr(), a.data_ptr(), _ptr(b), n, c, p, _nt())
     return y
@@ -235,7 +232,7 @@ def apply(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor | None = None) -> to
 def stats_p(x: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum_c a_c x, max_c a_c x), each float32 (N, H W)."""
     x, cl, dt, n, c, p = _prep(x)
-    a = _vec(a)
+    a = flat_f32(a)
     s = torch.empty(n, p, dtype=torch.float32)
     m = torch.empty(n, p, dtype=torch.float32)
     _lib().va_stats_p(
@@ -255,8 +252,8 @@ def bwd_reduce(
     """q_c = sum_p dy x b_p; with b also db_p = sum_c dy a_c x; with zmax the tie counts
     sum_p [x == zmax_c] and (with b) sum_c [a_c x == pmax_p]."""
     x, cl, dt, n, c, p = _prep(x)
-    dy = as_layout(dy.to(x.dtype), cl)
-    a, b, zmax, pmax = _vec(a), _vec(b), _vec(zmax), _vec(pmax)
+    dy = as_layout((dy if dy.dtype == x.dtype else dy.to(x.dtype)), cl)
+    a, b, zmax, pmax = map(flat_f32, (a, b, zmax, pmax))
     q = torch.empty(n, c, dtype=torch.float32)
     db = torch.empty(n, p, dtype=torch.float32) if b is not None else None
     zc = torch.empty(n, c, dtype=torch.float32) if zmax is not None else None
@@ -277,7 +274,7 @@ def bwd_channel(
 ) -> torch.Tensor:
     """out_c = sum_p x (gavg_p + [a_c x == pmax_p] gmax_p), float32 (N, C)."""
     x, cl, dt, n, c, p = _prep(x)
-    a, gavg, gmax, pmax = _vec(a), _vec(gavg), _vec(gmax), _vec(pmax)
+    a, gavg, gmax, pmax = map(flat_f32, (a, gavg, gmax, pmax))
     out = torch.empty(n, c, dtype=torch.float32)
     _lib().va_bwd_channel(
         dt, int(cl), x.data_ptr(), a.data_ptr(), gavg.data_ptr(), _ptr(gmax), _ptr(pmax),
@@ -300,9 +297,9 @@ def bwd_apply(
 ) -> torch.Tensor:
     """dx = a_c (dy b_p + gavg_p + [a_c x == pmax_p] gmax_p) + cavg_c + [x == zmax_c] cmax_c."""
     x, cl, dt, n, c, p = _prep(x)
-    dy = as_layout(dy.to(x.dtype), cl)
-    a, b, gavg, gmax, pmax = _vec(a), _vec(b), _vec(gavg), _vec(gmax), _vec(pmax)
-    cavg, cmax, zmax = _vec(cavg), _vec(cmax), _vec(zmax)
+    dy = as_layout((dy if dy.dtype == x.dtype else dy.to(x.dtype)), cl)
+    a, b, gavg, gmax, pmax = map(flat_f32, (a, b, gavg, gmax, pmax))
+    cavg, cmax, zmax = map(flat_f32, (cavg, cmax, zmax))
     dx = _empty(x.shape, x.dtype, cl)
     _lib().va_bwd_apply(
         dt, int(cl), dy.data_ptr(), x.data_ptr(), a.data_ptr(), _ptr(b), _ptr(gavg), _ptr(gmax),

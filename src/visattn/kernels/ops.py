@@ -65,16 +65,28 @@ def _kernels(impl: str) -> ModuleType:
     raise ValueError(f"impl: expected 'c' or 'triton', got {impl!r}")
 
 
+# The helpers below skip no-op conversions: every call through the dispatcher costs host time,
+# which is what bounds these operators on a GPU (docs/benchmarks.md).
+
+
+def _f32(t: Tensor) -> Tensor:
+    return t if t.dtype == torch.float32 else t.float()
+
+
 def _mat(w: Tensor) -> Tensor:
-    return w.reshape(w.shape[0], -1).float()
+    return _f32(w if w.dim() == 2 else w.reshape(w.shape[0], -1))
 
 
 def _vector(b: Tensor | None) -> Tensor | None:
-    return b.float() if b is not None else None
+    return _f32(b) if b is not None else None
 
 
-def _cast_like(g: Tensor, ref: Tensor) -> Tensor:
-    return g.reshape(ref.shape).to(ref.dtype)
+def _cast_like(g: Tensor, ref: Tensor | None) -> Tensor:
+    """g in ref's shape and dtype; an empty tensor for an absent parameter (ref None)."""
+    if ref is None:
+        return g.new_empty(0)
+    g = g if g.shape == ref.shape else g.reshape(ref.shape)
+    return g if g.dtype == ref.dtype else g.to(ref.dtype)
 
 
 def _empty_grad(ref: Tensor | None, like: Tensor) -> Tensor:
@@ -141,9 +153,7 @@ def squeeze_excite_backward(
         dx = k.bwd_apply(dy, x, s, None, None, None, None, cavg, cmax, z if is_max else None)
     else:
         dx = x.new_empty(0)
-    db1 = db1.to(b1.dtype) if b1 is not None else x.new_empty(0)
-    db2 = db2.to(b2.dtype) if b2 is not None else x.new_empty(0)
-    return dx, _cast_like(dw1, w1), db1, _cast_like(dw2, w2), db2
+    return dx, _cast_like(dw1, w1), _cast_like(db1, b1), _cast_like(dw2, w2), _cast_like(db2, b2)
 
 
 @squeeze_excite_backward.register_fake
@@ -206,18 +216,18 @@ def _conv_backward(
 
 def _spatial_logits(pooled, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var, bn_mode: int, eps: float):
     """f^{k x k}(pooled), then the optional BatchNorm: (conv output, logits, (x_hat, 1/std), stats)."""
-    cb = conv_b.float() if conv_b is not None else None
-    lg = F.conv2d(pooled, conv_w.float(), cb, padding=conv_w.shape[-1] // 2)
+    cb = _f32(conv_b) if conv_b is not None else None
+    lg = F.conv2d(pooled, _f32(conv_w), cb, padding=conv_w.shape[-1] // 2)
     if bn_mode == 0:
         return lg, lg, None, lg.new_zeros(2)
     if bn_mode == 1:
         mean, var = lg.mean(), lg.var(unbiased=False)
     else:
-        mean, var = bn_mean.float().reshape(()), bn_var.float().reshape(())
+        mean, var = _f32(bn_mean).reshape(()), _f32(bn_var).reshape(())
     inv = torch.rsqrt(var + eps)
     xhat = (lg - mean) * inv
-    out = xhat * bn_w.float() if bn_w is not None else xhat
-    out = out + bn_b.float() if bn_b is not None else out
+    out = xhat * _f32(bn_w) if bn_w is not None else xhat
+    out = out + _f32(bn_b) if bn_b is not None else out
     return lg, out, (xhat, inv), torch.stack([mean, var])
 
 
@@ -326,15 +336,15 @@ def cbam_backward(
         _, _, (xhat, inv), _ = _spatial_logits(pooled, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var,
                                                bn_mode, eps)  # fmt: skip
         if bn_w is not None:
-            dbn_w = (dlg * xhat).sum().reshape(bn_w.shape).to(bn_w.dtype)
+            dbn_w = _cast_like((dlg * xhat).sum(), bn_w)
         if bn_b is not None:
-            dbn_b = dlg.sum().reshape(bn_b.shape).to(bn_b.dtype)
-        g = dlg * bn_w.float() if bn_w is not None else dlg
+            dbn_b = _cast_like(dlg.sum(), bn_b)
+        g = dlg * _f32(bn_w) if bn_w is not None else dlg
         if bn_mode == 1:  # batch statistics: mean and variance depend on every position
             dlg = inv * (g - g.mean() - xhat * (g * xhat).mean())
         else:
             dlg = g * inv
-    dpooled, dcw, dcb = _conv_backward(dlg, pooled, conv_w.float(), conv_b is not None, impl)
+    dpooled, dcw, dcb = _conv_backward(dlg, pooled, _f32(conv_w), conv_b is not None, impl)
     gavg = dpooled[:, 0].reshape(n, p) / c if use_avg else dlg.new_zeros(n, p)
     gmax = dpooled[:, -1].reshape(n, p) / pcount if use_max else None
     da = q + k.bwd_channel(x, a, gavg, gmax, pmax)
@@ -347,11 +357,9 @@ def cbam_backward(
         dx = k.bwd_apply(dy, x, a, b, gavg, gmax, pmax, cavg, cmax, zmax)
     else:
         dx = x.new_empty(0)
-    db1 = db1.to(b1.dtype) if b1 is not None else x.new_empty(0)
-    db2 = db2.to(b2.dtype) if b2 is not None else x.new_empty(0)
-    dcb_out = dcb.to(conv_b.dtype) if conv_b is not None else x.new_empty(0)
-    return (dx, _cast_like(dw1, w1), db1, _cast_like(dw2, w2), db2, _cast_like(dcw, conv_w), dcb_out,
-            dbn_w, dbn_b)  # fmt: skip
+    return (dx, _cast_like(dw1, w1), _cast_like(db1, b1), _cast_like(dw2, w2),
+            _cast_like(db2, b2), _cast_like(dcw, conv_w),
+            _cast_like(dcb, conv_b) if dcb is not None else x.new_empty(0), dbn_w, dbn_b)  # fmt: skip
 
 
 @cbam_backward.register_fake

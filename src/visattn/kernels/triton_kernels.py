@@ -24,11 +24,16 @@ import torch
 import triton
 import triton.language as tl
 
+from ._backend import flat_f32
+
 __all__ = [
     "apply",
     "bwd_apply",
     "bwd_channel",
     "bwd_reduce",
+    "excite",
+    "excite_backward",
+    "excite_wgrad",
     "sample_backward",
     "sample_forward",
     "stats_c",
@@ -37,10 +42,6 @@ __all__ = [
 
 _BC = 32
 _BP = 128
-
-
-def _vec(t: torch.Tensor | None) -> torch.Tensor | None:
-    return None if t is None else t.reshape(t.shape[0], -1).float().contiguous()
 
 
 def _layout(x: torch.Tensor) -> torch.Tensor:
@@ -118,7 +119,7 @@ def apply(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor | None = None) -> to
     x = _layout(x)
     n, c, h, w = x.shape
     p = h * w
-    a, b = _vec(a), _vec(b)
+    a, b = map(flat_f32, (a, b))
     y = _like(x)
     grid = (n, triton.cdiv(c, _BC), triton.cdiv(p, _BP))
     _apply_kernel[grid](x, y, a, b if b is not None else a, c, p, *_strides(x), *_strides(y),
@@ -153,7 +154,7 @@ def stats_p(x: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     x = _layout(x)
     n, c, h, w = x.shape
     p = h * w
-    a = _vec(a)
+    a = flat_f32(a)
     s = torch.empty(n, p, dtype=torch.float32, device=x.device)
     m = torch.empty_like(s)
     _stats_p_kernel[(n, triton.cdiv(p, _BP))](x, a, s, m, c, p, *_strides(x),
@@ -215,11 +216,11 @@ def bwd_reduce(
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Same contract as :func:`visattn.kernels.cpu.bwd_reduce`."""
     x = _layout(x)
-    dy = _layout(dy.to(x.dtype))
+    dy = _layout(dy if dy.dtype == x.dtype else dy.to(x.dtype))
     n, c, h, w = x.shape
     p = h * w
     npb = triton.cdiv(p, _BP)
-    a, b, zmax, pmax = _vec(a), _vec(b), _vec(zmax), _vec(pmax)
+    a, b, zmax, pmax = map(flat_f32, (a, b, zmax, pmax))
     dev = x.device
     qp = torch.empty(n, npb, c, dtype=torch.float32, device=dev)
     zp = torch.empty(n, npb, c, dtype=torch.float32, device=dev) if zmax is not None else None
@@ -273,7 +274,7 @@ def bwd_channel(
     """Same contract as :func:`visattn.kernels.cpu.bwd_channel`."""
     x = _layout(x)
     n, c, h, w = x.shape
-    a, gavg, gmax, pmax = _vec(a), _vec(gavg), _vec(gmax), _vec(pmax)
+    a, gavg, gmax, pmax = map(flat_f32, (a, gavg, gmax, pmax))
     out = torch.empty(n, c, dtype=torch.float32, device=x.device)
     _bwd_channel_kernel[(n, triton.cdiv(c, _BC))](
         x, a, gavg, gmax if gmax is not None else gavg, pmax if pmax is not None else gavg, out,
@@ -331,11 +332,11 @@ def bwd_apply(
 ) -> torch.Tensor:
     """Same contract as :func:`visattn.kernels.cpu.bwd_apply`."""
     x = _layout(x)
-    dy = _layout(dy.to(x.dtype))
+    dy = _layout(dy if dy.dtype == x.dtype else dy.to(x.dtype))
     n, c, h, w = x.shape
     p = h * w
-    a, b, gavg, gmax, pmax = _vec(a), _vec(b), _vec(gavg), _vec(gmax), _vec(pmax)
-    cavg, cmax, zmax = _vec(cavg), _vec(cmax), _vec(zmax)
+    a, b, gavg, gmax, pmax = map(flat_f32, (a, b, gavg, gmax, pmax))
+    cavg, cmax, zmax = map(flat_f32, (cavg, cmax, zmax))
     dx = _like(x)
     grid = (n, triton.cdiv(c, _BC), triton.cdiv(p, _BP))
     _bwd_apply_kernel[grid](
@@ -346,6 +347,275 @@ def bwd_apply(
         MAXC=cmax is not None, BLOCK_C=_BC, BLOCK_P=_BP,
     )  # fmt: skip
     return dx
+
+
+# ----------------------------------------------------------------------------- excitation MLP
+# The (N, C)-sized part of SE / CBAM (formulas in visattn.kernels._excite): three launches
+# instead of about twenty small PyTorch ops per block, forward + backward. Each program of
+# _excite_kernel / _excite_bwd_kernel takes BLOCK_N samples and runs the two matrix products
+# in phases; a phase reads what the previous one stored (h, dl, dh in global memory), hence the
+# barriers. float32 products (tl.dot with IEEE precision: no TF32). No atomics: deterministic.
+
+_GATE_IDS = {"sigmoid": 0, "hard_sigmoid": 1, "tanh": 2, "relu": 3}
+_BN = 16  # samples per program (tl.dot needs >= 16)
+_BH = 32  # hidden units per tile
+_BK = 64  # channels per tile
+
+
+@triton.jit
+def _gate_fwd(l, GATE: tl.constexpr):
+    if GATE == 0:
+        out = 1.0 / (1.0 + tl.exp(-l))
+    elif GATE == 1:
+        out = tl.minimum(tl.maximum(l + 3.0, 0.0), 6.0) / 6.0
+    elif GATE == 2:
+        out = 2.0 / (1.0 + tl.exp(-2.0 * l)) - 1.0
+    else:
+        out = tl.maximum(l, 0.0)
+    return out
+
+
+@triton.jit
+def _gate_bwd(l, s, ds, GATE: tl.constexpr):
+    if GATE == 0:
+        out = ds * s * (1.0 - s)
+    elif GATE == 1:
+        out = tl.where((l > -3.0) & (l < 3.0), ds / 6.0, 0.0)
+    elif GATE == 2:
+        out = ds * (1.0 - s * s)
+    else:
+        out = tl.where(l > 0.0, ds, 0.0)
+    return out
+
+
+@triton.jit
+def _excite_kernel(z_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, h_ptr, l_ptr, s_ptr, N, C, HID,
+                   K: tl.constexpr, GATE: tl.constexpr, HAS_B1: tl.constexpr,
+                   HAS_B2: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr,
+                   BLOCK_K: tl.constexpr):  # fmt: skip
+    ns = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    nm = ns < N
+    # phase 1: h_k = ReLU(z_k W_1^T + b_1), (BLOCK_N, HID) per pool, stored in h (K, N, HID)
+    for k in tl.static_range(K):
+        for j0 in range(0, HID, BLOCK_H):
+            js = j0 + tl.arange(0, BLOCK_H)
+            jm = js < HID
+            acc = tl.zeros([BLOCK_N, BLOCK_H], dtype=tl.float32)
+            for c0 in range(0, C, BLOCK_K):
+                cs = c0 + tl.arange(0, BLOCK_K)
+                cm = cs < C
+                zt = tl.load(z_ptr + (k * N + ns[:, None]) * C + cs[None, :],
+                             mask=nm[:, None] & cm[None, :], other=0.0)  # fmt: skip
+                # a (BLOCK_K, BLOCK_H) tile (transposed weights / gradients)
+                wt = tl.load(w1_ptr + js[None, :] * C + cs[:, None],
+                             mask=cm[:, None] & jm[None, :], other=0.0)  # fmt: skip
+                acc += tl.dot(zt, wt, input_precision="ieee")
+            if HAS_B1:
+                acc += tl.load(b1_ptr + js, mask=jm, other=0.0)[None, :]
+            tl.store(h_ptr + (k * N + ns[:, None]) * HID + js[None, :], tl.maximum(acc, 0.0),
+                     mask=nm[:, None] & jm[None, :])  # fmt: skip
+    tl.debug_barrier()
+    # phase 2: l = sum_k (h_k W_2^T + b_2), s = gate(l)
+    for c0 in range(0, C, BLOCK_K):
+        cs = c0 + tl.arange(0, BLOCK_K)
+        cm = cs < C
+        acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+        for k in tl.static_range(K):
+            for j0 in range(0, HID, BLOCK_H):
+                js = j0 + tl.arange(0, BLOCK_H)
+                jm = js < HID
+                ht = tl.load(h_ptr + (k * N + ns[:, None]) * HID + js[None, :],
+                             mask=nm[:, None] & jm[None, :], other=0.0)  # fmt: skip
+                # a (BLOCK_H, BLOCK_K) tile (transposed weights / gradients)
+                wt = tl.load(w2_ptr + cs[None, :] * HID + js[:, None],
+                             mask=jm[:, None] & cm[None, :], other=0.0)  # fmt: skip
+                acc += tl.dot(ht, wt, input_precision="ieee")
+        if HAS_B2:
+            acc += K * tl.load(b2_ptr + cs, mask=cm, other=0.0)[None, :]
+        out = ns[:, None] * C + cs[None, :]
+        m = nm[:, None] & cm[None, :]
+        tl.store(l_ptr + out, acc, mask=m)
+        tl.store(s_ptr + out, _gate_fwd(acc, GATE), mask=m)
+
+
+def _mlp_grid(n: int) -> tuple[int]:
+    return (triton.cdiv(n, _BN),)
+
+
+def excite(
+    z: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor | None,
+    w2: torch.Tensor,
+    b2: torch.Tensor | None,
+    gate: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Same contract as :func:`visattn.kernels._excite.excite`: (h, l, s)."""
+    kk, n, c = z.shape
+    hid = w1.shape[0]
+    z, w1, w2 = z.contiguous(), w1.contiguous(), w2.contiguous()
+    h = torch.empty(kk, n, hid, dtype=torch.float32, device=z.device)
+    l = torch.empty(n, c, dtype=torch.float32, device=z.device)
+    s = torch.empty_like(l)
+    _excite_kernel[_mlp_grid(n)](
+        z, w1, b1 if b1 is not None else w1, w2, b2 if b2 is not None else w2, h, l, s, n, c,
+        hid, K=kk, GATE=_GATE_IDS[gate], HAS_B1=b1 is not None, HAS_B2=b2 is not None,
+        BLOCK_N=_BN, BLOCK_H=_BH, BLOCK_K=_BK,
+    )  # fmt: skip
+    return h, l, s
+
+
+@triton.jit
+def _excite_bwd_kernel(ds_ptr, l_ptr, s_ptr, h_ptr, w1_ptr, w2_ptr, cnt_ptr, dl_ptr, dh_ptr,
+                       cavg_ptr, cmax_ptr, N, C, HID, inv_p, K: tl.constexpr,
+                       GATE: tl.constexpr, HAS_AVG: tl.constexpr, HAS_MAX: tl.constexpr,
+                       BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr,
+                       BLOCK_K: tl.constexpr):  # fmt: skip
+    ns = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    nm = ns < N
+    # phase 1: dl = gate'(l) ds
+    for c0 in range(0, C, BLOCK_K):
+        cs = c0 + tl.arange(0, BLOCK_K)
+        m = nm[:, None] & (cs < C)[None, :]
+        off = ns[:, None] * C + cs[None, :]
+        lv = tl.load(l_ptr + off, mask=m, other=0.0)
+        sv = tl.load(s_ptr + off, mask=m, other=0.0)
+        dsv = tl.load(ds_ptr + off, mask=m, other=0.0)
+        tl.store(dl_ptr + off, _gate_bwd(lv, sv, dsv, GATE), mask=m)
+    tl.debug_barrier()
+    # phase 2: dh_k = (dl W_2) [h_k > 0]
+    for j0 in range(0, HID, BLOCK_H):
+        js = j0 + tl.arange(0, BLOCK_H)
+        jm = js < HID
+        acc = tl.zeros([BLOCK_N, BLOCK_H], dtype=tl.float32)
+        for c0 in range(0, C, BLOCK_K):
+            cs = c0 + tl.arange(0, BLOCK_K)
+            cm = cs < C
+            dlt = tl.load(dl_ptr + ns[:, None] * C + cs[None, :], mask=nm[:, None] & cm[None, :],
+                          other=0.0)  # fmt: skip
+            # a (BLOCK_K, BLOCK_H) tile (transposed weights / gradients)
+            wt = tl.load(w2_ptr + cs[:, None] * HID + js[None, :], mask=cm[:, None] & jm[None, :],
+                         other=0.0)  # fmt: skip
+            acc += tl.dot(dlt, wt, input_precision="ieee")
+        m = nm[:, None] & jm[None, :]
+        for k in tl.static_range(K):
+            off = (k * N + ns[:, None]) * HID + js[None, :]
+            hv = tl.load(h_ptr + off, mask=m, other=0.0)
+            tl.store(dh_ptr + off, tl.where(hv > 0.0, acc, 0.0), mask=m)
+    tl.debug_barrier()
+    # phase 3: dz_k = dh_k W_1 -> cavg = dz_avg / P (k = 0), cmax = dz_max / count (k = K - 1)
+    for c0 in range(0, C, BLOCK_K):
+        cs = c0 + tl.arange(0, BLOCK_K)
+        cm = cs < C
+        m = nm[:, None] & cm[None, :]
+        off = ns[:, None] * C + cs[None, :]
+        for k in tl.static_range(K):
+            acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+            for j0 in range(0, HID, BLOCK_H):
+                js = j0 + tl.arange(0, BLOCK_H)
+                jm = js < HID
+                dht = tl.load(dh_ptr + (k * N + ns[:, None]) * HID + js[None, :],
+                              mask=nm[:, None] & jm[None, :], other=0.0)  # fmt: skip
+                # a (BLOCK_H, BLOCK_K) tile (transposed weights / gradients)
+                wt = tl.load(w1_ptr + js[:, None] * C + cs[None, :],
+                             mask=jm[:, None] & cm[None, :], other=0.0)  # fmt: skip
+                acc += tl.dot(dht, wt, input_precision="ieee")
+            if HAS_AVG and k == 0:
+                tl.store(cavg_ptr + off, acc * inv_p, mask=m)
+            if HAS_MAX and k == K - 1:
+                cnt = tl.load(cnt_ptr + off, mask=m, other=1.0)
+                tl.store(cmax_ptr + off, acc / cnt, mask=m)
+        if not HAS_AVG:
+            tl.store(cavg_ptr + off, tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32), mask=m)
+
+
+def excite_backward(
+    ds: torch.Tensor,
+    l: torch.Tensor,
+    s: torch.Tensor,
+    h: torch.Tensor,
+    w1: torch.Tensor,
+    w2: torch.Tensor,
+    count: torch.Tensor | None,
+    positions: int,
+    use_avg: bool,
+    use_max: bool,
+    gate: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Same contract as :func:`visattn.kernels._excite.excite_backward`: (dl, dh, cavg, cmax)."""
+    kk, n, hid = h.shape
+    c = l.shape[1]
+    ds, l, s, h = ds.contiguous(), l.contiguous(), s.contiguous(), h.contiguous()
+    w1, w2 = w1.contiguous(), w2.contiguous()
+    dl = torch.empty_like(l)
+    dh = torch.empty_like(h)
+    cavg = torch.empty_like(l)
+    cmax = torch.empty_like(l) if use_max else None
+    cnt = count.contiguous() if use_max else l
+    _excite_bwd_kernel[_mlp_grid(n)](
+        ds, l, s, h, w1, w2, cnt, dl, dh, cavg, cmax if cmax is not None else cavg, n, c, hid,
+        1.0 / positions, K=kk, GATE=_GATE_IDS[gate], HAS_AVG=use_avg, HAS_MAX=use_max,
+        BLOCK_N=_BN, BLOCK_H=_BH, BLOCK_K=_BK,
+    )  # fmt: skip
+    return dl, dh, cavg, cmax
+
+
+@triton.jit
+def _excite_wgrad_kernel(dl_ptr, dh_ptr, z_ptr, h_ptr, dw1_ptr, db1_ptr, dw2_ptr, db2_ptr, N, C,
+                         HID, K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr,
+                         BLOCK_K: tl.constexpr):  # fmt: skip
+    js = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
+    cs = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    jm = js < HID
+    cm = cs < C
+    dw1 = tl.zeros([BLOCK_H, BLOCK_K], dtype=tl.float32)  # sum_k dh_k^T z_k
+    dw2 = tl.zeros([BLOCK_K, BLOCK_H], dtype=tl.float32)  # dl^T sum_k h_k
+    db1 = tl.zeros([BLOCK_H, BLOCK_N], dtype=tl.float32)  # reduced over samples at the end
+    db2 = tl.zeros([BLOCK_K, BLOCK_N], dtype=tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        ns = n0 + tl.arange(0, BLOCK_N)
+        nm = ns < N
+        # a (BLOCK_K, BLOCK_N) tile (transposed weights / gradients)
+        dlt = tl.load(dl_ptr + ns[None, :] * C + cs[:, None], mask=cm[:, None] & nm[None, :],
+                      other=0.0)  # fmt: skip
+        db2 += dlt
+        hsum = tl.zeros([BLOCK_N, BLOCK_H], dtype=tl.float32)
+        for k in tl.static_range(K):
+            hk = (k * N + ns[:, None]) * HID + js[None, :]
+            hsum += tl.load(h_ptr + hk, mask=nm[:, None] & jm[None, :], other=0.0)
+            # a (BLOCK_H, BLOCK_N) tile (transposed weights / gradients)
+            dht = tl.load(dh_ptr + (k * N + ns[None, :]) * HID + js[:, None],
+                          mask=jm[:, None] & nm[None, :], other=0.0)  # fmt: skip
+            # a (BLOCK_N, BLOCK_K) tile (transposed weights / gradients)
+            zt = tl.load(z_ptr + (k * N + ns[:, None]) * C + cs[None, :],
+                         mask=nm[:, None] & cm[None, :], other=0.0)  # fmt: skip
+            dw1 += tl.dot(dht, zt, input_precision="ieee")
+            db1 += dht
+        dw2 += tl.dot(dlt, hsum, input_precision="ieee")
+    tl.store(dw1_ptr + js[:, None] * C + cs[None, :], dw1, mask=jm[:, None] & cm[None, :])
+    tl.store(dw2_ptr + cs[:, None] * HID + js[None, :], dw2, mask=cm[:, None] & jm[None, :])
+    if tl.program_id(1) == 0:
+        tl.store(db1_ptr + js, tl.sum(db1, 1), mask=jm)
+    if tl.program_id(0) == 0:
+        tl.store(db2_ptr + cs, tl.sum(db2, 1) * K, mask=cm)
+
+
+def excite_wgrad(
+    dl: torch.Tensor, dh: torch.Tensor, z: torch.Tensor, h: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Same contract as :func:`visattn.kernels._excite.excite_wgrad`: (dW_1, db_1, dW_2, db_2)."""
+    kk, n, hid = h.shape
+    c = dl.shape[1]
+    dl, dh, z, h = dl.contiguous(), dh.contiguous(), z.contiguous(), h.contiguous()
+    dev = dl.device
+    dw1 = torch.empty(hid, c, dtype=torch.float32, device=dev)
+    dw2 = torch.empty(c, hid, dtype=torch.float32, device=dev)
+    db1 = torch.empty(hid, dtype=torch.float32, device=dev)
+    db2 = torch.empty(c, dtype=torch.float32, device=dev)
+    grid = (triton.cdiv(hid, _BH), triton.cdiv(c, _BK))
+    _excite_wgrad_kernel[grid](dl, dh, z, h, dw1, db1, dw2, db2, n, c, hid, K=kk, BLOCK_N=_BN,
+                               BLOCK_H=_BH, BLOCK_K=_BK)  # fmt: skip
+    return dw1, db1, dw2, db2
 
 
 # ----------------------------------------------------------------------------- sampler
