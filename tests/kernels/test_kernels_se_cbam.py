@@ -25,7 +25,13 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 # channels of M_c x can route its gradient to another channel where two channels are within the
 # last bit of each other (the fused M_c and the reference's differ by rounding); the chance of
 # such a near-tie grows with the number of positions compared.
-SHAPES = [(1, 13, 5, 7), (3, 40, 9, 6), (1, 23, 13, 11)] if not INTERPRETED else [(2, 37, 5, 7)]
+# Interpreted (Triton) shapes: one per tile shape of triton_kernels._tiles (64 x 64, 32 x 128
+# with two position tiles, 256 x 16).
+SHAPES = (
+    [(1, 13, 5, 7), (3, 40, 9, 6), (1, 23, 13, 11)]
+    if not INTERPRETED
+    else [(2, 37, 5, 7), (1, 5, 12, 11), (2, 3, 3, 4)]
+)
 TOL = {torch.float32: 2e-4, torch.bfloat16: 3e-2}
 
 

@@ -78,12 +78,22 @@ BLOCKS = {"BLOCK_C": 32, "BLOCK_P": 128, "BLOCK_Q": 64, "BLOCK_X": 32, "BLOCK_N"
           "BLOCK_H": 32, "BLOCK_K": 64}
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_triton_kernel_compiles_for_sm90(name):
+# The SE / CBAM kernels take their (BLOCK_C, BLOCK_P) tile by stage (triton_kernels._tiles):
+# every shape it can return must compile.
+XTILES = sorted({T._tiles(p) for p in (1, 16, 49, 100, 196, 3136)})
+PARAMS = [(name, None) for name in sorted(CASES) if "BLOCK_P" not in CASES[name][1]] + [
+    (name, tile) for name in sorted(CASES) if "BLOCK_P" in CASES[name][1] for tile in XTILES
+]
+
+
+@pytest.mark.parametrize("name, tile", PARAMS)
+def test_triton_kernel_compiles_for_sm90(name, tile):
     fn, sig, constexprs = CASES[name]
     constexprs = {**{k: v for k, v in BLOCKS.items() if k in sig}, **constexprs}
     if name.startswith("sample"):
         constexprs["BLOCK_C"] = 64
+    if tile is not None:
+        constexprs["BLOCK_C"], constexprs["BLOCK_P"] = tile
     compiled = triton.compile(
         ASTSource(fn=fn, signature=sig, constexprs=constexprs), target=GPUTarget("cuda", 90, 32)
     )

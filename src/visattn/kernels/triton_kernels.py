@@ -40,8 +40,15 @@ __all__ = [
     "stats_p",
 ]
 
-_BC = 32
-_BP = 128
+_TILE = 4096  # elements of an x tile (BLOCK_C x BLOCK_P)
+
+
+def _tiles(p: int) -> tuple[int, int]:
+    """(BLOCK_C, BLOCK_P) by stage: 128 positions per tile where H W >= 128 (ResNet stages 1-3:
+    32 x 128), fewer where the map is small, with more channels, so that a 7 x 7 map fills 49 of
+    64 positions instead of 49 of 128 (64 x 64)."""
+    bp = max(16, min(128, triton.next_power_of_2(p)))
+    return _TILE // bp, bp
 
 
 def _layout(x: torch.Tensor) -> torch.Tensor:
@@ -89,8 +96,9 @@ def stats_c(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     n, c, h, w = x.shape
     s = torch.empty(n, c, dtype=torch.float32, device=x.device)
     m = torch.empty_like(s)
-    _stats_c_kernel[(n, triton.cdiv(c, _BC))](x, s, m, c, h * w, *_strides(x),
-                                              BLOCK_C=_BC, BLOCK_P=_BP)  # fmt: skip
+    bc, bp = _tiles(h * w)
+    _stats_c_kernel[(n, triton.cdiv(c, bc))](x, s, m, c, h * w, *_strides(x), BLOCK_C=bc,
+                                             BLOCK_P=bp)  # fmt: skip
     return s, m
 
 
@@ -121,9 +129,10 @@ def apply(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor | None = None) -> to
     p = h * w
     a, b = map(flat_f32, (a, b))
     y = _like(x)
-    grid = (n, triton.cdiv(c, _BC), triton.cdiv(p, _BP))
+    bc, bp = _tiles(p)
+    grid = (n, triton.cdiv(c, bc), triton.cdiv(p, bp))
     _apply_kernel[grid](x, y, a, b if b is not None else a, c, p, *_strides(x), *_strides(y),
-                        HAS_B=b is not None, BLOCK_C=_BC, BLOCK_P=_BP)  # fmt: skip
+                        HAS_B=b is not None, BLOCK_C=bc, BLOCK_P=bp)  # fmt: skip
     return y
 
 
@@ -157,8 +166,9 @@ def stats_p(x: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     a = flat_f32(a)
     s = torch.empty(n, p, dtype=torch.float32, device=x.device)
     m = torch.empty_like(s)
-    _stats_p_kernel[(n, triton.cdiv(p, _BP))](x, a, s, m, c, p, *_strides(x),
-                                              BLOCK_C=_BC, BLOCK_P=_BP)  # fmt: skip
+    bc, bp = _tiles(p)
+    _stats_p_kernel[(n, triton.cdiv(p, bp))](x, a, s, m, c, p, *_strides(x), BLOCK_C=bc,
+                                             BLOCK_P=bp)  # fmt: skip
     return s, m
 
 
@@ -219,7 +229,8 @@ def bwd_reduce(
     dy = _layout(dy if dy.dtype == x.dtype else dy.to(x.dtype))
     n, c, h, w = x.shape
     p = h * w
-    npb = triton.cdiv(p, _BP)
+    bc, bp = _tiles(p)
+    npb = triton.cdiv(p, bp)
     a, b, zmax, pmax = map(flat_f32, (a, b, zmax, pmax))
     dev = x.device
     qp = torch.empty(n, npb, c, dtype=torch.float32, device=dev)
@@ -236,7 +247,7 @@ def bwd_reduce(
         pmax if pmax is not None else dummy, qp, db if db is not None else dummy,
         zp if zp is not None else qp, pc if pc is not None else dummy, c, p, npb,
         *_strides(dy), *_strides(x), CBAM=b is not None, CNT=zmax is not None,
-        BLOCK_C=_BC, BLOCK_P=_BP,
+        BLOCK_C=bc, BLOCK_P=bp,
     )  # fmt: skip
     return qp.sum(1), db, (zp.sum(1) if zp is not None else None), pc
 
@@ -276,9 +287,10 @@ def bwd_channel(
     n, c, h, w = x.shape
     a, gavg, gmax, pmax = map(flat_f32, (a, gavg, gmax, pmax))
     out = torch.empty(n, c, dtype=torch.float32, device=x.device)
-    _bwd_channel_kernel[(n, triton.cdiv(c, _BC))](
+    bc, bp = _tiles(h * w)
+    _bwd_channel_kernel[(n, triton.cdiv(c, bc))](
         x, a, gavg, gmax if gmax is not None else gavg, pmax if pmax is not None else gavg, out,
-        c, h * w, *_strides(x), MAXP=gmax is not None, BLOCK_C=_BC, BLOCK_P=_BP,
+        c, h * w, *_strides(x), MAXP=gmax is not None, BLOCK_C=bc, BLOCK_P=bp,
     )  # fmt: skip
     return out
 
@@ -338,13 +350,14 @@ def bwd_apply(
     a, b, gavg, gmax, pmax = map(flat_f32, (a, b, gavg, gmax, pmax))
     cavg, cmax, zmax = map(flat_f32, (cavg, cmax, zmax))
     dx = _like(x)
-    grid = (n, triton.cdiv(c, _BC), triton.cdiv(p, _BP))
+    bc, bp = _tiles(p)
+    grid = (n, triton.cdiv(c, bc), triton.cdiv(p, bp))
     _bwd_apply_kernel[grid](
         dy, x, a, b if b is not None else a, gavg if gavg is not None else a,
         gmax if gmax is not None else a, pmax if pmax is not None else a, cavg,
         cmax if cmax is not None else a, zmax if zmax is not None else a, dx, c, p,
         *_strides(dy), *_strides(x), *_strides(dx), CBAM=b is not None, MAXP=gmax is not None,
-        MAXC=cmax is not None, BLOCK_C=_BC, BLOCK_P=_BP,
+        MAXC=cmax is not None, BLOCK_C=bc, BLOCK_P=bp,
     )  # fmt: skip
     return dx
 
