@@ -81,10 +81,11 @@ def _vector(b: Tensor | None) -> Tensor | None:
     return _f32(b) if b is not None else None
 
 
-def _cast_like(g: Tensor, ref: Tensor | None) -> Tensor:
-    """g in ref's shape and dtype; an empty tensor for an absent parameter (ref None)."""
-    if ref is None:
-        return g.new_empty(0)
+def _cast_like(g: Tensor | None, ref: Tensor | None, x: Tensor) -> Tensor:
+    """g in ref's shape and dtype; for an absent parameter (ref None) an empty tensor like x's,
+    as the fake kernels return."""
+    if ref is None or g is None:
+        return x.new_empty(0)
     g = g if g.shape == ref.shape else g.reshape(ref.shape)
     return g if g.dtype == ref.dtype else g.to(ref.dtype)
 
@@ -153,7 +154,8 @@ def squeeze_excite_backward(
         dx = k.bwd_apply(dy, x, s, None, None, None, None, cavg, cmax, z if is_max else None)
     else:
         dx = x.new_empty(0)
-    return dx, _cast_like(dw1, w1), _cast_like(db1, b1), _cast_like(dw2, w2), _cast_like(db2, b2)
+    return (dx, _cast_like(dw1, w1, x), _cast_like(db1, b1, x), _cast_like(dw2, w2, x),
+            _cast_like(db2, b2, x))  # fmt: skip
 
 
 @squeeze_excite_backward.register_fake
@@ -336,9 +338,9 @@ def cbam_backward(
         _, _, (xhat, inv), _ = _spatial_logits(pooled, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var,
                                                bn_mode, eps)  # fmt: skip
         if bn_w is not None:
-            dbn_w = _cast_like((dlg * xhat).sum(), bn_w)
+            dbn_w = _cast_like((dlg * xhat).sum(), bn_w, x)
         if bn_b is not None:
-            dbn_b = _cast_like(dlg.sum(), bn_b)
+            dbn_b = _cast_like(dlg.sum(), bn_b, x)
         g = dlg * _f32(bn_w) if bn_w is not None else dlg
         if bn_mode == 1:  # batch statistics: mean and variance depend on every position
             dlg = inv * (g - g.mean() - xhat * (g * xhat).mean())
@@ -357,9 +359,9 @@ def cbam_backward(
         dx = k.bwd_apply(dy, x, a, b, gavg, gmax, pmax, cavg, cmax, zmax)
     else:
         dx = x.new_empty(0)
-    return (dx, _cast_like(dw1, w1), _cast_like(db1, b1), _cast_like(dw2, w2),
-            _cast_like(db2, b2), _cast_like(dcw, conv_w),
-            _cast_like(dcb, conv_b) if dcb is not None else x.new_empty(0), dbn_w, dbn_b)  # fmt: skip
+    return (dx, _cast_like(dw1, w1, x), _cast_like(db1, b1, x), _cast_like(dw2, w2, x),
+            _cast_like(db2, b2, x), _cast_like(dcw, conv_w, x), _cast_like(dcb, conv_b, x), dbn_w,
+            dbn_b)  # fmt: skip
 
 
 @cbam_backward.register_fake
