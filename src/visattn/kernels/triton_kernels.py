@@ -402,6 +402,24 @@ def _gate_bwd(l, s, ds, GATE: tl.constexpr):
 
 
 @triton.jit
+def _rows_dot(a_ptr, ns, nm, D, b_ptr, os, om, SO, SD, BLOCK_N: tl.constexpr,
+              BLOCK_O: tl.constexpr, BLOCK_D: tl.constexpr):  # fmt: skip
+    """acc[i, o] = sum_d A[ns_i, d] B[os_o, d]: rows ns of the row-major A (N, D) at a_ptr times
+    B, whose element (o, d) is at b_ptr + o SO + d SD (so W or W^T alike); a float32
+    (BLOCK_N, BLOCK_O) tile from IEEE float32 products."""
+    acc = tl.zeros([BLOCK_N, BLOCK_O], dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        ds = d0 + tl.arange(0, BLOCK_D)
+        dm = ds < D
+        at = tl.load(a_ptr + ns[:, None] * D + ds[None, :], mask=nm[:, None] & dm[None, :],
+                     other=0.0)  # fmt: skip
+        bt = tl.load(b_ptr + os[None, :] * SO + ds[:, None] * SD, mask=dm[:, None] & om[None, :],
+                     other=0.0)  # fmt: skip
+        acc += tl.dot(at, bt, input_precision="ieee")
+    return acc
+
+
+@triton.jit
 def _excite_kernel(z_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, h_ptr, l_ptr, s_ptr, N, C, HID,
                    K: tl.constexpr, GATE: tl.constexpr, HAS_B1: tl.constexpr,
                    HAS_B2: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr,
@@ -413,16 +431,8 @@ def _excite_kernel(z_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, h_ptr, l_ptr, s_ptr, N
         for j0 in range(0, HID, BLOCK_H):
             js = j0 + tl.arange(0, BLOCK_H)
             jm = js < HID
-            acc = tl.zeros([BLOCK_N, BLOCK_H], dtype=tl.float32)
-            for c0 in range(0, C, BLOCK_K):
-                cs = c0 + tl.arange(0, BLOCK_K)
-                cm = cs < C
-                zt = tl.load(z_ptr + (k * N + ns[:, None]) * C + cs[None, :],
-                             mask=nm[:, None] & cm[None, :], other=0.0)  # fmt: skip
-                # a (BLOCK_K, BLOCK_H) tile (transposed weights / gradients)
-                wt = tl.load(w1_ptr + js[None, :] * C + cs[:, None],
-                             mask=cm[:, None] & jm[None, :], other=0.0)  # fmt: skip
-                acc += tl.dot(zt, wt, input_precision="ieee")
+            acc = _rows_dot(z_ptr + k * N * C, ns, nm, C, w1_ptr, js, jm, C, 1, BLOCK_N, BLOCK_H,
+                            BLOCK_K)  # fmt: skip
             if HAS_B1:
                 acc += tl.load(b1_ptr + js, mask=jm, other=0.0)[None, :]
             tl.store(h_ptr + (k * N + ns[:, None]) * HID + js[None, :], tl.maximum(acc, 0.0),
@@ -434,15 +444,8 @@ def _excite_kernel(z_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, h_ptr, l_ptr, s_ptr, N
         cm = cs < C
         acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
         for k in tl.static_range(K):
-            for j0 in range(0, HID, BLOCK_H):
-                js = j0 + tl.arange(0, BLOCK_H)
-                jm = js < HID
-                ht = tl.load(h_ptr + (k * N + ns[:, None]) * HID + js[None, :],
-                             mask=nm[:, None] & jm[None, :], other=0.0)  # fmt: skip
-                # a (BLOCK_H, BLOCK_K) tile (transposed weights / gradients)
-                wt = tl.load(w2_ptr + cs[None, :] * HID + js[:, None],
-                             mask=jm[:, None] & cm[None, :], other=0.0)  # fmt: skip
-                acc += tl.dot(ht, wt, input_precision="ieee")
+            acc += _rows_dot(h_ptr + k * N * HID, ns, nm, HID, w2_ptr, cs, cm, HID, 1, BLOCK_N,
+                             BLOCK_K, BLOCK_H)  # fmt: skip
         if HAS_B2:
             acc += K * tl.load(b2_ptr + cs, mask=cm, other=0.0)[None, :]
         out = ns[:, None] * C + cs[None, :]
@@ -500,16 +503,7 @@ def _excite_bwd_kernel(ds_ptr, l_ptr, s_ptr, h_ptr, w1_ptr, w2_ptr, cnt_ptr, dl_
     for j0 in range(0, HID, BLOCK_H):
         js = j0 + tl.arange(0, BLOCK_H)
         jm = js < HID
-        acc = tl.zeros([BLOCK_N, BLOCK_H], dtype=tl.float32)
-        for c0 in range(0, C, BLOCK_K):
-            cs = c0 + tl.arange(0, BLOCK_K)
-            cm = cs < C
-            dlt = tl.load(dl_ptr + ns[:, None] * C + cs[None, :], mask=nm[:, None] & cm[None, :],
-                          other=0.0)  # fmt: skip
-            # a (BLOCK_K, BLOCK_H) tile (transposed weights / gradients)
-            wt = tl.load(w2_ptr + cs[:, None] * HID + js[None, :], mask=cm[:, None] & jm[None, :],
-                         other=0.0)  # fmt: skip
-            acc += tl.dot(dlt, wt, input_precision="ieee")
+        acc = _rows_dot(dl_ptr, ns, nm, C, w2_ptr, js, jm, 1, HID, BLOCK_N, BLOCK_H, BLOCK_K)
         m = nm[:, None] & jm[None, :]
         for k in tl.static_range(K):
             off = (k * N + ns[:, None]) * HID + js[None, :]
@@ -523,16 +517,8 @@ def _excite_bwd_kernel(ds_ptr, l_ptr, s_ptr, h_ptr, w1_ptr, w2_ptr, cnt_ptr, dl_
         m = nm[:, None] & cm[None, :]
         off = ns[:, None] * C + cs[None, :]
         for k in tl.static_range(K):
-            acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-            for j0 in range(0, HID, BLOCK_H):
-                js = j0 + tl.arange(0, BLOCK_H)
-                jm = js < HID
-                dht = tl.load(dh_ptr + (k * N + ns[:, None]) * HID + js[None, :],
-                              mask=nm[:, None] & jm[None, :], other=0.0)  # fmt: skip
-                # a (BLOCK_H, BLOCK_K) tile (transposed weights / gradients)
-                wt = tl.load(w1_ptr + js[:, None] * C + cs[None, :],
-                             mask=jm[:, None] & cm[None, :], other=0.0)  # fmt: skip
-                acc += tl.dot(dht, wt, input_precision="ieee")
+            acc = _rows_dot(dh_ptr + k * N * HID, ns, nm, HID, w1_ptr, cs, cm, 1, C, BLOCK_N,
+                            BLOCK_K, BLOCK_H)  # fmt: skip
             if HAS_AVG and k == 0:
                 tl.store(cavg_ptr + off, acc * inv_p, mask=m)
             if HAS_MAX and k == K - 1:
@@ -588,7 +574,7 @@ def _excite_wgrad_kernel(dl_ptr, dh_ptr, z_ptr, h_ptr, dw1_ptr, db1_ptr, dw2_ptr
     for n0 in range(0, N, BLOCK_N):
         ns = n0 + tl.arange(0, BLOCK_N)
         nm = ns < N
-        # a (BLOCK_K, BLOCK_N) tile (transposed weights / gradients)
+        # dl^T: a (BLOCK_K, BLOCK_N) tile
         dlt = tl.load(dl_ptr + ns[None, :] * C + cs[:, None], mask=cm[:, None] & nm[None, :],
                       other=0.0)  # fmt: skip
         db2 += dlt
@@ -596,10 +582,10 @@ def _excite_wgrad_kernel(dl_ptr, dh_ptr, z_ptr, h_ptr, dw1_ptr, db1_ptr, dw2_ptr
         for k in tl.static_range(K):
             hk = (k * N + ns[:, None]) * HID + js[None, :]
             hsum += tl.load(h_ptr + hk, mask=nm[:, None] & jm[None, :], other=0.0)
-            # a (BLOCK_H, BLOCK_N) tile (transposed weights / gradients)
+            # dh_k^T: a (BLOCK_H, BLOCK_N) tile
             dht = tl.load(dh_ptr + (k * N + ns[None, :]) * HID + js[:, None],
                           mask=jm[:, None] & nm[None, :], other=0.0)  # fmt: skip
-            # a (BLOCK_N, BLOCK_K) tile (transposed weights / gradients)
+            # z_k: a (BLOCK_N, BLOCK_K) tile
             zt = tl.load(z_ptr + (k * N + ns[:, None]) * C + cs[None, :],
                          mask=nm[:, None] & cm[None, :], other=0.0)  # fmt: skip
             dw1 += tl.dot(dht, zt, input_precision="ieee")
