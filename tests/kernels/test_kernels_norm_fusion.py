@@ -13,7 +13,15 @@ import copy
 
 import pytest
 import torch
-from test_kernels_se_cbam import DEVICES, FAST, INTERPRETED, _close, _fast_impl_expected, _layout
+from test_kernels_se_cbam import (
+    DEVICES,
+    FAST,
+    INTERPRETED,
+    _close,
+    _close_modules,
+    _fast_impl_expected,
+    _layout,
+)
 from torch import nn
 
 import visattn
@@ -37,6 +45,23 @@ def _graph_has(y: torch.Tensor, name: str) -> bool:
             return True
         stack.extend(n for n, _ in node.next_functions)
     return False
+
+
+def _compare_twins(block, backend, twin, twin_backend, x, tol, buffer_tol=1e-5):
+    """block(x) on one backend against twin(copy of x) on another: output, grad x, every
+    parameter's gradient and every buffer. Returns both outputs."""
+    xr = x.detach().clone().requires_grad_(True)
+    with use_backend(backend):
+        y = block(x)
+    with use_backend(twin_backend):
+        y_ref = twin(xr)
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    y_ref.backward(grad)
+    _close(y, y_ref, tol, "output")
+    _close(x.grad, xr.grad, tol, "grad x")
+    _close_modules(block, twin, tol, buffer_tol)
+    return y, y_ref
 
 
 def _attention(kind: str, channels: int) -> nn.Module:
@@ -87,12 +112,8 @@ def _check_same(fused_mods, plain_mods, c, dtype, channels_last, training):
     tol = 2e-4 if dtype == torch.float32 else 3e-2
     _close(y1, y2, tol, "output")
     _close(c1.grad, c2.grad, tol, "grad c")
-    for mods in zip(fused_mods, plain_mods, strict=True):
-        named = zip(mods[0].named_parameters(), mods[1].parameters(), strict=True)
-        for (name, p), q in named:
-            _close(p.grad, q.grad, tol, f"grad {name}")
-        for (name, b), r in zip(mods[0].named_buffers(), mods[1].buffers(), strict=True):
-            _close(b.float(), r.float(), 1e-5, name)
+    for got, want in zip(fused_mods, plain_mods, strict=True):
+        _close_modules(got, want, tol)
 
 
 CASES = [(kind, torch.float32) for kind in ("se", "se_max", "cbam", "cbam_max")] + [
@@ -196,21 +217,8 @@ def test_bottleneck_uses_the_fused_node_and_matches_reference(attention):
     block = Bottleneck(16, 8, downsample=down, se=se)
     twin = copy.deepcopy(block)
     x = torch.randn(2, 16, 9, 8, requires_grad=True)
-    xr = x.detach().clone().requires_grad_(True)
-    with use_backend(FAST):
-        y = block(x)
+    y, _ = _compare_twins(block, FAST, twin, "reference", x, 2e-4)
     assert _graph_has(y, FUSED_NODE)
-    with use_backend("reference"):
-        y_ref = twin(xr)
-    grad = torch.randn_like(y)
-    y.backward(grad)
-    y_ref.backward(grad)
-    _close(y, y_ref, 2e-4, "output")
-    _close(x.grad, xr.grad, 2e-4, "grad x")
-    for (name, p), q in zip(block.named_parameters(), twin.parameters(), strict=True):
-        _close(p.grad, q.grad, 2e-4, name)
-    for (name, b), r in zip(block.named_buffers(), twin.buffers(), strict=True):
-        _close(b.float(), r.float(), 1e-5, name)
 
 
 @pytest.mark.skipif(INTERPRETED, reason="compile is covered on the native backend")
@@ -220,15 +228,6 @@ def test_torch_compile_of_a_fused_block_matches_eager():
     block = Bottleneck(32, 8, se=visattn.CBAM(32, reduction=4, norm=True))
     twin = copy.deepcopy(block)
     x = torch.randn(2, 32, 6, 7, requires_grad=True)
-    xr = x.detach().clone().requires_grad_(True)
-    with use_backend(FAST):
-        y = torch.compile(block, backend="aot_eager", fullgraph=True)(x)
-        y_ref = twin(xr)
+    compiled = torch.compile(block, backend="aot_eager", fullgraph=True)
+    _, y_ref = _compare_twins(compiled, FAST, twin, FAST, x, 1e-5, buffer_tol=1e-6)
     assert _graph_has(y_ref, FUSED_NODE)
-    grad = torch.randn_like(y)
-    y.backward(grad)
-    y_ref.backward(grad)
-    _close(y, y_ref, 1e-5, "output")
-    _close(x.grad, xr.grad, 1e-5, "grad x")
-    for (name, b), r in zip(block.named_buffers(), twin.buffers(), strict=True):
-        _close(b.float(), r.float(), 1e-6, name)

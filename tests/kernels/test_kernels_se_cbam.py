@@ -49,6 +49,14 @@ def _close(got: torch.Tensor, want: torch.Tensor, tol: float, what: str) -> None
     assert err <= tol * scale, f"{what}: max error {err:.3g} > {tol * scale:.3g}"
 
 
+def _close_modules(got, want, tol: float, buffer_tol: float = 1e-5) -> None:
+    """Two twin modules after backward: every parameter's gradient, then every buffer."""
+    for (name, p), q in zip(got.named_parameters(), want.parameters(), strict=True):
+        _close(p.grad, q.grad, tol, f"grad {name}")
+    for (name, b), r in zip(got.named_buffers(), want.buffers(), strict=True):
+        _close(b.float(), r.float(), buffer_tol, name)
+
+
 def _run(fn, x, params, grad):
     x = x.detach().requires_grad_(True)
     ps = [p.detach().requires_grad_(True) if p is not None else None for p in params]
@@ -357,10 +365,7 @@ def test_cbam_with_batchnorm_matches_reference(device, channels_last, momentum):
         y_ref.backward(grad)
         _close(y, y_ref, 2e-4, "output")
         _close(x.grad, xr.grad, 2e-4, "grad x")
-        for (name, p), q in zip(layer.named_parameters(), twin.parameters(), strict=True):
-            _close(p.grad, q.grad, 2e-4, name)
-        for (name, buf), ref in zip(layer.named_buffers(), twin.buffers(), strict=True):
-            _close(buf.float(), ref.float(), 1e-5, name)
+        _close_modules(layer, twin, 2e-4)
 
 
 def test_flop_counter_counts_the_fused_blocks_like_the_formulas():
