@@ -74,8 +74,15 @@ CASES = {
                          {"go_ptr": BF16, "start_ptr": "*i32", "end_ptr": "*i32",
                           "eq_ptr": "*i32", "ew_ptr": F32, "gi_ptr": BF16}), {}),
 }  # fmt: skip
-BLOCKS = {"BLOCK_C": 32, "BLOCK_P": 128, "BLOCK_Q": 64, "BLOCK_X": 32, "BLOCK_N": 16,
-          "BLOCK_H": 32, "BLOCK_K": 64}
+BLOCKS = {
+    "BLOCK_C": 32,
+    "BLOCK_P": 128,
+    "BLOCK_Q": 64,
+    "BLOCK_X": 32,
+    "BLOCK_N": 16,
+    "BLOCK_H": 32,
+    "BLOCK_K": 64,
+}
 
 
 # The SE / CBAM kernels take their (BLOCK_C, BLOCK_P) tile by stage (triton_kernels._tiles):
