@@ -28,6 +28,7 @@ import torch
 
 __all__ = [
     "BACKENDS",
+    "as_dtype",
     "flat_f32",
     "get_backend",
     "select_impl",
@@ -116,6 +117,11 @@ def cpu_kernels_available() -> bool:
     from . import cpu
 
     return cpu.available()
+
+
+def as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """t in dtype; t itself, without a dispatcher call, when it already is (the hot path)."""
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def flat_f32(t: torch.Tensor | None) -> torch.Tensor | None:

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from ._backend import flat_f32
+from ._backend import as_dtype, flat_f32
 from ._cpu_source import SOURCE
 from ._excite import excite, excite_backward, excite_wgrad  # the MLP part: PyTorch ops on CPU
 from ._pool import output_pool
@@ -252,7 +252,7 @@ def bwd_reduce(
     """q_c = sum_p dy x b_p; with b also db_p = sum_c dy a_c x; with zmax the tie counts
     sum_p [x == zmax_c] and (with b) sum_c [a_c x == pmax_p]."""
     x, cl, dt, n, c, p = _prep(x)
-    dy = as_layout((dy if dy.dtype == x.dtype else dy.to(x.dtype)), cl)
+    dy = as_layout(as_dtype(dy, x.dtype), cl)
     a, b, zmax, pmax = map(flat_f32, (a, b, zmax, pmax))
     q = torch.empty(n, c, dtype=torch.float32)
     db = torch.empty(n, p, dtype=torch.float32) if b is not None else None
@@ -297,7 +297,7 @@ def bwd_apply(
 ) -> torch.Tensor:
     """dx = a_c (dy b_p + gavg_p + [a_c x == pmax_p] gmax_p) + cavg_c + [x == zmax_c] cmax_c."""
     x, cl, dt, n, c, p = _prep(x)
-    dy = as_layout((dy if dy.dtype == x.dtype else dy.to(x.dtype)), cl)
+    dy = as_layout(as_dtype(dy, x.dtype), cl)
     a, b, gavg, gmax, pmax = map(flat_f32, (a, b, gavg, gmax, pmax))
     cavg, cmax, zmax = map(flat_f32, (cavg, cmax, zmax))
     dx = _empty(x.shape, x.dtype, cl)

@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._backend import as_dtype
+
 __all__ = ["cbam", "cbam_backward", "squeeze_excite", "squeeze_excite_backward"]
 
 
@@ -70,7 +72,7 @@ def _kernels(impl: str) -> ModuleType:
 
 
 def _f32(t: Tensor) -> Tensor:
-    return t if t.dtype == torch.float32 else t.float()
+    return as_dtype(t, torch.float32)
 
 
 def _mat(w: Tensor) -> Tensor:
@@ -87,7 +89,7 @@ def _cast_like(g: Tensor | None, ref: Tensor | None, x: Tensor) -> Tensor:
     if ref is None or g is None:
         return x.new_empty(0)
     g = g if g.shape == ref.shape else g.reshape(ref.shape)
-    return g if g.dtype == ref.dtype else g.to(ref.dtype)
+    return as_dtype(g, ref.dtype)
 
 
 def _empty_grad(ref: Tensor | None, like: Tensor) -> Tensor:

@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._backend import flat_f32
+from ._backend import as_dtype, flat_f32
 
 __all__ = [
     "apply",
@@ -226,7 +226,7 @@ def bwd_reduce(
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Same contract as :func:`visattn.kernels.cpu.bwd_reduce`."""
     x = _layout(x)
-    dy = _layout(dy if dy.dtype == x.dtype else dy.to(x.dtype))
+    dy = _layout(as_dtype(dy, x.dtype))
     n, c, h, w = x.shape
     p = h * w
     bc, bp = _tiles(p)
@@ -344,7 +344,7 @@ def bwd_apply(
 ) -> torch.Tensor:
     """Same contract as :func:`visattn.kernels.cpu.bwd_apply`."""
     x = _layout(x)
-    dy = _layout(dy if dy.dtype == x.dtype else dy.to(x.dtype))
+    dy = _layout(as_dtype(dy, x.dtype))
     n, c, h, w = x.shape
     p = h * w
     a, b, gavg, gmax, pmax = map(flat_f32, (a, b, gavg, gmax, pmax))
