@@ -235,22 +235,23 @@ def test_opcheck(device):
         )
     dy = torch.randn(2, 10, 4, 5, device=device)
     with torch.no_grad():
-        _, s, z = torch.ops.visattn.squeeze_excite(x, w1, b1, w2, b2, "avg", "sigmoid", impl)
+        _, *saved = torch.ops.visattn.squeeze_excite(x, w1, b1, w2, b2, "avg", "sigmoid", impl)
     torch.library.opcheck(
         torch.ops.visattn.squeeze_excite_backward.default,
-        (dy, x.detach(), s, z, w1.detach(), None, w2.detach(), None, "avg", "sigmoid", impl, True),
-    )
+        (dy, x.detach(), *saved, w1.detach(), None, w2.detach(), None, "avg", "sigmoid", impl,
+         True),
+    )  # fmt: skip
     # bfloat16 activations with float32 weights (autocast), no biases: the empty gradients of
     # the absent biases must have the dtype the fake kernel gives them
     xb, dyb = x.detach().bfloat16(), dy.bfloat16()
     with torch.no_grad():
-        _, s, z = torch.ops.visattn.squeeze_excite(xb, w1, None, w2, None, "max", "relu", impl)
+        _, *saved = torch.ops.visattn.squeeze_excite(xb, w1, None, w2, None, "max", "relu", impl)
     torch.library.opcheck(
         torch.ops.visattn.squeeze_excite_backward.default,
-        (dyb, xb, s, z, w1.detach(), None, w2.detach(), None, "max", "relu", impl, True),
+        (dyb, xb, *saved, w1.detach(), None, w2.detach(), None, "max", "relu", impl, True),
     )
     with torch.no_grad():
-        _, a, b, zc, pooled, _ = torch.ops.visattn.cbam(
+        _, a, b, zc, pooled, h, _ = torch.ops.visattn.cbam(
             x, w1, b1, w2, b2, conv_w, conv_b, *bn, None, None, 1, 1e-5, True, True, impl
         )
     params = [t.detach() for t in (w1, b1, w2, b2, conv_w, conv_b)]
@@ -263,6 +264,7 @@ def test_opcheck(device):
             b,
             zc,
             pooled,
+            h,
             *params,
             *bn,
             None,

@@ -198,7 +198,7 @@ def cbam(
     else:
         if input_norm is not None:
             x = input_norm(x)
-        y, *_, stats = torch.ops.visattn.cbam(x, *params, *options)
+        y, *_, stats = torch.ops.visattn.cbam(x, *params, *options)  # stats come last
     if norm is not None and norm.training and norm.track_running_stats:
         update_running_stats(norm, stats[0], stats[1], x.shape[0] * x.shape[2] * x.shape[3])
     return y
@@ -266,12 +266,12 @@ def _normalize(c, weight, bias, mean, var, eps: float) -> torch.Tensor:
 class _SE:
     """SE through the visattn::squeeze_excite operators; options (squeeze, gate, impl)."""
 
-    saved = 2  # s, z
+    saved = 4  # s, z, h, l
 
     @staticmethod
     def forward(x, params, options):
-        y, s, z = torch.ops.visattn.squeeze_excite(x, *params, *options)
-        return y, (s, z), ()
+        y, *saved = torch.ops.visattn.squeeze_excite(x, *params, *options)
+        return y, tuple(saved), ()
 
     @staticmethod
     def backward(dy, x, saved, params, options):
@@ -283,12 +283,12 @@ class _SE:
 class _CBAM:
     """CBAM through the visattn::cbam operators; options (bn_mode, eps, use_avg, use_max, impl)."""
 
-    saved = 4  # a, b, z, pooled
+    saved = 5  # a, b, z, pooled, h
 
     @staticmethod
     def forward(x, params, options):
-        y, a, b, z, pooled, stats = torch.ops.visattn.cbam(x, *params, *options)
-        return y, (a, b, z, pooled), (stats,)
+        y, *saved, stats = torch.ops.visattn.cbam(x, *params, *options)
+        return y, tuple(saved), (stats,)
 
     @staticmethod
     def backward(dy, x, saved, params, options):

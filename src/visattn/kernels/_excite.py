@@ -44,7 +44,7 @@ def _gate(name: str, l: Tensor) -> Tensor:
     raise ValueError(f"gate: expected one of {GATES}, got {name!r}")
 
 
-def _gate_grad(name: str, l: Tensor, s: Tensor, ds: Tensor) -> Tensor:
+def _gate_grad(name: str, l: Tensor | None, s: Tensor, ds: Tensor) -> Tensor:
     if name == "sigmoid":
         return ds * s * (1 - s)
     if name == "hard_sigmoid":
@@ -66,7 +66,7 @@ def excite(
 
 def excite_backward(
     ds: Tensor,
-    l: Tensor,
+    l: Tensor | None,
     s: Tensor,
     h: Tensor,
     w1: Tensor,
@@ -78,7 +78,8 @@ def excite_backward(
     gate: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """(dl, dh, cavg, cmax): cavg = dz_avg / positions (zeros without an avg pool), cmax =
-    dz_max / count (None without a max pool); the avg pool is k = 0, the max pool k = K - 1."""
+    dz_max / count (None without a max pool); the avg pool is k = 0, the max pool k = K - 1.
+    The logits l are read by the hard_sigmoid and relu gates only (None is fine otherwise)."""
     dl = _gate_grad(gate, l, s, ds)
     dh = (dl @ w2).unsqueeze(0) * (h > 0).float()
     dz = dh @ w1

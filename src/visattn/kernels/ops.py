@@ -17,11 +17,14 @@ With BatchNorm after the convolution (``norm=True``) dP uses the BatchNorm gradi
 
 where n_c (m_p) counts the positions (channels) that reach the maximum: like ``torch.amax``, tied
 maxima share the gradient equally. The MLP / gate / convolution parts are (N, C) or (N, H, W)
-sized and use PyTorch ops; every full-size pass is one kernel of :mod:`visattn.kernels.cpu`
+sized (the MLP through the ``excite*`` functions of the kernel module, see
+:mod:`visattn.kernels._excite`); every full-size pass is one kernel of :mod:`visattn.kernels.cpu`
 (``impl="c"``) or :mod:`visattn.kernels.triton_kernels` (``impl="triton"``): 4 passes forward for
-CBAM, 6 backward; 3 + 4 for SE. Only x (the block input) is saved for backward.
+CBAM, 6 backward; 3 + 4 for SE. Of the full-size tensors only x (the block input) is saved for
+backward.
 
-Extra outputs (s / a, b, the pooled statistics) are internal, marked non-differentiable.
+Extra outputs (s / a, b, the pooled statistics, the MLP's hidden units h and SE's logits l) are
+internal, marked non-differentiable, and handed to the backward operator.
 Double backward is not supported. Tests: ``tests/kernels/test_kernels_se_cbam.py`` (opcheck,
 reference comparisons, torch.compile).
 """
@@ -110,20 +113,22 @@ def squeeze_excite(
     squeeze: str,
     gate: str,
     impl: str,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Fused SE forward: returns (y, s, z) with s, z float32 (N, C)."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Fused SE forward: returns (y, s, z, h, l) with s, z and the logits l float32 (N, C) and
+    the MLP's hidden units h float32 (1, N, C/r), kept for backward."""
     k = _kernels(impl)
     total, peak = k.stats_c(x)
     z = total / (x.shape[2] * x.shape[3]) if squeeze == "avg" else peak
-    _, _, s = k.excite(z.unsqueeze(0), _mat(w1), _vector(b1), _mat(w2), _vector(b2), gate)
-    return k.apply(x, s), s, z
+    h, l, s = k.excite(z.unsqueeze(0), _mat(w1), _vector(b1), _mat(w2), _vector(b2), gate)
+    return k.apply(x, s), s, z, h, l
 
 
 @squeeze_excite.register_fake
 def _(x, w1, b1, w2, b2, squeeze, gate, impl):
     n, c = x.shape[:2]
     vec = x.new_empty(n, c, dtype=torch.float32)
-    return torch.empty_like(x), vec, torch.empty_like(vec)
+    hidden = x.new_empty(1, n, w1.shape[0], dtype=torch.float32)
+    return torch.empty_like(x), vec, torch.empty_like(vec), hidden, torch.empty_like(vec)
 
 
 @torch.library.custom_op("visattn::squeeze_excite_backward", mutates_args=())
@@ -133,6 +138,8 @@ def squeeze_excite_backward(
     x: Tensor,
     s: Tensor,
     z: Tensor,
+    h: Tensor,
+    l: Tensor,
     w1: Tensor,
     b1: Tensor | None,
     w2: Tensor,
@@ -146,12 +153,11 @@ def squeeze_excite_backward(
     k = _kernels(impl)
     is_max = squeeze == "max"
     q, _, count, _ = k.bwd_reduce(dy, x, s, None, z if is_max else None, None)
-    w1m, w2m, zk = _mat(w1), _mat(w2), z.unsqueeze(0)
-    h, l, _ = k.excite(zk, w1m, _vector(b1), w2m, _vector(b2), gate)  # (N, C)-sized recompute
+    w1m, w2m = _mat(w1), _mat(w2)
     positions = x.shape[2] * x.shape[3]
     dl, dh, cavg, cmax = k.excite_backward(q, l, s, h, w1m, w2m, count, positions, not is_max,
                                            is_max, gate)  # fmt: skip
-    dw1, db1, dw2, db2 = k.excite_wgrad(dl, dh, zk, h)
+    dw1, db1, dw2, db2 = k.excite_wgrad(dl, dh, z.unsqueeze(0), h)
     if need_dx:
         dx = k.bwd_apply(dy, x, s, None, None, None, None, cavg, cmax, z if is_max else None)
     else:
@@ -161,25 +167,25 @@ def squeeze_excite_backward(
 
 
 @squeeze_excite_backward.register_fake
-def _(dy, x, s, z, w1, b1, w2, b2, squeeze, gate, impl, need_dx):
+def _(dy, x, s, z, h, l, w1, b1, w2, b2, squeeze, gate, impl, need_dx):
     dx = torch.empty_like(x) if need_dx else x.new_empty(0)
     return dx, torch.empty_like(w1), _empty_grad(b1, x), torch.empty_like(w2), _empty_grad(b2, x)
 
 
 def _se_setup(ctx, inputs, output):
     x, w1, b1, w2, b2, squeeze, gate, impl = inputs
-    _, s, z = output
-    ctx.save_for_backward(x, s, z, w1, b1, w2, b2)
+    _, s, z, h, l = output
+    ctx.save_for_backward(x, s, z, h, l, w1, b1, w2, b2)
     ctx.options = (squeeze, gate, impl)
-    ctx.mark_non_differentiable(s, z)
+    ctx.mark_non_differentiable(s, z, h, l)
 
 
-def _se_backward(ctx, dy, _ds, _dz):
-    x, s, z, w1, b1, w2, b2 = ctx.saved_tensors
+def _se_backward(ctx, dy, _ds, _dz, _dh, _dl):
+    x, s, z, h, l, w1, b1, w2, b2 = ctx.saved_tensors
     squeeze, gate, impl = ctx.options
     need = ctx.needs_input_grad
     dx, dw1, db1, dw2, db2 = torch.ops.visattn.squeeze_excite_backward(
-        dy, x, s, z, w1, b1, w2, b2, squeeze, gate, impl, bool(need[0])
+        dy, x, s, z, h, l, w1, b1, w2, b2, squeeze, gate, impl, bool(need[0])
     )
     return (
         dx if need[0] else None,
@@ -258,11 +264,12 @@ def cbam(
     use_avg: bool,
     use_max: bool,
     impl: str,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Fused CBAM forward (channel first): returns (y, a, b, z, pooled, stats).
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Fused CBAM forward (channel first): returns (y, a, b, z, pooled, h, stats).
 
     a: M_c float32 (N, C); b: M_s float32 (N, H W); z: the channel pools float32 (K, N, C);
-    pooled: the spatial pools float32 (N, K, H, W), avg before max, K = use_avg + use_max.
+    pooled: the spatial pools float32 (N, K, H, W), avg before max, K = use_avg + use_max;
+    h: the shared MLP's hidden units float32 (K, N, C/r), kept for backward.
     ``bn_mode`` 0: no BatchNorm after the convolution; 1: BatchNorm with the batch's statistics
     (training); 2: with ``bn_mean`` / ``bn_var`` (evaluation). stats: float32 (2,), the batch
     mean and biased variance of the convolution's output (mode 1; the caller updates the running
@@ -275,14 +282,14 @@ def cbam(
     total, peak = k.stats_c(x)
     zs = ([total / (hh * ww)] if use_avg else []) + ([peak] if use_max else [])
     z = torch.stack(zs)
-    _, _, a = k.excite(z, _mat(w1), _vector(b1), _mat(w2), _vector(b2), "sigmoid")
+    h, _, a = k.excite(z, _mat(w1), _vector(b1), _mat(w2), _vector(b2), "sigmoid")
     psum, pmax = k.stats_p(x, a)
     maps = ([psum / c] if use_avg else []) + ([pmax] if use_max else [])
     pooled = torch.stack(maps, 1).reshape(n, len(maps), hh, ww)
     _, logit, _, stats = _spatial_logits(pooled, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var,
                                          bn_mode, eps)  # fmt: skip
     b = torch.sigmoid(logit).reshape(n, hh * ww)
-    return k.apply(x, a, b), a, b, z, pooled, stats
+    return k.apply(x, a, b), a, b, z, pooled, h, stats
 
 
 @cbam.register_fake
@@ -297,6 +304,7 @@ def _(x, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var, bn_mode, e
         x.new_empty(n, hh * ww, dtype=f32),
         x.new_empty(kk, n, c, dtype=f32),
         x.new_empty(n, kk, hh, ww, dtype=f32),
+        x.new_empty(kk, n, w1.shape[0], dtype=f32),
         x.new_empty(2, dtype=f32),
     )
 
@@ -310,6 +318,7 @@ def cbam_backward(
     b: Tensor,
     z: Tensor,
     pooled: Tensor,
+    h: Tensor,
     w1: Tensor,
     b1: Tensor | None,
     w2: Tensor,
@@ -353,8 +362,8 @@ def cbam_backward(
     gmax = dpooled[:, -1].reshape(n, p) / pcount if use_max else None
     da = q + k.bwd_channel(x, a, gavg, gmax, pmax)
     w1m, w2m = _mat(w1), _mat(w2)
-    h, l, _ = k.excite(z, w1m, _vector(b1), w2m, _vector(b2), "sigmoid")  # (K, N, hidden)
-    dl, dh, cavg, cmax = k.excite_backward(da, l, a, h, w1m, w2m, zcount, p, use_avg, use_max,
+    # the sigmoid gate's derivative needs a = M_c only, not the logits
+    dl, dh, cavg, cmax = k.excite_backward(da, None, a, h, w1m, w2m, zcount, p, use_avg, use_max,
                                            "sigmoid")  # fmt: skip
     dw1, db1, dw2, db2 = k.excite_wgrad(dl, dh, z, h)
     if need_dx:
@@ -367,8 +376,8 @@ def cbam_backward(
 
 
 @cbam_backward.register_fake
-def _(dy, x, a, b, z, pooled, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var, bn_mode,
-      eps, use_avg, use_max, impl, need_dx):  # fmt: skip
+def _(dy, x, a, b, z, pooled, h, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var,
+      bn_mode, eps, use_avg, use_max, impl, need_dx):  # fmt: skip
     dx = torch.empty_like(x) if need_dx else x.new_empty(0)
     return (
         dx,
@@ -386,21 +395,21 @@ def _(dy, x, a, b, z, pooled, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mea
 def _cbam_setup(ctx, inputs, output):
     x, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var, bn_mode, eps = inputs[:13]
     use_avg, use_max, impl = inputs[13:]
-    _, a, b, z, pooled, stats = output
-    ctx.save_for_backward(x, a, b, z, pooled, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean,
-                          bn_var)  # fmt: skip
+    _, a, b, z, pooled, h, stats = output
+    ctx.save_for_backward(x, a, b, z, pooled, h, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b,
+                          bn_mean, bn_var)  # fmt: skip
     ctx.options = (bn_mode, eps, use_avg, use_max, impl)
-    ctx.mark_non_differentiable(a, b, z, pooled, stats)
+    ctx.mark_non_differentiable(a, b, z, pooled, h, stats)
 
 
-def _cbam_backward(ctx, dy, _da, _db, _dz, _dpooled, _dstats):
-    x, a, b, z, pooled, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var = (
+def _cbam_backward(ctx, dy, _da, _db, _dz, _dpooled, _dh, _dstats):
+    x, a, b, z, pooled, h, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var = (
         ctx.saved_tensors
     )
     bn_mode, eps, use_avg, use_max, impl = ctx.options
     need = ctx.needs_input_grad
     dx, dw1, db1, dw2, db2, dcw, dcb, dbw, dbb = torch.ops.visattn.cbam_backward(
-        dy, x, a, b, z, pooled, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var,
+        dy, x, a, b, z, pooled, h, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var,
         bn_mode, eps, use_avg, use_max, impl, bool(need[0]),
     )  # fmt: skip
     return (
@@ -455,7 +464,7 @@ if register_flop_formula is not None:
         return _mlp_flops(x, w1, 1)
 
     @register_flop_formula(torch.ops.visattn.squeeze_excite_backward)
-    def _se_backward_flops(dy, x, s, z, w1, *args, out_shape=None, **kwargs) -> int:
+    def _se_backward_flops(dy, x, s, z, h, l, w1, *args, out_shape=None, **kwargs) -> int:
         return 2 * _mlp_flops(x, w1, 1)
 
     @register_flop_formula(torch.ops.visattn.cbam)
@@ -463,6 +472,6 @@ if register_flop_formula is not None:
         return _mlp_flops(x, w1, conv_w[1]) + _spatial_flops(x, conv_w)
 
     @register_flop_formula(torch.ops.visattn.cbam_backward)
-    def _cbam_backward_flops(dy, x, a, b, z, pooled, w1, b1, w2, b2, conv_w, *args,
+    def _cbam_backward_flops(dy, x, a, b, z, pooled, h, w1, b1, w2, b2, conv_w, *args,
                              out_shape=None, **kwargs) -> int:  # fmt: skip
         return 2 * (_mlp_flops(x, w1, conv_w[1]) + _spatial_flops(x, conv_w))

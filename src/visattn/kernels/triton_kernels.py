@@ -494,8 +494,11 @@ def _excite_bwd_kernel(ds_ptr, l_ptr, s_ptr, h_ptr, w1_ptr, w2_ptr, cnt_ptr, dl_
         cs = c0 + tl.arange(0, BLOCK_K)
         m = nm[:, None] & (cs < C)[None, :]
         off = ns[:, None] * C + cs[None, :]
-        lv = tl.load(l_ptr + off, mask=m, other=0.0)
         sv = tl.load(s_ptr + off, mask=m, other=0.0)
+        if GATE == 1 or GATE == 3:  # hard_sigmoid, relu: the derivative reads the logits
+            lv = tl.load(l_ptr + off, mask=m, other=0.0)
+        else:
+            lv = sv
         dsv = tl.load(ds_ptr + off, mask=m, other=0.0)
         tl.store(dl_ptr + off, _gate_bwd(lv, sv, dsv, GATE), mask=m)
     tl.debug_barrier()
@@ -530,7 +533,7 @@ def _excite_bwd_kernel(ds_ptr, l_ptr, s_ptr, h_ptr, w1_ptr, w2_ptr, cnt_ptr, dl_
 
 def excite_backward(
     ds: torch.Tensor,
-    l: torch.Tensor,
+    l: torch.Tensor | None,
     s: torch.Tensor,
     h: torch.Tensor,
     w1: torch.Tensor,
@@ -543,14 +546,15 @@ def excite_backward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Same contract as :func:`visattn.kernels._excite.excite_backward`: (dl, dh, cavg, cmax)."""
     kk, n, hid = h.shape
-    c = l.shape[1]
-    ds, l, s, h = ds.contiguous(), l.contiguous(), s.contiguous(), h.contiguous()
+    c = s.shape[1]
+    ds, s, h = ds.contiguous(), s.contiguous(), h.contiguous()
+    l = l.contiguous() if l is not None else s  # not read by the sigmoid / tanh gates
     w1, w2 = w1.contiguous(), w2.contiguous()
-    dl = torch.empty_like(l)
+    dl = torch.empty_like(s)
     dh = torch.empty_like(h)
-    cavg = torch.empty_like(l)
-    cmax = torch.empty_like(l) if use_max else None
-    cnt = count.contiguous() if use_max else l
+    cavg = torch.empty_like(s)
+    cmax = torch.empty_like(s) if use_max else None
+    cnt = count.contiguous() if use_max else s
     _excite_bwd_kernel[_mlp_grid(n)](
         ds, l, s, h, w1, w2, cnt, dl, dh, cavg, cmax if cmax is not None else cavg, n, c, hid,
         1.0 / positions, K=kk, GATE=_GATE_IDS[gate], HAS_AVG=use_avg, HAS_MAX=use_max,
