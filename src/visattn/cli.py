@@ -3,7 +3,7 @@
 Sub-commands are modules listed in :data:`COMMANDS`. Each module provides either
 
 - ``add_parser(subparsers) -> argparse.ArgumentParser`` (add its parser with
-  ``subparsers.add_parser(name, help=..., formatter_class=HelpFormatter)``) and
+  :func:`add_command`) and
   ``run(args) -> int``; or
 - ``main(argv: list[str] | None) -> int`` (the remaining arguments are passed through).
 
@@ -12,7 +12,8 @@ exists. Errors the user can fix (``ValueError``, ``TypeError``, ``OSError``, che
 errors) become ONE line on stderr and exit status 1 (2 for a command-line syntax error); nothing
 prints a traceback unless ``VISATTN_DEBUG=1``.
 
-Shared helpers for sub-commands: :class:`HelpFormatter` (shows defaults), :func:`load_config`
+Shared helpers for sub-commands: :func:`add_command` (a sub-command's parser, with
+:class:`HelpFormatter`, which shows defaults), :func:`load_config`
 (TOML / YAML option files) and :func:`add_dataclass_options` / :func:`resolve_options`
 (options from a dataclass, merged as defaults < ``--config`` file < command line).
 
@@ -35,6 +36,7 @@ __all__ = [
     "COMMANDS",
     "CommandLineError",
     "HelpFormatter",
+    "add_command",
     "add_dataclass_options",
     "build_parser",
     "load_config",
@@ -72,6 +74,20 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         if action.default is argparse.SUPPRESS:
             return text
         return text + " (default: %(default)s)"
+
+
+def add_command(
+    subparsers: Any,
+    name: str,
+    help: str,
+    description: str | None = None,
+    epilog: str | None = None,
+) -> argparse.ArgumentParser:
+    """The parser of (sub-)command ``name`` under ``subparsers``, formatted by
+    :class:`HelpFormatter`."""
+    return subparsers.add_parser(
+        name, help=help, description=description, epilog=epilog, formatter_class=HelpFormatter
+    )
 
 
 class _Parser(argparse.ArgumentParser):

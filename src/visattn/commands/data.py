@@ -21,34 +21,24 @@ __all__ = ["add_parser", "run"]
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from ..cli import HelpFormatter
+    from ..cli import add_command
     from ..data.distortions import DISTORTIONS
     from ..data.sources import REMOTE
 
-    parser = subparsers.add_parser(
-        "data",
-        help="list, inspect and download datasets",
-        description=(__doc__ or "").split("\n\n")[0].replace("``", ""),
-        formatter_class=HelpFormatter,
-    )
+    description = (__doc__ or "").split("\n\n")[0].replace("``", "")
+    parser = add_command(subparsers, "data", "list, inspect and download datasets", description)
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    p = actions.add_parser(
-        "list", help="datasets and where they are", formatter_class=HelpFormatter
-    )
+    p = add_command(actions, "list", "datasets and where they are")
     p.add_argument("--data-root", metavar="DIR", help="dataset root folder")
-    p = actions.add_parser("info", help="describe one dataset", formatter_class=HelpFormatter)
+    p = add_command(actions, "info", "describe one dataset")
     p.add_argument("name", help="dataset name")
     p.add_argument("--data-root", metavar="DIR", help="dataset root folder")
-    p = actions.add_parser(
-        "download", help="download and verify a dataset", formatter_class=HelpFormatter
-    )
+    p = add_command(actions, "download", "download and verify a dataset")
     p.add_argument("name", choices=sorted(REMOTE), help="dataset name")
     p.add_argument("--root", metavar="DIR", help="destination root (default: the user cache)")
     p.add_argument("--mirror", metavar="URL", help="base URL to use instead of the official one")
     p.add_argument("--timeout", type=float, default=60.0, help="network timeout in seconds")
-    p = actions.add_parser(
-        "speed", help="images/s of the input pipeline", formatter_class=HelpFormatter
-    )
+    p = add_command(actions, "speed", "images/s of the input pipeline")
     p.add_argument("--dataset", default="fashion-mnist-small", help="dataset name")
     p.add_argument("--data-root", metavar="DIR", help="dataset root folder")
     p.add_argument("--distortion", choices=DISTORTIONS, default=None, help="one (default: all)")

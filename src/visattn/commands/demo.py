@@ -574,13 +574,13 @@ examples:
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``visattn demo`` (see ``visattn.cli``)."""
-    from ..cli import HelpFormatter
+    from ..cli import add_command
 
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "demo",
-        help="train and compare CNN, SE, CBAM and ST-CNN on bundled data; write a report",
-        description=DESCRIPTION,
-        formatter_class=HelpFormatter,
+        "train and compare CNN, SE, CBAM and ST-CNN on bundled data; write a report",
+        DESCRIPTION,
     )
     add_arguments(parser)
     return parser

@@ -16,16 +16,12 @@ __all__ = ["add_parser", "run"]
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from ..cli import HelpFormatter
+    from ..cli import add_command
     from ..data.distortions import DISTORTIONS
     from ..engine.trainer import TEST_DISTORTION_SEED
 
-    parser = subparsers.add_parser(
-        "eval",
-        help="evaluate a trained model",
-        description=(__doc__ or "").split("\n\n")[0].replace("``", ""),
-        formatter_class=HelpFormatter,
-    )
+    description = (__doc__ or "").split("\n\n")[0].replace("``", "")
+    parser = add_command(subparsers, "eval", "evaluate a trained model", description)
     parser.add_argument(
         "--checkpoint",
         required=True,

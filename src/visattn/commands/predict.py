@@ -157,13 +157,10 @@ example:
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``visattn predict`` (see ``visattn.cli``)."""
-    from ..cli import HelpFormatter
+    from ..cli import add_command
 
-    parser = subparsers.add_parser(
-        "predict",
-        help="classify image files with a trained model; write a CSV",
-        description=DESCRIPTION,
-        formatter_class=HelpFormatter,
+    parser = add_command(
+        subparsers, "predict", "classify image files with a trained model; write a CSV", DESCRIPTION
     )
     add_arguments(parser)
     return parser

@@ -24,17 +24,12 @@ EPILOG = """examples:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from ..cli import HelpFormatter, add_dataclass_options
+    from ..cli import add_command, add_dataclass_options
     from ..data.distortions import DISTORTIONS
     from ..engine.options import OPTIMIZERS, SCHEDULES, TrainOptions, option_help
 
-    parser = subparsers.add_parser(
-        "train",
-        help="train a model",
-        description=(__doc__ or "").split("\n\n")[0].replace("``", ""),
-        epilog=EPILOG,
-        formatter_class=HelpFormatter,
-    )
+    description = (__doc__ or "").split("\n\n")[0].replace("``", "")
+    parser = add_command(subparsers, "train", "train a model", description, epilog=EPILOG)
     parser.add_argument("--config", metavar="FILE", help="TOML or YAML file with these options")
     add_dataclass_options(
         parser,

@@ -193,13 +193,13 @@ examples:
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``visattn viz`` (see ``visattn.cli``)."""
-    from ..cli import HelpFormatter
+    from ..cli import add_command
 
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "viz",
-        help="draw the attention figures and a report for a trained model",
-        description=DESCRIPTION,
-        formatter_class=HelpFormatter,
+        "draw the attention figures and a report for a trained model",
+        DESCRIPTION,
     )
     add_arguments(parser)
     return parser
