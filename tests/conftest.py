@@ -1,12 +1,16 @@
-"""Shared fixtures: a fresh random seed per test (printed, so a failure can be replayed).
+"""Shared fixtures: a fresh random seed per test (printed, so a failure can be replayed), and
+``server``, a local HTTP server for the download tests.
 
 Set VISATTN_TEST_SEED=<int> to replay a run with fixed inputs.
 """
 
 from __future__ import annotations
 
+import functools
+import http.server
 import os
 import random
+import threading
 
 import pytest
 import torch
@@ -29,3 +33,22 @@ def _one_thread_per_worker():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server(tmp_path):
+    """(folder served, base URL) of a local HTTP server on 127.0.0.1: the download code's real
+    network path, without the internet."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+    handler = functools.partial(_QuietHandler, directory=str(folder))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
+    yield folder, f"http://127.0.0.1:{httpd.server_address[1]}/"
+    httpd.shutdown()
+    httpd.server_close()
