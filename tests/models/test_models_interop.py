@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_models_add_attention import _pretrained_like
 from torch import nn
 
 from visattn.models import create_model
@@ -18,19 +19,8 @@ torchvision = pytest.importorskip("torchvision")
 timm = pytest.importorskip("timm")
 
 
-def _randomise_norms(model: nn.Module) -> None:
-    """Give BatchNorms trained-looking statistics, so eval-mode outputs are not trivial."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-
-
 def _check_same_logits(theirs: nn.Module, ours: nn.Module, size: int = 64) -> None:
-    _randomise_norms(theirs)
+    _pretrained_like(theirs)  # trained-looking BatchNorms: eval-mode outputs are not trivial
     missing = ours.load_state_dict(theirs.state_dict(), strict=True)
     assert not missing.missing_keys and not missing.unexpected_keys
     theirs.eval()
