@@ -26,6 +26,7 @@ from torch import nn
 
 import visattn
 from visattn.kernels import use_backend
+from visattn.kernels._backend import select_impl
 from visattn.layers import batchnorm_attention
 from visattn.models import Bottleneck
 
@@ -148,6 +149,38 @@ def test_fused_batchnorm_options(device, bn_kw):
     for training in (True, True, False):
         c = torch.randn(1, *SHAPE[1:], device=device)  # N = 1
         _check_same(fused, plain, c, torch.float32, False, training)
+
+
+@pytest.mark.parametrize("kind", ["se", "se_max", "cbam", "cbam_max"])
+def test_fused_batchnorm_with_zero_and_negative_gamma(kind):
+    """gamma = 0 (timm / torchvision's zero_init_residual) makes BN(c) constant per channel, so
+    every position ties for the maximum; gamma < 0 turns the maximum of BN(c) into c's minimum.
+    The folded kernels never divide by gamma and must agree with the two modules on both."""
+    device = DEVICES[0]
+    _fast_impl_expected(device)
+    fused = _pair(kind, device)
+    with torch.no_grad():
+        gamma = fused[0].weight
+        gamma.copy_(torch.linspace(-1.0, 1.0, gamma.numel()))
+        gamma[::3] = 0.0
+    plain = tuple(copy.deepcopy(m) for m in fused)
+    for training in (True, False):
+        c = torch.randn(SHAPE, device=device) * 2 + 0.5
+        _check_same(fused, plain, c, torch.float32, True, training)
+
+
+def test_operators_refuse_autograd_through_a_folded_norm():
+    """Called directly with ``in_norm``, the operators' own backward would not know the
+    BatchNorm's statistics mode: it must refuse rather than return a wrong gradient."""
+    _fast_impl_expected("cpu")
+    with use_backend(FAST):
+        impl = select_impl(torch.empty(1))
+    c = torch.randn(2, 6, 3, 4, requires_grad=True)
+    w1, w2 = torch.randn(2, 6), torch.randn(6, 2)
+    in_norm = torch.stack([torch.ones(6), torch.zeros(6), torch.zeros(6), torch.ones(6)])
+    y = torch.ops.visattn.squeeze_excite(c, w1, None, w2, None, in_norm, "avg", "sigmoid", impl)[0]
+    with pytest.raises(NotImplementedError, match="in_norm"):
+        y.sum().backward()
 
 
 @pytest.mark.parametrize("kind", ["se", "cbam"])

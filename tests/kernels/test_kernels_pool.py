@@ -221,7 +221,7 @@ def test_opcheck_with_pooled_outputs():
     w1 = torch.randn(hidden, c, requires_grad=True)
     w2 = torch.randn(c, hidden, requires_grad=True)
     b1, b2 = torch.randn(hidden, requires_grad=True), torch.randn(c, requires_grad=True)
-    args = (x, w1, b1, w2, b2, "avg", "sigmoid", "c")
+    args = (x, w1, b1, w2, b2, None, "avg", "sigmoid", "c")
     torch.ops.visattn.squeeze_excite(*args)  # its y, released at once, stays in the pool
     hits = _pool.pool_stats()["hits"]
     torch.library.opcheck(torch.ops.visattn.squeeze_excite.default, args)

@@ -213,70 +213,65 @@ def test_bad_weights_name_the_argument():
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_opcheck(device):
+@pytest.mark.parametrize("folded", [False, True], ids=["plain", "in_norm"])
+def test_opcheck(device, folded):
+    """Every operator, without and with a folded input BatchNorm (``in_norm``: the operators'
+    own autograd does not cover that case, so those calls take inputs without gradients)."""
     _fast_impl_expected(device)
     with use_backend(FAST):
         impl = select_impl(torch.empty(1, device=device))
     from visattn.kernels import ops  # noqa: F401
 
-    x = torch.randn(2, 10, 4, 5, device=device, requires_grad=True)
-    w1, b1, w2, b2 = (p.requires_grad_() for p in _se_params(10, 3, device))
-    conv_w = torch.randn(1, 2, 3, 3, device=device, requires_grad=True)
-    conv_b = torch.randn(1, device=device, requires_grad=True)
+    x = torch.randn(2, 10, 4, 5, device=device, requires_grad=not folded)
+    w1, b1, w2, b2 = (p.requires_grad_(not folded) for p in _se_params(10, 3, device))
+    conv_w = torch.randn(1, 2, 3, 3, device=device, requires_grad=not folded)
+    conv_b = torch.randn(1, device=device, requires_grad=not folded)
+    in_norm = None
+    if folded:  # rows al, be, mu, 1/sigma
+        r = torch.rand(4, 10, device=device)
+        in_norm = torch.stack([r[0] + 0.5, r[1] - 0.5, r[2] - 0.5, r[3] + 0.5])
     torch.library.opcheck(
-        torch.ops.visattn.squeeze_excite.default, (x, w1, b1, w2, b2, "max", "sigmoid", impl)
+        torch.ops.visattn.squeeze_excite.default,
+        (x, w1, b1, w2, b2, in_norm, "max", "sigmoid", impl),
     )
     bn = (torch.rand(1, device=device) + 0.5, torch.randn(1, device=device))
     for mode, stats in ((0, (None, None)), (1, (None, None)), (2, (torch.randn(1, device=device),
                         torch.rand(1, device=device) + 0.5))):  # fmt: skip
         torch.library.opcheck(
             torch.ops.visattn.cbam.default,
-            (x, w1, b1, w2, b2, conv_w, conv_b, *bn, *stats, mode, 1e-5, True, True, impl),
-        )
+            (x, w1, b1, w2, b2, conv_w, conv_b, *bn, *stats, in_norm, mode, 1e-5, True, True,
+             impl),
+        )  # fmt: skip
     dy = torch.randn(2, 10, 4, 5, device=device)
     with torch.no_grad():
-        _, *saved = torch.ops.visattn.squeeze_excite(x, w1, b1, w2, b2, "avg", "sigmoid", impl)
+        _, *saved = torch.ops.visattn.squeeze_excite(x, w1, b1, w2, b2, in_norm, "avg", "sigmoid",
+                                                     impl)  # fmt: skip
     torch.library.opcheck(
         torch.ops.visattn.squeeze_excite_backward.default,
-        (dy, x.detach(), *saved, w1.detach(), None, w2.detach(), None, "avg", "sigmoid", impl,
-         True),
+        (dy, x.detach(), *saved, w1.detach(), None, w2.detach(), None, in_norm, folded, "avg",
+         "sigmoid", impl, True),
     )  # fmt: skip
     # bfloat16 activations with float32 weights (autocast), no biases: the empty gradients of
     # the absent biases must have the dtype the fake kernel gives them
     xb, dyb = x.detach().bfloat16(), dy.bfloat16()
     with torch.no_grad():
-        _, *saved = torch.ops.visattn.squeeze_excite(xb, w1, None, w2, None, "max", "relu", impl)
+        _, *saved = torch.ops.visattn.squeeze_excite(xb, w1, None, w2, None, in_norm, "max",
+                                                     "relu", impl)  # fmt: skip
     torch.library.opcheck(
         torch.ops.visattn.squeeze_excite_backward.default,
-        (dyb, xb, *saved, w1.detach(), None, w2.detach(), None, "max", "relu", impl, True),
-    )
+        (dyb, xb, *saved, w1.detach(), None, w2.detach(), None, in_norm, False, "max", "relu",
+         impl, True),
+    )  # fmt: skip
     with torch.no_grad():
         _, a, b, zc, pooled, h, _ = torch.ops.visattn.cbam(
-            x, w1, b1, w2, b2, conv_w, conv_b, *bn, None, None, 1, 1e-5, True, True, impl
+            x, w1, b1, w2, b2, conv_w, conv_b, *bn, None, None, in_norm, 1, 1e-5, True, True, impl
         )
     params = [t.detach() for t in (w1, b1, w2, b2, conv_w, conv_b)]
     torch.library.opcheck(
         torch.ops.visattn.cbam_backward.default,
-        (
-            dy,
-            x.detach(),
-            a,
-            b,
-            zc,
-            pooled,
-            h,
-            *params,
-            *bn,
-            None,
-            None,
-            1,
-            1e-5,
-            True,
-            True,
-            impl,
-            True,
-        ),
-    )
+        (dy, x.detach(), a, b, zc, pooled, h, *params, *bn, None, None, in_norm, folded, 1, 1e-5,
+         True, True, impl, True),
+    )  # fmt: skip
 
 
 @pytest.mark.skipif(INTERPRETED, reason="compile is covered on the native backend")

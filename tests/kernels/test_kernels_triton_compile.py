@@ -24,17 +24,19 @@ CE = "constexpr"
 
 def _sig(names: str, kinds: dict[str, str], default: str = I32) -> dict[str, str]:
     return {n: kinds.get(n, CE if (n.isupper() and n.startswith(("BLOCK", "HAS", "CBAM", "CNT",
-            "MAXP", "MAXC", "ALIGN", "GATE"))) or n == "K" else default) for n in names.split()}  # fmt: skip
+            "MAXP", "MAXC", "ALIGN", "GATE", "AFF"))) or n == "K" else default) for n in names.split()}  # fmt: skip
 
 
 CASES = {
-    "stats_c": (T._stats_c_kernel, _sig("x_ptr sum_ptr max_ptr C P sxn sxc sxp BLOCK_C BLOCK_P",
-                {"x_ptr": BF16, "sum_ptr": F32, "max_ptr": F32}), {}),
-    "apply": (T._apply_kernel, _sig("x_ptr y_ptr a_ptr b_ptr C P sxn sxc sxp syn syc syp HAS_B "
-              "BLOCK_C BLOCK_P", {"x_ptr": BF16, "y_ptr": BF16, "a_ptr": F32, "b_ptr": F32}),
-              {"HAS_B": True}),
-    "stats_p": (T._stats_p_kernel, _sig("x_ptr a_ptr sum_ptr max_ptr C P sxn sxc sxp BLOCK_C "
-                "BLOCK_P", {"x_ptr": F32, "a_ptr": F32, "sum_ptr": F32, "max_ptr": F32}), {}),
+    "stats_c": (T._stats_c_kernel, _sig("x_ptr nrm_ptr sum_ptr max_ptr C P sxn sxc sxp AFF "
+                "BLOCK_C BLOCK_P", {"x_ptr": BF16, "nrm_ptr": F32, "sum_ptr": F32,
+                "max_ptr": F32}), {"AFF": True}),
+    "apply": (T._apply_kernel, _sig("x_ptr y_ptr a_ptr b_ptr nrm_ptr C P sxn sxc sxp syn syc syp "
+              "HAS_B AFF BLOCK_C BLOCK_P", {"x_ptr": BF16, "y_ptr": BF16, "a_ptr": F32,
+              "b_ptr": F32, "nrm_ptr": F32}), {"HAS_B": True, "AFF": True}),
+    "stats_p": (T._stats_p_kernel, _sig("x_ptr a_ptr nrm_ptr sum_ptr max_ptr C P sxn sxc sxp AFF "
+                "BLOCK_C BLOCK_P", {"x_ptr": F32, "a_ptr": F32, "nrm_ptr": F32, "sum_ptr": F32,
+                "max_ptr": F32}), {"AFF": True}),
     "bwd_reduce": (T._bwd_reduce_kernel, _sig("dy_ptr x_ptr a_ptr b_ptr zmax_ptr pmax_ptr q_ptr "
                    "db_ptr zc_ptr pc_ptr C P NPB sdn sdc sdp sxn sxc sxp CBAM CNT BLOCK_C BLOCK_P",
                    {"dy_ptr": BF16, "x_ptr": BF16, **dict.fromkeys(["a_ptr", "b_ptr", "zmax_ptr",
@@ -44,12 +46,21 @@ CASES = {
                     "P sxn sxc sxp MAXP BLOCK_C BLOCK_P", {"x_ptr": BF16, **dict.fromkeys(
                     ["a_ptr", "gavg_ptr", "gmax_ptr", "pmax_ptr", "out_ptr"], F32)}),
                     {"MAXP": True}),
+    "bwd_reduce_norm": (T._bwd_reduce_norm_kernel, _sig("dy_ptr x_ptr a_ptr b_ptr zmax_ptr "
+                        "pmax_ptr nrm_ptr mom_ptr db_ptr pc_ptr N C P NPB sdn sdc sdp sxn sxc sxp "
+                        "CBAM CNT BLOCK_C BLOCK_P", {"dy_ptr": BF16, "x_ptr": BF16,
+                        **dict.fromkeys(["a_ptr", "b_ptr", "zmax_ptr", "pmax_ptr", "nrm_ptr",
+                        "mom_ptr", "db_ptr", "pc_ptr"], F32)}), {"CBAM": True, "CNT": True}),
+    "bwd_channel_norm": (T._bwd_channel_norm_kernel, _sig("x_ptr a_ptr gavg_ptr gmax_ptr pmax_ptr "
+                         "nrm_ptr mom_ptr N C P sxn sxc sxp MAXP BLOCK_C BLOCK_P", {"x_ptr": BF16,
+                         **dict.fromkeys(["a_ptr", "gavg_ptr", "gmax_ptr", "pmax_ptr", "nrm_ptr",
+                         "mom_ptr"], F32)}), {"MAXP": True}),
     "bwd_apply": (T._bwd_apply_kernel, _sig("dy_ptr x_ptr a_ptr b_ptr gavg_ptr gmax_ptr pmax_ptr "
-                  "cavg_ptr cmax_ptr zmax_ptr dx_ptr C P sdn sdc sdp sxn sxc sxp son soc sop CBAM "
-                  "MAXP MAXC BLOCK_C BLOCK_P", {"dy_ptr": BF16, "x_ptr": BF16, "dx_ptr": BF16,
-                  **dict.fromkeys(["a_ptr", "b_ptr", "gavg_ptr", "gmax_ptr", "pmax_ptr",
-                  "cavg_ptr", "cmax_ptr", "zmax_ptr"], F32)}),
-                  {"CBAM": True, "MAXP": True, "MAXC": True}),
+                  "cavg_ptr cmax_ptr zmax_ptr nrm_ptr dx_ptr C P sdn sdc sdp sxn sxc sxp son soc "
+                  "sop CBAM MAXP MAXC AFF BLOCK_C BLOCK_P", {"dy_ptr": BF16, "x_ptr": BF16,
+                  "dx_ptr": BF16, **dict.fromkeys(["a_ptr", "b_ptr", "gavg_ptr", "gmax_ptr",
+                  "pmax_ptr", "cavg_ptr", "cmax_ptr", "zmax_ptr", "nrm_ptr"], F32)}),
+                  {"CBAM": True, "MAXP": True, "MAXC": True, "AFF": True}),
     "excite": (T._excite_kernel, _sig("z_ptr w1_ptr b1_ptr w2_ptr b2_ptr h_ptr l_ptr s_ptr N C HID "
                "K GATE HAS_B1 HAS_B2 BLOCK_N BLOCK_H BLOCK_K", dict.fromkeys(["z_ptr", "w1_ptr",
                "b1_ptr", "w2_ptr", "b2_ptr", "h_ptr", "l_ptr", "s_ptr"], F32)),

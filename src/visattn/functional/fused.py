@@ -5,9 +5,9 @@
 - :func:`cbam`: F' = M_c(F) * F, F'' = M_s(F') * F' with M_c = sigma(sum_k MLP(pool_k(F))) and
   M_s = sigma(f^{k x k}([AvgPool_c(F'); MaxPool_c(F')])) (Woo et al., arXiv:1807.06521, eq. 1-3).
 - ``input_norm=`` of both: the block applied to BN(c) = gamma (c - mu) / sqrt(var + eps) + beta,
-  the BatchNorm that precedes SE / CBAM in a residual branch, as one autograd node that keeps c
-  (which the BatchNorm needs for its own backward anyway) instead of BN(c), and recomputes BN(c)
-  in backward: one full-size saved tensor less per block.
+  the BatchNorm that precedes SE / CBAM in a residual branch, folded into the block's kernels
+  (:mod:`visattn.kernels.ops`): BN(c) is never stored, only c is kept for backward (the
+  BatchNorm needs it anyway), and the BatchNorm's backward is part of the block's last pass.
 
 Weights are given in the layout of the layers' 1 x 1 / k x k convolutions (``fc1.weight`` of
 shape (C/r, C, 1, 1) or (C/r, C)). The backend (:mod:`visattn.kernels`) is ``auto`` unless
@@ -84,9 +84,10 @@ def squeeze_excite(
         squeeze: ``"avg"`` or ``"max"`` global pooling.
         gate: one of ``GATES``.
         input_norm: a module applied to x first, e.g. the residual branch's last BatchNorm.
-            A plain ``nn.BatchNorm2d`` (C features, no hooks) is fused when gradients are
-            needed: statistics and running-statistics update as in its own forward, BN(x)
-            recomputed in backward instead of kept. Any other module is simply called.
+            A plain ``nn.BatchNorm2d`` (C features, no hooks) is folded into the fast kernels
+            when gradients are needed: statistics and running-statistics update as in its own
+            forward, BN(x) computed as the kernels load x, never stored. Any other module is
+            simply called.
 
     The fast path (float32 / bfloat16 on CPU and CUDA) reads x three times forward and four
     times backward and saves only x; the MLP runs in float32. Max-squeeze ties share the
@@ -106,7 +107,7 @@ def squeeze_excite(
         x = input_norm(x)
     if impl is None:
         return squeeze_excite_reference(x, *params, squeeze=squeeze, gate_fn=gate)
-    return torch.ops.visattn.squeeze_excite(x, *params, squeeze, gate, impl)[0]
+    return torch.ops.visattn.squeeze_excite(x, *params, None, squeeze, gate, impl)[0]
 
 
 def cbam_reference(
@@ -198,7 +199,7 @@ def cbam(
     else:
         if input_norm is not None:
             x = input_norm(x)
-        y, *_, stats = torch.ops.visattn.cbam(x, *params, *options)  # stats come last
+        y, *_, stats = torch.ops.visattn.cbam(x, *params, None, *options)  # stats come last
     if norm is not None and norm.training and norm.track_running_stats:
         update_running_stats(norm, stats[0], stats[1], x.shape[0] * x.shape[2] * x.shape[3])
     return y
@@ -256,11 +257,17 @@ def _norm_inputs(norm: nn.BatchNorm2d, c: torch.Tensor) -> tuple:
     return norm.weight, norm.bias, mean, var, norm.eps, True
 
 
-def _normalize(c, weight, bias, mean, var, eps: float) -> torch.Tensor:
-    """BN(c) with given statistics; the same call forward and backward, so the two agree bit for
-    bit (CBAM's and max-SE's maxima are recognised by equality in backward)."""
-    with torch.autocast(c.device.type, enabled=False):
-        return F.batch_norm(c, mean, var, weight, bias, False, 0.0, eps)
+def _fold(weight, bias, mean, var, eps: float) -> torch.Tensor:
+    """The kernels' rows [al; be; mu; 1/sigma] (4, C) float32 of BN(c) = al c + be:
+    1/sigma = rsqrt(var + eps), al = gamma / sigma, be = beta - mu al (gamma 1, beta 0 without
+    the BatchNorm's affine parameters)."""
+    mean = mean.detach().float()
+    inv = torch.rsqrt(var.detach().float() + eps)
+    al = inv * weight.detach().float() if weight is not None else inv
+    be = -mean * al
+    if bias is not None:
+        be = be + bias.detach().float()
+    return torch.stack([al, be, mean, inv])
 
 
 class _SE:
@@ -269,15 +276,16 @@ class _SE:
     saved = 4  # s, z, h, l
 
     @staticmethod
-    def forward(x, params, options):
-        y, *saved = torch.ops.visattn.squeeze_excite(x, *params, *options)
+    def forward(c, params, options, in_norm):
+        y, *saved = torch.ops.visattn.squeeze_excite(c, *params, in_norm, *options)
         return y, tuple(saved), ()
 
     @staticmethod
-    def backward(dy, x, saved, params, options):
-        dx, *grads = torch.ops.visattn.squeeze_excite_backward(dy, x, *saved, *params, *options,
-                                                                True)  # fmt: skip
-        return dx, grads
+    def backward(dy, c, saved, params, options, in_norm, batch):
+        dc, *grads, dnorm = torch.ops.visattn.squeeze_excite_backward(
+            dy, c, *saved, *params, in_norm, batch, *options, True
+        )
+        return dc, grads, dnorm
 
 
 class _CBAM:
@@ -286,55 +294,49 @@ class _CBAM:
     saved = 5  # a, b, z, pooled, h
 
     @staticmethod
-    def forward(x, params, options):
-        y, *saved, stats = torch.ops.visattn.cbam(x, *params, *options)
+    def forward(c, params, options, in_norm):
+        y, *saved, stats = torch.ops.visattn.cbam(c, *params, in_norm, *options)
         return y, tuple(saved), (stats,)
 
     @staticmethod
-    def backward(dy, x, saved, params, options):
-        dx, *grads = torch.ops.visattn.cbam_backward(dy, x, *saved, *params, *options, True)
-        return dx, grads  # no gradient for the spatial BatchNorm's running statistics
+    def backward(dy, c, saved, params, options, in_norm, batch):
+        dc, *grads, dnorm = torch.ops.visattn.cbam_backward(dy, c, *saved, *params, in_norm, batch,
+                                                            *options, True)  # fmt: skip
+        return dc, grads, dnorm  # no gradient for the spatial BatchNorm's running statistics
 
 
 class _BatchNormThen(torch.autograd.Function):
-    """y = block(BN(c)) as one node that saves c (not BN(c)) and the (C,) statistics.
-
-    Backward: x = BN(c) recomputed (one read of c, one write of x), the block's backward operator
-    gives dL/dx and its parameters' gradients, and ``native_batch_norm_backward`` gives dL/dc,
-    dL/dgamma, dL/dbeta (through the batch statistics in training mode), as BatchNorm's own
-    backward does. Outputs: y, then the block's extra outputs (non-differentiable).
+    """y = block(BN(c)) as one node, the BatchNorm folded into the block's operators: it saves
+    c and the (4, C) rows of :func:`_fold`, never BN(c). Backward: the block's backward operator
+    gives dL/dc (through the batch statistics in training mode, as BatchNorm's own backward),
+    dL/dgamma, dL/dbeta and the block's parameters' gradients in one go. Outputs: y, then the
+    block's extra outputs (non-differentiable).
     """
 
     @staticmethod
     def forward(ctx, c, weight, bias, mean, var, eps, batch_stats, block, options, *params):
-        x = _normalize(c, weight, bias, mean, var, eps)
-        y, saved, extra = block.forward(x, params, options)
-        ctx.save_for_backward(c, weight, bias, mean, var, *saved, *params)
-        ctx.setup = (eps, batch_stats, block, options)
+        in_norm = _fold(weight, bias, mean, var, eps)
+        y, saved, extra = block.forward(c, params, options, in_norm)
+        ctx.save_for_backward(c, in_norm, *saved, *params)
+        dtypes = tuple(t.dtype if t is not None else None for t in (weight, bias))
+        ctx.setup = (batch_stats, block, options, dtypes)
         ctx.mark_non_differentiable(*extra)
         return (y, *extra)
 
     @staticmethod
     def backward(ctx, dy, *_extra):
-        eps, batch_stats, block, options = ctx.setup
-        c, weight, bias, mean, var, *rest = ctx.saved_tensors
+        batch_stats, block, options, (w_dtype, b_dtype) = ctx.setup
+        c, in_norm, *rest = ctx.saved_tensors
         saved, params = rest[: block.saved], rest[block.saved :]
-        dx, grads = block.backward(dy, _normalize(c, weight, bias, mean, var, eps), saved, params,
-                                   options)  # fmt: skip
+        dc, grads, dnorm = block.backward(dy, c, saved, params, options, in_norm, batch_stats)
         need = ctx.needs_input_grad
-        mask = [need[0], weight is not None and need[1], bias is not None and need[2]]
-        if batch_stats:
-            invstd = torch.rsqrt(var + eps)
-            stats = (None, None, mean, invstd)
-        else:
-            stats = (mean, var, None, None)
-        dc, dw, db = torch.ops.aten.native_batch_norm_backward(dx, c, weight, *stats, batch_stats,
-                                                               eps, mask)  # fmt: skip
+        dw = dnorm[0].to(w_dtype) if w_dtype is not None and need[1] else None
+        db = dnorm[1].to(b_dtype) if b_dtype is not None and need[2] else None
         grads = [  # parameters without a gradient output (running statistics) get None
             g if p is not None and n else None
             for g, p, n in itertools.zip_longest(grads, params, need[9:])
         ]
-        return (dc, dw, db, None, None, None, None, None, None, *grads)
+        return (dc if need[0] else None, dw, db, None, None, None, None, None, None, *grads)
 
 
 def update_running_stats(

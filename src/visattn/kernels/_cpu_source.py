@@ -75,9 +75,30 @@ static const float NEG_INF = -std::numeric_limits<float>::infinity();
 // By-value maximum: std::max takes references, which stops GCC from vectorising simd loops.
 static inline float vmax(float a, float b) { return a > b ? a : b; }
 
+// v rounded to T, as float (the value st() would store).
+static inline float round_as(float v, const float*) { return v; }
+static inline float round_as(float v, const bf16_t*) {
+  bf16_t h;
+  st(&h, 0, v);
+  return ld(&h, 0);
+}
+
+// The block's input as the kernels see it: x, or with a folded BatchNorm (AFF) x~ = c al_c + be_c
+// from the BatchNorm's input c, rounded to c's type as nn.BatchNorm2d's output is. One fma
+// everywhere, so that a maximum found in one kernel is recognised by equality in another.
+template <typename T>
+static inline float bn_x(float c, float al, float be, const T* type) {
+  return round_as(std::fma(c, al, be), type);
+}
+template <bool AFF, typename T>
+static inline float xin(const T* p, int64_t i, float al, float be) {
+  return AFF ? bn_x(ld(p, i), al, be, p) : ld(p, i);
+}
+
 // ---------------------------------------------------------------- sum_p x, max_p x
-template <typename T, bool CL>
-static void stats_c(const T* x, const Geo& g, int nt, float* sum, float* mx) {
+template <typename T, bool CL, bool AFF>
+static void stats_c(const T* x, const Geo& g, int nt, float* sum, float* mx, const float* nal,
+                    const float* nbe) {
   const int64_t C = g.C, P = g.P, nblk = g.N * g.nb;
   std::vector<float> ps(nblk * C), pm(nblk * C);
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
@@ -93,7 +114,9 @@ static void stats_c(const T* x, const Geo& g, int nt, float* sum, float* mx) {
         const T *r1 = r0 + C, *r2 = r1 + C, *r3 = r2 + C;
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) {
-          float v0 = ld(r0, c), v1 = ld(r1, c), v2 = ld(r2, c), v3 = ld(r3, c);
+          const float al = AFF ? nal[c] : 1.f, be = AFF ? nbe[c] : 0.f;
+          float v0 = xin<AFF>(r0, c, al, be), v1 = xin<AFF>(r1, c, al, be);
+          float v2 = xin<AFF>(r2, c, al, be), v3 = xin<AFF>(r3, c, al, be);
           s[c] += (v0 + v1) + (v2 + v3);
           m[c] = vmax(m[c], vmax(vmax(v0, v1), vmax(v2, v3)));
         }
@@ -102,7 +125,7 @@ static void stats_c(const T* x, const Geo& g, int nt, float* sum, float* mx) {
         const T* row = x + (n * P + p) * C;
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) {
-          float v = ld(row, c);
+          float v = xin<AFF>(row, c, AFF ? nal[c] : 1.f, AFF ? nbe[c] : 0.f);
           s[c] += v;
           m[c] = vmax(m[c], v);
         }
@@ -110,10 +133,11 @@ static void stats_c(const T* x, const Geo& g, int nt, float* sum, float* mx) {
     } else {
       for (int64_t c = 0; c < C; ++c) {
         const T* row = x + (n * C + c) * P;
+        const float al = AFF ? nal[c] : 1.f, be = AFF ? nbe[c] : 0.f;
         float acc = 0.f, mm = NEG_INF;
 #pragma omp simd reduction(+ : acc) reduction(max : mm)
         for (int64_t p = p0; p < p1; ++p) {
-          float v = ld(row, p);
+          float v = xin<AFF>(row, p, al, be);
           acc += v;
           mm = vmax(mm, v);
         }
@@ -135,8 +159,9 @@ static void stats_c(const T* x, const Geo& g, int nt, float* sum, float* mx) {
 }
 
 // ---------------------------------------------------------------- y = (x a_c) b_p
-template <typename T, bool CL, bool HAS_B>
-static void apply_k(const T* x, T* y, const float* a, const float* b, const Geo& g, int nt) {
+template <typename T, bool CL, bool HAS_B, bool AFF>
+static void apply_k(const T* x, T* y, const float* a, const float* b, const Geo& g, int nt,
+                    const float* nal, const float* nbe) {
   const int64_t C = g.C, P = g.P;
   if (!CL) {
     // NCHW: tiles of whole (n, c) rows, so that every tile writes one contiguous range and the
@@ -147,10 +172,11 @@ static void apply_k(const T* x, T* y, const float* a, const float* b, const Geo&
       for (int64_t r = r0; r < std::min(rows, r0 + rb); ++r) {
         const int64_t n = r / C, o = r * P;
         const float ac = a[r];
+        const float al = AFF ? nal[r % C] : 1.f, be = AFF ? nbe[r % C] : 0.f;
         const float* bn = HAS_B ? b + n * P : nullptr;
 #pragma omp simd
         for (int64_t p = 0; p < P; ++p) {
-          float v = ld(x + o, p) * ac;
+          float v = xin<AFF>(x + o, p, al, be) * ac;
           st(y + o, p, HAS_B ? v * bn[p] : v);
         }
       }
@@ -168,7 +194,7 @@ static void apply_k(const T* x, T* y, const float* a, const float* b, const Geo&
       const float bp = HAS_B ? bn[p] : 1.f;
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c) {
-        float v = ld(x + o, c) * an[c];
+        float v = xin<AFF>(x + o, c, AFF ? nal[c] : 1.f, AFF ? nbe[c] : 0.f) * an[c];
         st(y + o, c, HAS_B ? v * bp : v);
       }
     }
@@ -176,8 +202,9 @@ static void apply_k(const T* x, T* y, const float* a, const float* b, const Geo&
 }
 
 // ---------------------------------------------------------------- sum_c a x, max_c a x
-template <typename T, bool CL>
-static void stats_p(const T* x, const float* a, float* psum, float* pmax, const Geo& g, int nt) {
+template <typename T, bool CL, bool AFF>
+static void stats_p(const T* x, const float* a, float* psum, float* pmax, const Geo& g, int nt,
+                    const float* nal, const float* nbe) {
   const int64_t C = g.C, P = g.P, nblk = g.N * g.nb;
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
   for (int64_t blk = 0; blk < nblk; ++blk) {
@@ -189,7 +216,7 @@ static void stats_p(const T* x, const float* a, float* psum, float* pmax, const 
         float acc = 0.f, mm = NEG_INF;
 #pragma omp simd reduction(+ : acc) reduction(max : mm)
         for (int64_t c = 0; c < C; ++c) {
-          float v = an[c] * ld(row, c);
+          float v = an[c] * xin<AFF>(row, c, AFF ? nal[c] : 1.f, AFF ? nbe[c] : 0.f);
           acc += v;
           mm = vmax(mm, v);
         }
@@ -205,9 +232,15 @@ static void stats_p(const T* x, const float* a, float* psum, float* pmax, const 
         const T* r0 = x + (n * C + c) * P;
         const T *r1 = r0 + P, *r2 = r1 + P, *r3 = r2 + P;
         const float a0 = an[c], a1 = an[c + 1], a2 = an[c + 2], a3 = an[c + 3];
+        float l0 = 1.f, l1 = 1.f, l2 = 1.f, l3 = 1.f, e0 = 0.f, e1 = 0.f, e2 = 0.f, e3 = 0.f;
+        if (AFF) {
+          l0 = nal[c]; l1 = nal[c + 1]; l2 = nal[c + 2]; l3 = nal[c + 3];
+          e0 = nbe[c]; e1 = nbe[c + 1]; e2 = nbe[c + 2]; e3 = nbe[c + 3];
+        }
 #pragma omp simd
         for (int64_t p = p0; p < p1; ++p) {
-          float v0 = a0 * ld(r0, p), v1 = a1 * ld(r1, p), v2 = a2 * ld(r2, p), v3 = a3 * ld(r3, p);
+          float v0 = a0 * xin<AFF>(r0, p, l0, e0), v1 = a1 * xin<AFF>(r1, p, l1, e1);
+          float v2 = a2 * xin<AFF>(r2, p, l2, e2), v3 = a3 * xin<AFF>(r3, p, l3, e3);
           s[p] += (v0 + v1) + (v2 + v3);
           m[p] = vmax(m[p], vmax(vmax(v0, v1), vmax(v2, v3)));
         }
@@ -215,9 +248,10 @@ static void stats_p(const T* x, const float* a, float* psum, float* pmax, const 
       for (; c < C; ++c) {
         const T* row = x + (n * C + c) * P;
         const float ac = an[c];
+        const float al = AFF ? nal[c] : 1.f, be = AFF ? nbe[c] : 0.f;
 #pragma omp simd
         for (int64_t p = p0; p < p1; ++p) {
-          float v = ac * ld(row, p);
+          float v = ac * xin<AFF>(row, p, al, be);
           s[p] += v;
           m[p] = vmax(m[p], v);
         }
@@ -440,11 +474,21 @@ static void bwd_channel(const T* x, const float* a, const float* gavg, const flo
 }
 
 // --------- dx = a_c (dy b_p + gavg_p + [a x == pmax_p] gmax_p) + cavg_c + [x == zmax_c] cmax_c
-template <typename T, bool CL, bool CBAM, bool MAXP, bool MAXC>
+// With a folded BatchNorm (AFF, nrm rows al, be, mu, v, w): that r = dL/dx~ is turned into
+// dL/dc = al_c r + v_c (c - mu_c) + w_c, the BatchNorm's backward (v = w = 0 with running stats).
+template <bool AFF>
+static inline float out_norm(float r, float raw, const float* nrm, int64_t C, int64_t c) {
+  if (!AFF) return r;
+  return nrm[c] * r + nrm[3 * C + c] * (raw - nrm[2 * C + c]) + nrm[4 * C + c];
+}
+
+template <typename T, bool CL, bool CBAM, bool MAXP, bool MAXC, bool AFF>
 static void bwd_apply(const T* dy, const T* x, const float* a, const float* b, const float* gavg,
                       const float* gmax, const float* pmax, const float* cavg, const float* cmax,
-                      const float* zmax, T* dx, const Geo& g, int nt) {
+                      const float* zmax, T* dx, const Geo& g, int nt, const float* nrm) {
   const int64_t C = g.C, P = g.P, nblk = g.N * g.nb;
+  const float* nal = nrm;
+  const float* nbe = AFF ? nrm + C : nullptr;
   if (!CL) {  // NCHW: contiguous row tiles (see apply_k)
     const int64_t rows = g.N * C, rb = row_block(rows, nt);
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
@@ -457,14 +501,17 @@ static void bwd_apply(const T* dy, const T* x, const float* a, const float* b, c
         const float* pmn = MAXP ? pmax + n * P : nullptr;
         const float ac = a[r], ca = cavg[r];
         const float cm = MAXC ? cmax[r] : 0.f, zc = MAXC ? zmax[r] : 0.f;
+        const int64_t ch = r % C;
+        const float al = AFF ? nal[ch] : 1.f, be = AFF ? nbe[ch] : 0.f;
 #pragma omp simd
         for (int64_t p = 0; p < P; ++p) {
-          float v = ld(x + o, p);
+          const float raw = ld(x + o, p);
+          const float v = AFF ? bn_x(raw, al, be, x) : raw;
           float gg = CBAM ? ld(dy + o, p) * bn[p] + gan[p] : ld(dy + o, p);
           if (MAXP) gg += (ac * v == pmn[p]) ? gmn[p] : 0.f;
           float r2 = ac * gg + ca;
           if (MAXC) r2 += (v == zc) ? cm : 0.f;
-          st(dx + o, p, r2);
+          st(dx + o, p, out_norm<AFF>(r2, raw, nrm, C, ch));
         }
       }
     }
@@ -486,12 +533,13 @@ static void bwd_apply(const T* dy, const T* x, const float* a, const float* b, c
         const float pm = MAXP ? pmax[n * P + p] : 0.f;
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) {
-          float v = ld(x + o, c);
+          const float raw = ld(x + o, c);
+          const float v = AFF ? bn_x(raw, nal[c], nbe[c], x) : raw;
           float gg = CBAM ? ld(dy + o, c) * bp + ga : ld(dy + o, c);
           if (MAXP) gg += (an[c] * v == pm) ? gm : 0.f;
           float r = an[c] * gg + can[c];
           if (MAXC) r += (v == zn[c]) ? cmn[c] : 0.f;
-          st(dx + o, c, r);
+          st(dx + o, c, out_norm<AFF>(r, raw, nrm, C, c));
         }
       }
     } else {
@@ -503,18 +551,175 @@ static void bwd_apply(const T* dy, const T* x, const float* a, const float* b, c
         const int64_t o = (n * C + c) * P;
         const float ac = an[c], ca = can[c];
         const float cm = MAXC ? cmn[c] : 0.f, zc = MAXC ? zn[c] : 0.f;
+        const float al = AFF ? nal[c] : 1.f, be = AFF ? nbe[c] : 0.f;
 #pragma omp simd
         for (int64_t p = p0; p < p1; ++p) {
-          float v = ld(x + o, p);
+          const float raw = ld(x + o, p);
+          const float v = AFF ? bn_x(raw, al, be, x) : raw;
           float gg = CBAM ? ld(dy + o, p) * bn[p] + gan[p] : ld(dy + o, p);
           if (MAXP) gg += (ac * v == pmn[p]) ? gmn[p] : 0.f;
           float r = ac * gg + ca;
           if (MAXC) r += (v == zc) ? cm : 0.f;
-          st(dx + o, p, r);
+          st(dx + o, p, out_norm<AFF>(r, raw, nrm, C, c));
         }
       }
     }
   }
+}
+
+// ---------------------------------------------------------------- with a folded BatchNorm
+// The backward reductions when the block's input is x~ = c al_c + be_c (rows al, be, mu of nrm):
+// sums on d = c - mu_c, from which the operators get both the block's and the BatchNorm's
+// gradients (visattn.kernels.ops). Per (n, c), rows of mom (each N C):
+//   0: sum_p dy b_p   1: sum_p dy b_p d   2: sum_p d   3: sum_p [x~ == zmax_c]   4: same sum of d
+// per (n, p): db_p = sum_c dy a_c x~, pcnt_p = sum_c [a_c x~ == pmax_p] (as bwd_reduce).
+template <typename T, bool CL, bool CBAM, bool CNT>
+static void bwd_reduce_norm(const T* dy, const T* x, const float* a, const float* b,
+                            const float* zmax, const float* pmax, const float* nrm, float* mom,
+                            float* db, float* pcnt, const Geo& g, int nt) {
+  const int64_t C = g.C, P = g.P, N = g.N, nblk = N * g.nb, K = CNT ? 5 : 3;
+  const float *nal = nrm, *nbe = nrm + C, *nmu = nrm + 2 * C;
+  std::vector<float> part(K * nblk * C);  // part[(k nblk + blk) C + c]
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+  for (int64_t blk = 0; blk < nblk; ++blk) {
+    const int64_t n = blk / g.nb, p0 = (blk % g.nb) * g.pb, p1 = std::min(P, p0 + g.pb);
+    const float* an = a + n * C;
+    const float* zn = CNT ? zmax + n * C : nullptr;
+    float* s0 = &part[blk * C];
+    float* s1 = s0 + nblk * C;
+    float* s2 = s1 + nblk * C;
+    float* s3 = CNT ? s2 + nblk * C : nullptr;
+    float* s4 = CNT ? s3 + nblk * C : nullptr;
+    if (CL) {
+      for (int64_t c = 0; c < C; ++c) {
+        s0[c] = 0.f; s1[c] = 0.f; s2[c] = 0.f;
+        if (CNT) { s3[c] = 0.f; s4[c] = 0.f; }
+      }
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t o = (n * P + p) * C;
+        const float bp = CBAM ? b[n * P + p] : 1.f;
+        const float pm = (CBAM && CNT) ? pmax[n * P + p] : 0.f;
+        float dacc = 0.f, cacc = 0.f;
+#pragma omp simd reduction(+ : dacc, cacc)
+        for (int64_t c = 0; c < C; ++c) {
+          const float raw = ld(x + o, c), e = ld(dy + o, c);
+          const float v = bn_x(raw, nal[c], nbe[c], x), d = raw - nmu[c];
+          const float eb = CBAM ? e * bp : e;
+          s0[c] += eb;
+          s1[c] += eb * d;
+          s2[c] += d;
+          if (CBAM) dacc += (e * v) * an[c];
+          if (CNT) {
+            const bool hit = v == zn[c];
+            s3[c] += hit ? 1.f : 0.f;
+            s4[c] += hit ? d : 0.f;
+          }
+          if (CBAM && CNT) cacc += (an[c] * v == pm) ? 1.f : 0.f;
+        }
+        if (CBAM) db[n * P + p] = dacc;
+        if (CBAM && CNT) pcnt[n * P + p] = cacc;
+      }
+    } else {
+      float* dbn = CBAM ? db + n * P : nullptr;
+      float* pcn = (CBAM && CNT) ? pcnt + n * P : nullptr;
+      const float* bn = CBAM ? b + n * P : nullptr;
+      const float* pmn = (CBAM && CNT) ? pmax + n * P : nullptr;
+      if (CBAM)
+        for (int64_t p = p0; p < p1; ++p) { dbn[p] = 0.f; if (CNT) pcn[p] = 0.f; }
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t o = (n * C + c) * P;
+        const float ac = an[c], al = nal[c], be = nbe[c], mu = nmu[c];
+        const float zc = CNT ? zn[c] : 0.f;
+        float t0 = 0.f, t1 = 0.f, t2 = 0.f, t3 = 0.f, t4 = 0.f;
+#pragma omp simd reduction(+ : t0, t1, t2, t3, t4)
+        for (int64_t p = p0; p < p1; ++p) {
+          const float raw = ld(x + o, p), e = ld(dy + o, p);
+          const float v = bn_x(raw, al, be, x), d = raw - mu;
+          const float eb = CBAM ? e * bn[p] : e;
+          t0 += eb;
+          t1 += eb * d;
+          t2 += d;
+          if (CBAM) dbn[p] += (e * v) * ac;
+          if (CNT) {
+            const bool hit = v == zc;
+            t3 += hit ? 1.f : 0.f;
+            t4 += hit ? d : 0.f;
+          }
+          if (CBAM && CNT) pcn[p] += (ac * v == pmn[p]) ? 1.f : 0.f;
+        }
+        s0[c] = t0; s1[c] = t1; s2[c] = t2;
+        if (CNT) { s3[c] = t3; s4[c] = t4; }
+      }
+    }
+  }
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t c = 0; c < C; ++c) {
+        float acc = 0.f;
+        for (int64_t bb = 0; bb < g.nb; ++bb) acc += part[(k * nblk + n * g.nb + bb) * C + c];
+        mom[(k * N + n) * C + c] = acc;
+      }
+}
+
+// Per (n, c), rows of mom: 0: sum_p [a_c x~ == pmax_p] gmax_p (MAXP), 1: sum_p d (gavg_p + that),
+// d = c - mu_c; so that bwd_channel's out_c = al_c row1 + (be_c + al_c mu_c) (sum_p gavg_p + row0).
+template <typename T, bool CL, bool MAXP>
+static void bwd_channel_norm(const T* x, const float* a, const float* gavg, const float* gmax,
+                             const float* pmax, const float* nrm, float* mom, const Geo& g,
+                             int nt) {
+  const int64_t C = g.C, P = g.P, N = g.N, nblk = N * g.nb;
+  const float *nal = nrm, *nbe = nrm + C, *nmu = nrm + 2 * C;
+  std::vector<float> part(2 * nblk * C);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+  for (int64_t blk = 0; blk < nblk; ++blk) {
+    const int64_t n = blk / g.nb, p0 = (blk % g.nb) * g.pb, p1 = std::min(P, p0 + g.pb);
+    const float* an = a + n * C;
+    float* s0 = &part[blk * C];
+    float* s1 = s0 + nblk * C;
+    if (CL) {
+      for (int64_t c = 0; c < C; ++c) { s0[c] = 0.f; s1[c] = 0.f; }
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t o = (n * P + p) * C;
+        const float ga = gavg[n * P + p];
+        const float gm = MAXP ? gmax[n * P + p] : 0.f;
+        const float pm = MAXP ? pmax[n * P + p] : 0.f;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          const float raw = ld(x + o, c);
+          const float d = raw - nmu[c];
+          float h = 0.f;
+          if (MAXP) h = (an[c] * bn_x(raw, nal[c], nbe[c], x) == pm) ? gm : 0.f;
+          s0[c] += h;
+          s1[c] += d * (ga + h);
+        }
+      }
+    } else {
+      const float* gan = gavg + n * P;
+      const float* gmn = MAXP ? gmax + n * P : nullptr;
+      const float* pmn = MAXP ? pmax + n * P : nullptr;
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t o = (n * C + c) * P;
+        const float ac = an[c], al = nal[c], be = nbe[c], mu = nmu[c];
+        float t0 = 0.f, t1 = 0.f;
+#pragma omp simd reduction(+ : t0, t1)
+        for (int64_t p = p0; p < p1; ++p) {
+          const float raw = ld(x + o, p);
+          float h = 0.f;
+          if (MAXP) h = (ac * bn_x(raw, al, be, x) == pmn[p]) ? gmn[p] : 0.f;
+          t0 += h;
+          t1 += (raw - mu) * (gan[p] + h);
+        }
+        s0[c] = t0; s1[c] = t1;
+      }
+    }
+  }
+  for (int64_t k = 0; k < 2; ++k)
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t c = 0; c < C; ++c) {
+        float acc = 0.f;
+        for (int64_t bb = 0; bb < g.nb; ++bb) acc += part[(k * nblk + n * g.nb + bb) * C + c];
+        mom[(k * N + n) * C + c] = acc;
+      }
 }
 
 #define DISPATCH_T_CL(dt, cl, CALL)                          \
@@ -532,27 +737,34 @@ static void bwd_apply(const T* dy, const T* x, const float* a, const float* b, c
 
 extern "C" {
 
-int va_version() { return 1; }
+int va_version() { return 2; }
+
+// nrm: nullptr, or the folded BatchNorm's rows (al, be[, mu, v, w]) of C floats each.
+#define VA_AFF(NRM, CALL) \
+  do { if (NRM) { const bool AFFV = true; CALL; } else { const bool AFFV = false; CALL; } } while (0)
 
 void va_stats_c(int dt, int cl, const void* x, int64_t N, int64_t C, int64_t P, int nt,
-                float* sum, float* mx) {
+                float* sum, float* mx, const float* nrm) {
   Geo g = make_geo(N, C, P, nt);
-  DISPATCH_T_CL(dt, cl, (stats_c<T, CLV>((const T*)x, g, nt, sum, mx)));
+  const float* nbe = nrm ? nrm + C : nullptr;
+  VA_AFF(nrm, DISPATCH_T_CL(dt, cl, (stats_c<T, CLV, AFFV>((const T*)x, g, nt, sum, mx, nrm, nbe))));
 }
 
 void va_apply(int dt, int cl, const void* x, void* y, const float* a, const float* b, int64_t N,
-              int64_t C, int64_t P, int nt) {
+              int64_t C, int64_t P, int nt, const float* nrm) {
   Geo g = make_geo(N, C, P, nt);
+  const float* nbe = nrm ? nrm + C : nullptr;
   if (b)
-    DISPATCH_T_CL(dt, cl, (apply_k<T, CLV, true>((const T*)x, (T*)y, a, b, g, nt)));
+    VA_AFF(nrm, DISPATCH_T_CL(dt, cl, (apply_k<T, CLV, true, AFFV>((const T*)x, (T*)y, a, b, g, nt, nrm, nbe))));
   else
-    DISPATCH_T_CL(dt, cl, (apply_k<T, CLV, false>((const T*)x, (T*)y, a, b, g, nt)));
+    VA_AFF(nrm, DISPATCH_T_CL(dt, cl, (apply_k<T, CLV, false, AFFV>((const T*)x, (T*)y, a, b, g, nt, nrm, nbe))));
 }
 
 void va_stats_p(int dt, int cl, const void* x, const float* a, float* psum, float* pmax,
-                int64_t N, int64_t C, int64_t P, int nt) {
+                int64_t N, int64_t C, int64_t P, int nt, const float* nrm) {
   Geo g = make_geo(N, C, P, nt);
-  DISPATCH_T_CL(dt, cl, (stats_p<T, CLV>((const T*)x, a, psum, pmax, g, nt)));
+  const float* nbe = nrm ? nrm + C : nullptr;
+  VA_AFF(nrm, DISPATCH_T_CL(dt, cl, (stats_p<T, CLV, AFFV>((const T*)x, a, psum, pmax, g, nt, nrm, nbe))));
 }
 
 void va_bwd_reduce(int dt, int cl, const void* dy, const void* x, const float* a,
@@ -577,14 +789,37 @@ void va_bwd_channel(int dt, int cl, const void* x, const float* a, const float* 
     DISPATCH_T_CL(dt, cl, (bwd_channel<T, CLV, false>((const T*)x, a, gavg, gmax, pmax, out, g, nt)));
 }
 
+void va_bwd_reduce_norm(int dt, int cl, const void* dy, const void* x, const float* a,
+                        const float* b, const float* zmax, const float* pmax, const float* nrm,
+                        float* mom, float* db, float* pcnt, int64_t N, int64_t C, int64_t P,
+                        int nt) {
+  Geo g = make_geo(N, C, P, nt);
+  const bool cbam = b != nullptr, cnt = zmax != nullptr;
+#define VA_BRN(CB, CN) \
+  DISPATCH_T_CL(dt, cl, (bwd_reduce_norm<T, CLV, CB, CN>((const T*)dy, (const T*)x, a, b, zmax, pmax, nrm, mom, db, pcnt, g, nt)))
+  if (cbam) { if (cnt) VA_BRN(true, true); else VA_BRN(true, false); }
+  else { if (cnt) VA_BRN(false, true); else VA_BRN(false, false); }
+#undef VA_BRN
+}
+
+void va_bwd_channel_norm(int dt, int cl, const void* x, const float* a, const float* gavg,
+                         const float* gmax, const float* pmax, const float* nrm, float* mom,
+                         int64_t N, int64_t C, int64_t P, int nt) {
+  Geo g = make_geo(N, C, P, nt);
+  if (gmax)
+    DISPATCH_T_CL(dt, cl, (bwd_channel_norm<T, CLV, true>((const T*)x, a, gavg, gmax, pmax, nrm, mom, g, nt)));
+  else
+    DISPATCH_T_CL(dt, cl, (bwd_channel_norm<T, CLV, false>((const T*)x, a, gavg, gmax, pmax, nrm, mom, g, nt)));
+}
+
 void va_bwd_apply(int dt, int cl, const void* dy, const void* x, const float* a, const float* b,
                   const float* gavg, const float* gmax, const float* pmax, const float* cavg,
                   const float* cmax, const float* zmax, void* dx, int64_t N, int64_t C,
-                  int64_t P, int nt) {
+                  int64_t P, int nt, const float* nrm) {
   Geo g = make_geo(N, C, P, nt);
   const bool cbam = b != nullptr, maxp = gmax != nullptr, maxc = cmax != nullptr;
 #define VA_BA(CB, MP, MC) \
-  DISPATCH_T_CL(dt, cl, (bwd_apply<T, CLV, CB, MP, MC>((const T*)dy, (const T*)x, a, b, gavg, gmax, pmax, cavg, cmax, zmax, (T*)dx, g, nt)))
+  VA_AFF(nrm, DISPATCH_T_CL(dt, cl, (bwd_apply<T, CLV, CB, MP, MC, AFFV>((const T*)dy, (const T*)x, a, b, gavg, gmax, pmax, cavg, cmax, zmax, (T*)dx, g, nt, nrm))))
   if (cbam) {
     if (maxp) { if (maxc) VA_BA(true, true, true); else VA_BA(true, true, false); }
     else { if (maxc) VA_BA(true, false, true); else VA_BA(true, false, false); }
@@ -594,5 +829,6 @@ void va_bwd_apply(int dt, int cl, const void* dy, const void* x, const float* a,
 #undef VA_BA
 }
 
+#undef VA_AFF
 }  // extern "C"
 """

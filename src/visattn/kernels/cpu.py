@@ -44,7 +44,9 @@ __all__ = [
     "build",
     "bwd_apply",
     "bwd_channel",
+    "bwd_channel_norm",
     "bwd_reduce",
+    "bwd_reduce_norm",
     "excite",
     "excite_backward",
     "excite_wgrad",
@@ -125,12 +127,14 @@ def available() -> bool:
 def _declare(lib: ctypes.CDLL) -> None:
     P, I, L = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
     sigs = {
-        "va_stats_c": [I, I, P, L, L, L, I, P, P],
-        "va_apply": [I, I, P, P, P, P, L, L, L, I],
-        "va_stats_p": [I, I, P, P, P, P, L, L, L, I],
+        "va_stats_c": [I, I, P, L, L, L, I, P, P, P],
+        "va_apply": [I, I, P, P, P, P, L, L, L, I, P],
+        "va_stats_p": [I, I, P, P, P, P, L, L, L, I, P],
         "va_bwd_reduce": [I, I, P, P, P, P, P, P, P, P, P, P, L, L, L, I],
         "va_bwd_channel": [I, I, P, P, P, P, P, P, L, L, L, I],
-        "va_bwd_apply": [I, I, P, P, P, P, P, P, P, P, P, P, P, L, L, L, I],
+        "va_bwd_reduce_norm": [I, I, *[P] * 10, L, L, L, I],
+        "va_bwd_channel_norm": [I, I, *[P] * 7, L, L, L, I],
+        "va_bwd_apply": [I, I, P, P, P, P, P, P, P, P, P, P, P, L, L, L, I, P],
     }
     for name, args in sigs.items():
         fn = getattr(lib, name)
@@ -211,33 +215,40 @@ def _nt() -> int:
 # ----------------------------------------------------------------------------- kernels
 
 
-def stats_c(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum_p x, max_p x), each float32 (N, C)."""
+def stats_c(x: torch.Tensor, norm: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum_p x, max_p x), each float32 (N, C); with ``norm`` (rows al, be) of x~ = x al + be."""
     x, cl, dt, n, c, p = _prep(x)
+    norm = flat_f32(norm)
     s = torch.empty(n, c, dtype=torch.float32)
     m = torch.empty(n, c, dtype=torch.float32)
-    _lib().va_stats_c(dt, int(cl), x.data_ptr(), n, c, p, _nt(), s.data_ptr(), m.data_ptr())
+    _lib().va_stats_c(dt, int(cl), x.data_ptr(), n, c, p, _nt(), s.data_ptr(), m.data_ptr(),
+                      _ptr(norm))  # fmt: skip
     return s, m
 
 
-def apply(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
-    """y = (x a_c) b_p in x's dtype and layout."""
+def apply(
+    x: torch.Tensor, a: torch.Tensor, b: torch.Tensor | None = None,
+    norm: torch.Tensor | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """y = (x a_c) b_p in x's dtype and layout (x~ for x with ``norm``)."""
     x, cl, dt, n, c, p = _prep(x)
-    a, b = map(flat_f32, (a, b))
+    a, b, norm = map(flat_f32, (a, b, norm))
     y = _empty(x.shape, x.dtype, cl)
-    _lib().va_apply(dt, int(cl), x.data_ptr(), y.data_ptr(), a.data_ptr(), _ptr(b), n, c, p, _nt())
+    _lib().va_apply(dt, int(cl), x.data_ptr(), y.data_ptr(), a.data_ptr(), _ptr(b), n, c, p, _nt(),
+                    _ptr(norm))  # fmt: skip
     return y
 
 
-def stats_p(x: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum_c a_c x, max_c a_c x), each float32 (N, H W)."""
+def stats_p(
+    x: torch.Tensor, a: torch.Tensor, norm: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum_c a_c x, max_c a_c x), each float32 (N, H W) (x~ for x with ``norm``)."""
     x, cl, dt, n, c, p = _prep(x)
-    a = flat_f32(a)
+    a, norm = flat_f32(a), flat_f32(norm)
     s = torch.empty(n, p, dtype=torch.float32)
     m = torch.empty(n, p, dtype=torch.float32)
-    _lib().va_stats_p(
-        dt, int(cl), x.data_ptr(), a.data_ptr(), s.data_ptr(), m.data_ptr(), n, c, p, _nt()
-    )
+    _lib().va_stats_p(dt, int(cl), x.data_ptr(), a.data_ptr(), s.data_ptr(), m.data_ptr(), n, c,
+                      p, _nt(), _ptr(norm))  # fmt: skip
     return s, m
 
 
@@ -283,6 +294,52 @@ def bwd_channel(
     return out
 
 
+def bwd_reduce_norm(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor | None,
+    zmax: torch.Tensor | None,
+    pmax: torch.Tensor | None,
+    norm: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """:func:`bwd_reduce` for x~ = x al + be (``norm`` rows al, be, mu), as sums on d = x - mu:
+    (mom, db, pcnt), mom float32 (K, N, C) with rows sum_p dy b, sum_p dy b d, sum_p d and, with
+    zmax, sum_p [x~ == zmax_c] and sum_p [x~ == zmax_c] d (K = 5, else 3)."""
+    x, cl, dt, n, c, p = _prep(x)
+    dy = as_layout(as_dtype(dy, x.dtype), cl)
+    a, b, zmax, pmax, norm = map(flat_f32, (a, b, zmax, pmax, norm))
+    mom = torch.empty(5 if zmax is not None else 3, n, c, dtype=torch.float32)
+    db = torch.empty(n, p, dtype=torch.float32) if b is not None else None
+    pc = torch.empty(n, p, dtype=torch.float32) if (zmax is not None and b is not None) else None
+    _lib().va_bwd_reduce_norm(
+        dt, int(cl), dy.data_ptr(), x.data_ptr(), a.data_ptr(), _ptr(b), _ptr(zmax), _ptr(pmax),
+        _ptr(norm), mom.data_ptr(), _ptr(db), _ptr(pc), n, c, p, _nt(),
+    )  # fmt: skip
+    return mom, db, pc
+
+
+def bwd_channel_norm(
+    x: torch.Tensor,
+    a: torch.Tensor,
+    gavg: torch.Tensor,
+    gmax: torch.Tensor | None,
+    pmax: torch.Tensor | None,
+    norm: torch.Tensor,
+) -> torch.Tensor:
+    """:func:`bwd_channel` for x~ = x al + be (``norm`` rows al, be, mu): float32 (2, N, C) with
+    rows sum_p [a_c x~ == pmax_p] gmax_p (zeros without gmax) and sum_p d w_p, d = x - mu,
+    w_p = gavg_p + [a_c x~ == pmax_p] gmax_p."""
+    x, cl, dt, n, c, p = _prep(x)
+    a, gavg, gmax, pmax, norm = map(flat_f32, (a, gavg, gmax, pmax, norm))
+    mom = torch.empty(2, n, c, dtype=torch.float32)
+    _lib().va_bwd_channel_norm(
+        dt, int(cl), x.data_ptr(), a.data_ptr(), gavg.data_ptr(), _ptr(gmax), _ptr(pmax),
+        _ptr(norm), mom.data_ptr(), n, c, p, _nt(),
+    )  # fmt: skip
+    return mom
+
+
 def bwd_apply(
     dy: torch.Tensor,
     x: torch.Tensor,
@@ -294,15 +351,20 @@ def bwd_apply(
     cavg: torch.Tensor,
     cmax: torch.Tensor | None,
     zmax: torch.Tensor | None,
+    norm: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """dx = a_c (dy b_p + gavg_p + [a_c x == pmax_p] gmax_p) + cavg_c + [x == zmax_c] cmax_c."""
+    """dx = a_c (dy b_p + gavg_p + [a_c x == pmax_p] gmax_p) + cavg_c + [x == zmax_c] cmax_c.
+
+    With ``norm`` (rows al, be, mu, v, w): that r = dL/dx~ of x~ = x al + be, returned as
+    dL/dx = al_c r + v_c (x - mu_c) + w_c (the folded BatchNorm's backward)."""
     x, cl, dt, n, c, p = _prep(x)
     dy = as_layout(as_dtype(dy, x.dtype), cl)
     a, b, gavg, gmax, pmax = map(flat_f32, (a, b, gavg, gmax, pmax))
-    cavg, cmax, zmax = map(flat_f32, (cavg, cmax, zmax))
+    cavg, cmax, zmax, norm = map(flat_f32, (cavg, cmax, zmax, norm))
     dx = _empty(x.shape, x.dtype, cl)
     _lib().va_bwd_apply(
         dt, int(cl), dy.data_ptr(), x.data_ptr(), a.data_ptr(), _ptr(b), _ptr(gavg), _ptr(gmax),
         _ptr(pmax), cavg.data_ptr(), _ptr(cmax), _ptr(zmax), dx.data_ptr(), n, c, p, _nt(),
+        _ptr(norm),
     )  # fmt: skip
     return dx

@@ -23,6 +23,20 @@ sized (the MLP through the ``excite*`` functions of the kernel module, see
 CBAM, 6 backward; 3 + 4 for SE. Of the full-size tensors only x (the block input) is saved for
 backward.
 
+With ``in_norm`` the block's input is x = BN(c) of the BatchNorm before it (a residual branch's
+last one), folded into every kernel: the operators take c and per-channel rows
+``in_norm = [al; be; mu; 1/sigma]`` (4, C), al = gamma / sigma, be = beta - mu al, and each kernel
+computes x = fma(c, al, be) as it loads c, so x never exists in memory. The backward operators
+return dL/dc directly: with d = c - mu and g = dL/dx, the kernels' reductions give
+G = sum g and GD = sum g d per channel (over N, H, W; from per-(n, c) sums on d), and the
+last pass writes
+
+    dL/dc = al g + v d + w,   v = -al GD / (sigma^2 M),  w = -al G / M   (batch statistics, M = N H W)
+    dL/dgamma = GD / sigma,   dL/dbeta = G                               (v = w = 0 with running ones)
+
+which is BatchNorm's backward: SE + BatchNorm then take 4 passes forward (the statistics, the
+pool, the product) and 5 backward, against 3 + 5 for the BatchNorm alone.
+
 Extra outputs (s / a, b, the pooled statistics, the MLP's hidden units h and SE's logits l) are
 internal, marked non-differentiable, and handed to the backward operator.
 Double backward is not supported. Tests: ``tests/kernels/test_kernels_se_cbam.py`` (opcheck,
@@ -99,6 +113,33 @@ def _empty_grad(ref: Tensor | None, like: Tensor) -> Tensor:
     return like.new_empty(0) if ref is None else torch.empty_like(ref)
 
 
+def _shifted(q1: Tensor, q0: Tensor, in_norm: Tensor) -> Tensor:
+    """sum_p t x from the kernels' sums on d = c - mu: x = al d + (be + al mu), so
+    sum_p t x = al sum_p t d + (be + al mu) sum_p t, per (n, c)."""
+    al, be, mu = in_norm[0], in_norm[1], in_norm[2]
+    return al * q1 + (be + al * mu) * q0
+
+
+def _fold_norm(in_norm: Tensor, batch: bool, g: Tensor, gd: Tensor, count: int) -> tuple:
+    """The folded BatchNorm's backward from G = sum g, GD = sum g d (C,) over its ``count``
+    values per channel: (rows [al; be; mu; v; w] for ``bwd_apply``, [dL/dgamma; dL/dbeta])."""
+    al, be, mu, inv = in_norm
+    gx = inv * gd  # sum g x_hat
+    if batch:
+        v, w = -al * inv * gx / count, -al * g / count
+    else:
+        v = w = torch.zeros_like(g)
+    return torch.stack([al, be, mu, v, w]), torch.stack([gx, g])
+
+
+def _no_norm_autograd(ctx) -> None:
+    if ctx.in_norm:
+        raise NotImplementedError(
+            "in_norm: the operators' own autograd does not cover a folded BatchNorm; call "
+            "visattn.functional.squeeze_excite / cbam with input_norm= instead"
+        )
+
+
 # ----------------------------------------------------------------------------- SE
 
 
@@ -110,21 +151,23 @@ def squeeze_excite(
     b1: Tensor | None,
     w2: Tensor,
     b2: Tensor | None,
+    in_norm: Tensor | None,
     squeeze: str,
     gate: str,
     impl: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Fused SE forward: returns (y, s, z, h, l) with s, z and the logits l float32 (N, C) and
-    the MLP's hidden units h float32 (1, N, C/r), kept for backward."""
+    the MLP's hidden units h float32 (1, N, C/r), kept for backward. With ``in_norm`` x is the
+    BatchNorm's input c (the block runs on BN(c), see the module's docstring)."""
     k = _kernels(impl)
-    total, peak = k.stats_c(x)
+    total, peak = k.stats_c(x, in_norm)
     z = total / (x.shape[2] * x.shape[3]) if squeeze == "avg" else peak
     h, l, s = k.excite(z.unsqueeze(0), _mat(w1), _vector(b1), _mat(w2), _vector(b2), gate)
-    return k.apply(x, s), s, z, h, l
+    return k.apply(x, s, None, in_norm), s, z, h, l
 
 
 @squeeze_excite.register_fake
-def _(x, w1, b1, w2, b2, squeeze, gate, impl):
+def _(x, w1, b1, w2, b2, in_norm, squeeze, gate, impl):
     n, c = x.shape[:2]
     vec = x.new_empty(n, c, dtype=torch.float32)
     hidden = x.new_empty(1, n, w1.shape[0], dtype=torch.float32)
@@ -144,48 +187,75 @@ def squeeze_excite_backward(
     b1: Tensor | None,
     w2: Tensor,
     b2: Tensor | None,
+    in_norm: Tensor | None,
+    in_norm_batch: bool,
     squeeze: str,
     gate: str,
     impl: str,
     need_dx: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Gradients (dx, dw1, db1, dw2, db2) of the fused SE; empty tensors for absent ones."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients (dx, dw1, db1, dw2, db2, dnorm) of the fused SE; empty tensors for absent ones.
+
+    With ``in_norm``: dx is dL/dc and dnorm float32 (2, C) holds dL/dgamma and dL/dbeta of the
+    folded BatchNorm (``in_norm_batch``: it used the batch's statistics)."""
     k = _kernels(impl)
     is_max = squeeze == "max"
-    q, _, count, _ = k.bwd_reduce(dy, x, s, None, z if is_max else None, None)
+    zmax = z if is_max else None
+    n, _, hh, ww = x.shape
+    positions = hh * ww
+    if in_norm is None:
+        q, _, count, _ = k.bwd_reduce(dy, x, s, None, zmax, None)
+    else:  # rows: sum dy, sum dy d, sum d[, tie count, sum over ties of d]
+        mom, _, _ = k.bwd_reduce_norm(dy, x, s, None, zmax, None, in_norm)
+        q, count = _shifted(mom[1], mom[0], in_norm), mom[3] if is_max else None
     w1m, w2m = _mat(w1), _mat(w2)
-    positions = x.shape[2] * x.shape[3]
     dl, dh, cavg, cmax = k.excite_backward(q, l, s, h, w1m, w2m, count, positions, not is_max,
                                            is_max, gate)  # fmt: skip
     dw1, db1, dw2, db2 = k.excite_wgrad(dl, dh, z.unsqueeze(0), h)
+    rows, dnorm = None, x.new_empty(0)
+    if in_norm is not None:  # g = s dy + cavg + [x == zmax] cmax, summed over p with / without d
+        g = s * mom[0] + positions * cavg
+        gd = s * mom[1] + cavg * mom[2]
+        if is_max:
+            g, gd = g + count * cmax, gd + cmax * mom[4]
+        rows, dnorm = _fold_norm(in_norm, in_norm_batch, g.sum(0), gd.sum(0), n * positions)
     if need_dx:
-        dx = k.bwd_apply(dy, x, s, None, None, None, None, cavg, cmax, z if is_max else None)
+        dx = k.bwd_apply(dy, x, s, None, None, None, None, cavg, cmax, zmax, rows)
     else:
         dx = x.new_empty(0)
     return (dx, _cast_like(dw1, w1, x), _cast_like(db1, b1, x), _cast_like(dw2, w2, x),
-            _cast_like(db2, b2, x))  # fmt: skip
+            _cast_like(db2, b2, x), dnorm)  # fmt: skip
+
+
+def _norm_grad(in_norm: Tensor | None, x: Tensor) -> Tensor:
+    if in_norm is None:
+        return x.new_empty(0)
+    return x.new_empty(2, x.shape[1], dtype=torch.float32)
 
 
 @squeeze_excite_backward.register_fake
-def _(dy, x, s, z, h, l, w1, b1, w2, b2, squeeze, gate, impl, need_dx):
+def _(dy, x, s, z, h, l, w1, b1, w2, b2, in_norm, in_norm_batch, squeeze, gate, impl, need_dx):
     dx = torch.empty_like(x) if need_dx else x.new_empty(0)
-    return dx, torch.empty_like(w1), _empty_grad(b1, x), torch.empty_like(w2), _empty_grad(b2, x)
+    return (dx, torch.empty_like(w1), _empty_grad(b1, x), torch.empty_like(w2),
+            _empty_grad(b2, x), _norm_grad(in_norm, x))  # fmt: skip
 
 
 def _se_setup(ctx, inputs, output):
-    x, w1, b1, w2, b2, squeeze, gate, impl = inputs
+    x, w1, b1, w2, b2, in_norm, squeeze, gate, impl = inputs
     _, s, z, h, l = output
     ctx.save_for_backward(x, s, z, h, l, w1, b1, w2, b2)
     ctx.options = (squeeze, gate, impl)
+    ctx.in_norm = in_norm is not None
     ctx.mark_non_differentiable(s, z, h, l)
 
 
 def _se_backward(ctx, dy, _ds, _dz, _dh, _dl):
     x, s, z, h, l, w1, b1, w2, b2 = ctx.saved_tensors
+    _no_norm_autograd(ctx)
     squeeze, gate, impl = ctx.options
     need = ctx.needs_input_grad
-    dx, dw1, db1, dw2, db2 = torch.ops.visattn.squeeze_excite_backward(
-        dy, x, s, z, h, l, w1, b1, w2, b2, squeeze, gate, impl, bool(need[0])
+    dx, dw1, db1, dw2, db2, _ = torch.ops.visattn.squeeze_excite_backward(
+        dy, x, s, z, h, l, w1, b1, w2, b2, None, False, squeeze, gate, impl, bool(need[0])
     )
     return (
         dx if need[0] else None,
@@ -193,6 +263,7 @@ def _se_backward(ctx, dy, _ds, _dz, _dh, _dl):
         db1 if b1 is not None and need[2] else None,
         dw2 if need[3] else None,
         db2 if b2 is not None and need[4] else None,
+        None,
         None,
         None,
         None,
@@ -259,6 +330,7 @@ def cbam(
     bn_b: Tensor | None,
     bn_mean: Tensor | None,
     bn_var: Tensor | None,
+    in_norm: Tensor | None,
     bn_mode: int,
     eps: float,
     use_avg: bool,
@@ -273,28 +345,29 @@ def cbam(
     ``bn_mode`` 0: no BatchNorm after the convolution; 1: BatchNorm with the batch's statistics
     (training); 2: with ``bn_mean`` / ``bn_var`` (evaluation). stats: float32 (2,), the batch
     mean and biased variance of the convolution's output (mode 1; the caller updates the running
-    statistics from them, the operator mutates nothing).
+    statistics from them, the operator mutates nothing). With ``in_norm`` x is the input c of
+    a BatchNorm folded in front (see the module's docstring).
     """
     if not (use_avg or use_max):
         raise ValueError("pool: expected at least one of 'avg', 'max'")
     k = _kernels(impl)
     n, c, hh, ww = x.shape
-    total, peak = k.stats_c(x)
+    total, peak = k.stats_c(x, in_norm)
     zs = ([total / (hh * ww)] if use_avg else []) + ([peak] if use_max else [])
     z = torch.stack(zs)
     h, _, a = k.excite(z, _mat(w1), _vector(b1), _mat(w2), _vector(b2), "sigmoid")
-    psum, pmax = k.stats_p(x, a)
+    psum, pmax = k.stats_p(x, a, in_norm)
     maps = ([psum / c] if use_avg else []) + ([pmax] if use_max else [])
     pooled = torch.stack(maps, 1).reshape(n, len(maps), hh, ww)
     _, logit, _, stats = _spatial_logits(pooled, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var,
                                          bn_mode, eps)  # fmt: skip
     b = torch.sigmoid(logit).reshape(n, hh * ww)
-    return k.apply(x, a, b), a, b, z, pooled, h, stats
+    return k.apply(x, a, b, in_norm), a, b, z, pooled, h, stats
 
 
 @cbam.register_fake
-def _(x, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var, bn_mode, eps, use_avg,
-      use_max, impl):  # fmt: skip
+def _(x, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var, in_norm, bn_mode, eps,
+      use_avg, use_max, impl):  # fmt: skip
     n, c, hh, ww = x.shape
     kk = int(use_avg) + int(use_max)
     f32 = torch.float32
@@ -329,20 +402,27 @@ def cbam_backward(
     bn_b: Tensor | None,
     bn_mean: Tensor | None,
     bn_var: Tensor | None,
+    in_norm: Tensor | None,
+    in_norm_batch: bool,
     bn_mode: int,
     eps: float,
     use_avg: bool,
     use_max: bool,
     impl: str,
     need_dx: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Gradients (dx, dw1, db1, dw2, db2, dconv_w, dconv_b, dbn_w, dbn_b) of the fused CBAM."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients (dx, dw1, db1, dw2, db2, dconv_w, dconv_b, dbn_w, dbn_b, dnorm) of the fused
+    CBAM; with ``in_norm`` dx is dL/dc and dnorm as in :func:`squeeze_excite_backward`."""
     k = _kernels(impl)
     n, c, hh, ww = x.shape
     p = hh * ww
     zmax = z[-1].contiguous() if use_max else None
     pmax = pooled[:, -1].reshape(n, p).contiguous() if use_max else None
-    q, db, zcount, pcount = k.bwd_reduce(dy, x, a, b, zmax, pmax)
+    if in_norm is None:
+        q, db, zcount, pcount = k.bwd_reduce(dy, x, a, b, zmax, pmax)
+    else:  # rows: sum dy b, sum dy b d, sum d[, tie count, sum over ties of d]
+        mom, db, pcount = k.bwd_reduce_norm(dy, x, a, b, zmax, pmax, in_norm)
+        q, zcount = _shifted(mom[1], mom[0], in_norm), mom[3] if use_max else None
     dlg = (db * b * (1 - b)).reshape(n, 1, hh, ww)
     dbn_w, dbn_b = x.new_empty(0), x.new_empty(0)
     if bn_mode:
@@ -360,24 +440,36 @@ def cbam_backward(
     dpooled, dcw, dcb = _conv_backward(dlg, pooled, _f32(conv_w), conv_b is not None, impl)
     gavg = dpooled[:, 0].reshape(n, p) / c if use_avg else dlg.new_zeros(n, p)
     gmax = dpooled[:, -1].reshape(n, p) / pcount if use_max else None
-    da = q + k.bwd_channel(x, a, gavg, gmax, pmax)
+    if in_norm is None:
+        da = q + k.bwd_channel(x, a, gavg, gmax, pmax)
+    else:  # rows: sum over max ties of gmax, sum d w (w = gavg + that)
+        cm = k.bwd_channel_norm(x, a, gavg, gmax, pmax, in_norm)
+        wsum = gavg.sum(1, keepdim=True) + cm[0]
+        da = q + _shifted(cm[1], wsum, in_norm)
     w1m, w2m = _mat(w1), _mat(w2)
     # the sigmoid gate's derivative needs a = M_c only, not the logits
     dl, dh, cavg, cmax = k.excite_backward(da, None, a, h, w1m, w2m, zcount, p, use_avg, use_max,
                                            "sigmoid")  # fmt: skip
     dw1, db1, dw2, db2 = k.excite_wgrad(dl, dh, z, h)
+    rows, dnorm = None, x.new_empty(0)
+    if in_norm is not None:  # g = a (dy b + w) + cavg + [x == zmax] cmax, summed over p
+        g = a * (mom[0] + wsum) + p * cavg
+        gd = a * (mom[1] + cm[1]) + cavg * mom[2]
+        if use_max:
+            g, gd = g + zcount * cmax, gd + cmax * mom[4]
+        rows, dnorm = _fold_norm(in_norm, in_norm_batch, g.sum(0), gd.sum(0), n * p)
     if need_dx:
-        dx = k.bwd_apply(dy, x, a, b, gavg, gmax, pmax, cavg, cmax, zmax)
+        dx = k.bwd_apply(dy, x, a, b, gavg, gmax, pmax, cavg, cmax, zmax, rows)
     else:
         dx = x.new_empty(0)
     return (dx, _cast_like(dw1, w1, x), _cast_like(db1, b1, x), _cast_like(dw2, w2, x),
             _cast_like(db2, b2, x), _cast_like(dcw, conv_w, x), _cast_like(dcb, conv_b, x), dbn_w,
-            dbn_b)  # fmt: skip
+            dbn_b, dnorm)  # fmt: skip
 
 
 @cbam_backward.register_fake
 def _(dy, x, a, b, z, pooled, h, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var,
-      bn_mode, eps, use_avg, use_max, impl, need_dx):  # fmt: skip
+      in_norm, in_norm_batch, bn_mode, eps, use_avg, use_max, impl, need_dx):  # fmt: skip
     dx = torch.empty_like(x) if need_dx else x.new_empty(0)
     return (
         dx,
@@ -389,16 +481,18 @@ def _(dy, x, a, b, z, pooled, h, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_
         _empty_grad(conv_b, x),
         _empty_grad(bn_w, x),
         _empty_grad(bn_b, x),
+        _norm_grad(in_norm, x),
     )
 
 
 def _cbam_setup(ctx, inputs, output):
-    x, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var, bn_mode, eps = inputs[:13]
-    use_avg, use_max, impl = inputs[13:]
+    x, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var, in_norm = inputs[:12]
+    bn_mode, eps, use_avg, use_max, impl = inputs[12:]
     _, a, b, z, pooled, h, stats = output
     ctx.save_for_backward(x, a, b, z, pooled, h, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b,
                           bn_mean, bn_var)  # fmt: skip
     ctx.options = (bn_mode, eps, use_avg, use_max, impl)
+    ctx.in_norm = in_norm is not None
     ctx.mark_non_differentiable(a, b, z, pooled, h, stats)
 
 
@@ -406,11 +500,12 @@ def _cbam_backward(ctx, dy, _da, _db, _dz, _dpooled, _dh, _dstats):
     x, a, b, z, pooled, h, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var = (
         ctx.saved_tensors
     )
+    _no_norm_autograd(ctx)
     bn_mode, eps, use_avg, use_max, impl = ctx.options
     need = ctx.needs_input_grad
-    dx, dw1, db1, dw2, db2, dcw, dcb, dbw, dbb = torch.ops.visattn.cbam_backward(
+    dx, dw1, db1, dw2, db2, dcw, dcb, dbw, dbb, _ = torch.ops.visattn.cbam_backward(
         dy, x, a, b, z, pooled, h, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var,
-        bn_mode, eps, use_avg, use_max, impl, bool(need[0]),
+        None, False, bn_mode, eps, use_avg, use_max, impl, bool(need[0]),
     )  # fmt: skip
     return (
         dx if need[0] else None,
@@ -422,13 +517,7 @@ def _cbam_backward(ctx, dy, _da, _db, _dz, _dpooled, _dh, _dstats):
         dcb if conv_b is not None and need[6] else None,
         dbw if bn_w is not None and need[7] else None,
         dbb if bn_b is not None and need[8] else None,
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
-        None,
+        *[None] * 8,  # running statistics, in_norm, options
     )
 
 

@@ -30,7 +30,9 @@ __all__ = [
     "apply",
     "bwd_apply",
     "bwd_channel",
+    "bwd_channel_norm",
     "bwd_reduce",
+    "bwd_reduce_norm",
     "excite",
     "excite_backward",
     "excite_wgrad",
@@ -72,39 +74,68 @@ def _like(x: torch.Tensor) -> torch.Tensor:
 
 
 @triton.jit
-def _stats_c_kernel(x_ptr, sum_ptr, max_ptr, C, P, sxn, sxc, sxp,
+def _bn_x(v, al, be, DT: tl.constexpr):
+    """x~ = c al + be of a folded BatchNorm (one fma, rounded to c's type as nn.BatchNorm2d's
+    output is): the same expression in every kernel, so maxima are recognised by equality."""
+    x = tl.fma(v, al, be)
+    if DT == tl.bfloat16:  # round to nearest even by hand: the interpreter's cast truncates
+        u = x.to(tl.uint32, bitcast=True)
+        r = ((u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000).to(tl.float32, bitcast=True)
+        x = tl.where(x != x, x, r)
+    elif DT != tl.float32:
+        x = x.to(DT).to(tl.float32)
+    return x
+
+
+@triton.jit
+def _norm_rows(nrm_ptr, cs, cm, C):
+    """Rows al, be of the folded BatchNorm (1 and 0 where cm is False)."""
+    al = tl.load(nrm_ptr + cs, mask=cm, other=1.0)
+    be = tl.load(nrm_ptr + C + cs, mask=cm, other=0.0)
+    return al, be
+
+
+@triton.jit
+def _stats_c_kernel(x_ptr, nrm_ptr, sum_ptr, max_ptr, C, P, sxn, sxc, sxp, AFF: tl.constexpr,
                     BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
     n = tl.program_id(0)
     cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cm = cs < C
     base = x_ptr + n.to(tl.int64) * sxn
+    if AFF:
+        al, be = _norm_rows(nrm_ptr, cs, cm, C)
     acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
     mx = tl.full([BLOCK_C, BLOCK_P], float("-inf"), dtype=tl.float32)
     for p0 in range(0, P, BLOCK_P):
         ps = p0 + tl.arange(0, BLOCK_P)
         m = cm[:, None] & (ps < P)[None, :]
         v = tl.load(base + cs[:, None] * sxc + ps[None, :] * sxp, mask=m, other=0.0).to(tl.float32)
+        if AFF:
+            v = tl.where(m, _bn_x(v, al[:, None], be[:, None], x_ptr.dtype.element_ty), 0.0)
         acc += v
         mx = tl.maximum(mx, tl.where(m, v, float("-inf")))
     tl.store(sum_ptr + n * C + cs, tl.sum(acc, 1), mask=cm)
     tl.store(max_ptr + n * C + cs, tl.max(mx, 1), mask=cm)
 
 
-def stats_c(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum_p x, max_p x), each float32 (N, C)."""
+def stats_c(x: torch.Tensor, norm: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same contract as :func:`visattn.kernels.cpu.stats_c`."""
     x = _layout(x)
     n, c, h, w = x.shape
+    norm = flat_f32(norm)
     s = torch.empty(n, c, dtype=torch.float32, device=x.device)
     m = torch.empty_like(s)
     bc, bp = _tiles(h * w)
-    _stats_c_kernel[(n, triton.cdiv(c, bc))](x, s, m, c, h * w, *_strides(x), BLOCK_C=bc,
+    _stats_c_kernel[(n, triton.cdiv(c, bc))](x, norm if norm is not None else s, s, m, c, h * w,
+                                             *_strides(x), AFF=norm is not None, BLOCK_C=bc,
                                              BLOCK_P=bp)  # fmt: skip
     return s, m
 
 
 @triton.jit
-def _apply_kernel(x_ptr, y_ptr, a_ptr, b_ptr, C, P, sxn, sxc, sxp, syn, syc, syp,
-                  HAS_B: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
+def _apply_kernel(x_ptr, y_ptr, a_ptr, b_ptr, nrm_ptr, C, P, sxn, sxc, sxp, syn, syc, syp,
+                  HAS_B: tl.constexpr, AFF: tl.constexpr, BLOCK_C: tl.constexpr,
+                  BLOCK_P: tl.constexpr):  # fmt: skip
     n = tl.program_id(0)
     cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     ps = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -113,8 +144,12 @@ def _apply_kernel(x_ptr, y_ptr, a_ptr, b_ptr, C, P, sxn, sxc, sxp, syn, syc, syp
     m = cm[:, None] & pm[None, :]
     n64 = n.to(tl.int64)
     v = tl.load(x_ptr + n64 * sxn + cs[:, None] * sxc + ps[None, :] * sxp, mask=m, other=0.0)
+    v = v.to(tl.float32)
+    if AFF:
+        al, be = _norm_rows(nrm_ptr, cs, cm, C)
+        v = _bn_x(v, al[:, None], be[:, None], x_ptr.dtype.element_ty)
     av = tl.load(a_ptr + n * C + cs, mask=cm, other=0.0)
-    v = v.to(tl.float32) * av[:, None]
+    v = v * av[:, None]
     if HAS_B:
         bv = tl.load(b_ptr + n * P + ps, mask=pm, other=0.0)
         v = v * bv[None, :]
@@ -122,23 +157,27 @@ def _apply_kernel(x_ptr, y_ptr, a_ptr, b_ptr, C, P, sxn, sxc, sxp, syn, syc, syp
              v.to(y_ptr.dtype.element_ty), mask=m)  # fmt: skip
 
 
-def apply(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
-    """y = (x a_c) b_p in x's dtype and layout."""
+def apply(
+    x: torch.Tensor, a: torch.Tensor, b: torch.Tensor | None = None,
+    norm: torch.Tensor | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """Same contract as :func:`visattn.kernels.cpu.apply`."""
     x = _layout(x)
     n, c, h, w = x.shape
     p = h * w
-    a, b = map(flat_f32, (a, b))
+    a, b, norm = map(flat_f32, (a, b, norm))
     y = _like(x)
     bc, bp = _tiles(p)
     grid = (n, triton.cdiv(c, bc), triton.cdiv(p, bp))
-    _apply_kernel[grid](x, y, a, b if b is not None else a, c, p, *_strides(x), *_strides(y),
-                        HAS_B=b is not None, BLOCK_C=bc, BLOCK_P=bp)  # fmt: skip
+    _apply_kernel[grid](x, y, a, b if b is not None else a, norm if norm is not None else a, c, p,
+                        *_strides(x), *_strides(y), HAS_B=b is not None, AFF=norm is not None,
+                        BLOCK_C=bc, BLOCK_P=bp)  # fmt: skip
     return y
 
 
 @triton.jit
-def _stats_p_kernel(x_ptr, a_ptr, sum_ptr, max_ptr, C, P, sxn, sxc, sxp,
-                    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
+def _stats_p_kernel(x_ptr, a_ptr, nrm_ptr, sum_ptr, max_ptr, C, P, sxn, sxc, sxp,
+                    AFF: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
     n = tl.program_id(0)
     ps = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
     pm = ps < P
@@ -150,6 +189,9 @@ def _stats_p_kernel(x_ptr, a_ptr, sum_ptr, max_ptr, C, P, sxn, sxc, sxp,
         cm = cs < C
         m = cm[:, None] & pm[None, :]
         v = tl.load(base + cs[:, None] * sxc + ps[None, :] * sxp, mask=m, other=0.0).to(tl.float32)
+        if AFF:
+            al, be = _norm_rows(nrm_ptr, cs, cm, C)
+            v = _bn_x(v, al[:, None], be[:, None], x_ptr.dtype.element_ty)
         av = tl.load(a_ptr + n * C + cs, mask=cm, other=0.0)
         v = av[:, None] * v
         acc += v
@@ -158,16 +200,19 @@ def _stats_p_kernel(x_ptr, a_ptr, sum_ptr, max_ptr, C, P, sxn, sxc, sxp,
     tl.store(max_ptr + n * P + ps, tl.max(mx, 0), mask=pm)
 
 
-def stats_p(x: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum_c a_c x, max_c a_c x), each float32 (N, H W)."""
+def stats_p(
+    x: torch.Tensor, a: torch.Tensor, norm: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same contract as :func:`visattn.kernels.cpu.stats_p`."""
     x = _layout(x)
     n, c, h, w = x.shape
     p = h * w
-    a = flat_f32(a)
+    a, norm = flat_f32(a), flat_f32(norm)
     s = torch.empty(n, p, dtype=torch.float32, device=x.device)
     m = torch.empty_like(s)
     bc, bp = _tiles(p)
-    _stats_p_kernel[(n, triton.cdiv(p, bp))](x, a, s, m, c, p, *_strides(x), BLOCK_C=bc,
+    _stats_p_kernel[(n, triton.cdiv(p, bp))](x, a, norm if norm is not None else a, s, m, c, p,
+                                             *_strides(x), AFF=norm is not None, BLOCK_C=bc,
                                              BLOCK_P=bp)  # fmt: skip
     return s, m
 
@@ -296,10 +341,151 @@ def bwd_channel(
 
 
 @triton.jit
+def _bwd_reduce_norm_kernel(dy_ptr, x_ptr, a_ptr, b_ptr, zmax_ptr, pmax_ptr, nrm_ptr, mom_ptr,
+                            db_ptr, pc_ptr, N, C, P, NPB, sdn, sdc, sdp, sxn, sxc, sxp,
+                            CBAM: tl.constexpr, CNT: tl.constexpr, BLOCK_C: tl.constexpr,
+                            BLOCK_P: tl.constexpr):  # fmt: skip
+    n = tl.program_id(0)
+    pb = tl.program_id(1)
+    ps = pb * BLOCK_P + tl.arange(0, BLOCK_P)
+    pm = ps < P
+    n64 = n.to(tl.int64)
+    if CBAM:
+        bv = tl.load(b_ptr + n * P + ps, mask=pm, other=0.0)
+    else:
+        bv = tl.where(pm, 1.0, 0.0)
+    if CBAM and CNT:
+        pmx = tl.load(pmax_ptr + n * P + ps, mask=pm, other=0.0)
+    dbacc = tl.zeros([BLOCK_P], dtype=tl.float32)
+    pcacc = tl.zeros([BLOCK_P], dtype=tl.float32)
+    row = N * NPB * C  # one row of the partial sums (K, N, NPB, C)
+    for c0 in range(0, C, BLOCK_C):
+        cs = c0 + tl.arange(0, BLOCK_C)
+        cm = cs < C
+        m = cm[:, None] & pm[None, :]
+        raw = tl.load(x_ptr + n64 * sxn + cs[:, None] * sxc + ps[None, :] * sxp, mask=m,
+                      other=0.0).to(tl.float32)  # fmt: skip
+        e = tl.load(dy_ptr + n64 * sdn + cs[:, None] * sdc + ps[None, :] * sdp, mask=m,
+                    other=0.0).to(tl.float32)  # fmt: skip
+        al, be = _norm_rows(nrm_ptr, cs, cm, C)
+        mu = tl.load(nrm_ptr + 2 * C + cs, mask=cm, other=0.0)
+        v = _bn_x(raw, al[:, None], be[:, None], x_ptr.dtype.element_ty)
+        d = tl.where(m, raw - mu[:, None], 0.0)
+        eb = e * bv[None, :]
+        out = (n64 * NPB + pb) * C + cs
+        tl.store(mom_ptr + out, tl.sum(eb, 1), mask=cm)
+        tl.store(mom_ptr + row + out, tl.sum(eb * d, 1), mask=cm)
+        tl.store(mom_ptr + 2 * row + out, tl.sum(d, 1), mask=cm)
+        if CBAM:
+            av = tl.load(a_ptr + n * C + cs, mask=cm, other=0.0)
+            dbacc += tl.sum((e * v) * av[:, None], 0)
+        if CNT:
+            zm = tl.load(zmax_ptr + n * C + cs, mask=cm, other=0.0)
+            hit = m & (v == zm[:, None])
+            tl.store(mom_ptr + 3 * row + out, tl.sum(tl.where(hit, 1.0, 0.0), 1), mask=cm)
+            tl.store(mom_ptr + 4 * row + out, tl.sum(tl.where(hit, d, 0.0), 1), mask=cm)
+            if CBAM:
+                hitp = m & ((av[:, None] * v) == pmx[None, :])
+                pcacc += tl.sum(tl.where(hitp, 1.0, 0.0), 0)
+    if CBAM:
+        tl.store(db_ptr + n * P + ps, dbacc, mask=pm)
+        if CNT:
+            tl.store(pc_ptr + n * P + ps, pcacc, mask=pm)
+
+
+def bwd_reduce_norm(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor | None,
+    zmax: torch.Tensor | None,
+    pmax: torch.Tensor | None,
+    norm: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Same contract as :func:`visattn.kernels.cpu.bwd_reduce_norm`."""
+    x = _layout(x)
+    dy = _layout(as_dtype(dy, x.dtype))
+    n, c, h, w = x.shape
+    p = h * w
+    bc, bp = _tiles(p)
+    npb = triton.cdiv(p, bp)
+    a, b, zmax, pmax, norm = map(flat_f32, (a, b, zmax, pmax, norm))
+    dev = x.device
+    parts = torch.empty(5 if zmax is not None else 3, n, npb, c, dtype=torch.float32, device=dev)
+    db = torch.empty(n, p, dtype=torch.float32, device=dev) if b is not None else None
+    pc = (
+        torch.empty(n, p, dtype=torch.float32, device=dev)
+        if (b is not None and zmax is not None)
+        else None
+    )
+    _bwd_reduce_norm_kernel[(n, npb)](
+        dy, x, a, b if b is not None else a, zmax if zmax is not None else a,
+        pmax if pmax is not None else a, norm, parts, db if db is not None else a,
+        pc if pc is not None else a, n, c, p, npb, *_strides(dy), *_strides(x),
+        CBAM=b is not None, CNT=zmax is not None, BLOCK_C=bc, BLOCK_P=bp,
+    )  # fmt: skip
+    return parts.sum(2), db, pc
+
+
+@triton.jit
+def _bwd_channel_norm_kernel(x_ptr, a_ptr, gavg_ptr, gmax_ptr, pmax_ptr, nrm_ptr, mom_ptr, N, C,
+                             P, sxn, sxc, sxp, MAXP: tl.constexpr, BLOCK_C: tl.constexpr,
+                             BLOCK_P: tl.constexpr):  # fmt: skip
+    n = tl.program_id(0)
+    cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cm = cs < C
+    base = x_ptr + n.to(tl.int64) * sxn
+    av = tl.load(a_ptr + n * C + cs, mask=cm, other=0.0)
+    al, be = _norm_rows(nrm_ptr, cs, cm, C)
+    mu = tl.load(nrm_ptr + 2 * C + cs, mask=cm, other=0.0)
+    hacc = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
+    for p0 in range(0, P, BLOCK_P):
+        ps = p0 + tl.arange(0, BLOCK_P)
+        pm = ps < P
+        m = cm[:, None] & pm[None, :]
+        raw = tl.load(base + cs[:, None] * sxc + ps[None, :] * sxp, mask=m,
+                      other=0.0).to(tl.float32)  # fmt: skip
+        wgt = tl.load(gavg_ptr + n * P + ps, mask=pm, other=0.0)[None, :]
+        if MAXP:
+            gm = tl.load(gmax_ptr + n * P + ps, mask=pm, other=0.0)
+            pmx = tl.load(pmax_ptr + n * P + ps, mask=pm, other=0.0)
+            v = _bn_x(raw, al[:, None], be[:, None], x_ptr.dtype.element_ty)
+            hv = tl.where(m & ((av[:, None] * v) == pmx[None, :]), gm[None, :], 0.0)
+            hacc += hv
+            wgt = wgt + hv
+        acc += tl.where(m, raw - mu[:, None], 0.0) * wgt
+    tl.store(mom_ptr + n * C + cs, tl.sum(hacc, 1), mask=cm)
+    tl.store(mom_ptr + N * C + n * C + cs, tl.sum(acc, 1), mask=cm)
+
+
+def bwd_channel_norm(
+    x: torch.Tensor,
+    a: torch.Tensor,
+    gavg: torch.Tensor,
+    gmax: torch.Tensor | None,
+    pmax: torch.Tensor | None,
+    norm: torch.Tensor,
+) -> torch.Tensor:
+    """Same contract as :func:`visattn.kernels.cpu.bwd_channel_norm`."""
+    x = _layout(x)
+    n, c, h, w = x.shape
+    a, gavg, gmax, pmax, norm = map(flat_f32, (a, gavg, gmax, pmax, norm))
+    mom = torch.empty(2, n, c, dtype=torch.float32, device=x.device)
+    bc, bp = _tiles(h * w)
+    _bwd_channel_norm_kernel[(n, triton.cdiv(c, bc))](
+        x, a, gavg, gmax if gmax is not None else gavg, pmax if pmax is not None else gavg, norm,
+        mom, n, c, h * w, *_strides(x), MAXP=gmax is not None, BLOCK_C=bc, BLOCK_P=bp,
+    )  # fmt: skip
+    return mom
+
+
+@triton.jit
 def _bwd_apply_kernel(dy_ptr, x_ptr, a_ptr, b_ptr, gavg_ptr, gmax_ptr, pmax_ptr, cavg_ptr,
-                      cmax_ptr, zmax_ptr, dx_ptr, C, P, sdn, sdc, sdp, sxn, sxc, sxp, son, soc,
-                      sop, CBAM: tl.constexpr, MAXP: tl.constexpr, MAXC: tl.constexpr,
-                      BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
+                      cmax_ptr, zmax_ptr, nrm_ptr, dx_ptr, C, P, sdn, sdc, sdp, sxn, sxc, sxp, son,
+                      soc, sop, CBAM: tl.constexpr, MAXP: tl.constexpr, MAXC: tl.constexpr,
+                      AFF: tl.constexpr, BLOCK_C: tl.constexpr,
+                      BLOCK_P: tl.constexpr):  # fmt: skip
     n = tl.program_id(0)
     cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     ps = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -309,7 +495,11 @@ def _bwd_apply_kernel(dy_ptr, x_ptr, a_ptr, b_ptr, gavg_ptr, gmax_ptr, pmax_ptr,
     n64 = n.to(tl.int64)
     v = tl.load(x_ptr + n64 * sxn + cs[:, None] * sxc + ps[None, :] * sxp, mask=m, other=0.0)
     d = tl.load(dy_ptr + n64 * sdn + cs[:, None] * sdc + ps[None, :] * sdp, mask=m, other=0.0)
-    v = v.to(tl.float32)
+    raw = v.to(tl.float32)
+    v = raw
+    if AFF:
+        al, be = _norm_rows(nrm_ptr, cs, cm, C)
+        v = _bn_x(raw, al[:, None], be[:, None], x_ptr.dtype.element_ty)
     g = d.to(tl.float32)
     av = tl.load(a_ptr + n * C + cs, mask=cm, other=0.0)
     if CBAM:
@@ -326,6 +516,11 @@ def _bwd_apply_kernel(dy_ptr, x_ptr, a_ptr, b_ptr, gavg_ptr, gmax_ptr, pmax_ptr,
         cmx = tl.load(cmax_ptr + n * C + cs, mask=cm, other=0.0)
         zm = tl.load(zmax_ptr + n * C + cs, mask=cm, other=0.0)
         r = r + tl.where(v == zm[:, None], cmx[:, None], 0.0)
+    if AFF:  # dL/dc = al r + v (c - mu) + w: the folded BatchNorm's backward
+        mu = tl.load(nrm_ptr + 2 * C + cs, mask=cm, other=0.0)
+        nv = tl.load(nrm_ptr + 3 * C + cs, mask=cm, other=0.0)
+        nw = tl.load(nrm_ptr + 4 * C + cs, mask=cm, other=0.0)
+        r = al[:, None] * r + nv[:, None] * (raw - mu[:, None]) + nw[:, None]
     tl.store(dx_ptr + n64 * son + cs[:, None] * soc + ps[None, :] * sop,
              r.to(dx_ptr.dtype.element_ty), mask=m)  # fmt: skip
 
@@ -341,6 +536,7 @@ def bwd_apply(
     cavg: torch.Tensor,
     cmax: torch.Tensor | None,
     zmax: torch.Tensor | None,
+    norm: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Same contract as :func:`visattn.kernels.cpu.bwd_apply`."""
     x = _layout(x)
@@ -348,16 +544,17 @@ def bwd_apply(
     n, c, h, w = x.shape
     p = h * w
     a, b, gavg, gmax, pmax = map(flat_f32, (a, b, gavg, gmax, pmax))
-    cavg, cmax, zmax = map(flat_f32, (cavg, cmax, zmax))
+    cavg, cmax, zmax, norm = map(flat_f32, (cavg, cmax, zmax, norm))
     dx = _like(x)
     bc, bp = _tiles(p)
     grid = (n, triton.cdiv(c, bc), triton.cdiv(p, bp))
     _bwd_apply_kernel[grid](
         dy, x, a, b if b is not None else a, gavg if gavg is not None else a,
         gmax if gmax is not None else a, pmax if pmax is not None else a, cavg,
-        cmax if cmax is not None else a, zmax if zmax is not None else a, dx, c, p,
-        *_strides(dy), *_strides(x), *_strides(dx), CBAM=b is not None, MAXP=gmax is not None,
-        MAXC=cmax is not None, BLOCK_C=bc, BLOCK_P=bp,
+        cmax if cmax is not None else a, zmax if zmax is not None else a,
+        norm if norm is not None else a, dx, c, p, *_strides(dy), *_strides(x), *_strides(dx),
+        CBAM=b is not None, MAXP=gmax is not None, MAXC=cmax is not None, AFF=norm is not None,
+        BLOCK_C=bc, BLOCK_P=bp,
     )  # fmt: skip
     return dx
 
