@@ -77,10 +77,13 @@ static inline float vmax(float a, float b) { return a > b ? a : b; }
 
 // v rounded to T, as float (the value st() would store).
 static inline float round_as(float v, const float*) { return v; }
-static inline float round_as(float v, const bf16_t*) {
-  bf16_t h;
-  st(&h, 0, v);
-  return ld(&h, 0);
+static inline float round_as(float v, const bf16_t*) {  // st()'s rounding, branch-free
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+  float r;
+  std::memcpy(&r, &u, 4);
+  return v != v ? v : r;  // NaN stays NaN
 }
 
 // The block's input as the kernels see it: x, or with a folded BatchNorm (AFF) x~ = c al_c + be_c
@@ -93,6 +96,12 @@ static inline float bn_x(float c, float al, float be, const T* type) {
 template <bool AFF, typename T>
 static inline float xin(const T* p, int64_t i, float al, float be) {
   return AFF ? bn_x(ld(p, i), al, be, p) : ld(p, i);
+}
+// The same before the rounding, where no equality test follows: sums, the forward product, and
+// maxima rounded afterwards (rounding is monotone: round(max v) = max round(v)).
+template <bool AFF, typename T>
+static inline float xin_unrounded(const T* p, int64_t i, float al, float be) {
+  return AFF ? std::fma(ld(p, i), al, be) : ld(p, i);
 }
 
 // ---------------------------------------------------------------- sum_p x, max_p x
@@ -115,8 +124,8 @@ static void stats_c(const T* x, const Geo& g, int nt, float* sum, float* mx, con
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) {
           const float al = AFF ? nal[c] : 1.f, be = AFF ? nbe[c] : 0.f;
-          float v0 = xin<AFF>(r0, c, al, be), v1 = xin<AFF>(r1, c, al, be);
-          float v2 = xin<AFF>(r2, c, al, be), v3 = xin<AFF>(r3, c, al, be);
+          float v0 = xin_unrounded<AFF>(r0, c, al, be), v1 = xin_unrounded<AFF>(r1, c, al, be);
+          float v2 = xin_unrounded<AFF>(r2, c, al, be), v3 = xin_unrounded<AFF>(r3, c, al, be);
           s[c] += (v0 + v1) + (v2 + v3);
           m[c] = vmax(m[c], vmax(vmax(v0, v1), vmax(v2, v3)));
         }
@@ -125,7 +134,7 @@ static void stats_c(const T* x, const Geo& g, int nt, float* sum, float* mx, con
         const T* row = x + (n * P + p) * C;
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) {
-          float v = xin<AFF>(row, c, AFF ? nal[c] : 1.f, AFF ? nbe[c] : 0.f);
+          float v = xin_unrounded<AFF>(row, c, AFF ? nal[c] : 1.f, AFF ? nbe[c] : 0.f);
           s[c] += v;
           m[c] = vmax(m[c], v);
         }
@@ -137,7 +146,7 @@ static void stats_c(const T* x, const Geo& g, int nt, float* sum, float* mx, con
         float acc = 0.f, mm = NEG_INF;
 #pragma omp simd reduction(+ : acc) reduction(max : mm)
         for (int64_t p = p0; p < p1; ++p) {
-          float v = xin<AFF>(row, p, al, be);
+          float v = xin_unrounded<AFF>(row, p, al, be);
           acc += v;
           mm = vmax(mm, v);
         }
@@ -154,7 +163,7 @@ static void stats_c(const T* x, const Geo& g, int nt, float* sum, float* mx, con
         mm = vmax(mm, pm[(n * g.nb + b) * C + c]);
       }
       sum[n * C + c] = acc;
-      mx[n * C + c] = mm;
+      mx[n * C + c] = AFF ? round_as(mm, x) : mm;
     }
 }
 
@@ -176,7 +185,7 @@ static void apply_k(const T* x, T* y, const float* a, const float* b, const Geo&
         const float* bn = HAS_B ? b + n * P : nullptr;
 #pragma omp simd
         for (int64_t p = 0; p < P; ++p) {
-          float v = xin<AFF>(x + o, p, al, be) * ac;
+          float v = xin_unrounded<AFF>(x + o, p, al, be) * ac;
           st(y + o, p, HAS_B ? v * bn[p] : v);
         }
       }
@@ -194,7 +203,7 @@ static void apply_k(const T* x, T* y, const float* a, const float* b, const Geo&
       const float bp = HAS_B ? bn[p] : 1.f;
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c) {
-        float v = xin<AFF>(x + o, c, AFF ? nal[c] : 1.f, AFF ? nbe[c] : 0.f) * an[c];
+        float v = xin_unrounded<AFF>(x + o, c, AFF ? nal[c] : 1.f, AFF ? nbe[c] : 0.f) * an[c];
         st(y + o, c, HAS_B ? v * bp : v);
       }
     }
@@ -595,7 +604,55 @@ static void bwd_reduce_norm(const T* dy, const T* x, const float* a, const float
         s0[c] = 0.f; s1[c] = 0.f; s2[c] = 0.f;
         if (CNT) { s3[c] = 0.f; s4[c] = 0.f; }
       }
-      for (int64_t p = p0; p < p1; ++p) {
+      int64_t p = p0;
+      for (; p + 4 <= p1; p += 4) {  // 4 rows per update of the per-channel accumulators
+        const int64_t o0 = (n * P + p) * C, o1 = o0 + C, o2 = o1 + C, o3 = o2 + C;
+        const float* bq = CBAM ? b + n * P + p : nullptr;
+        const float* mq = (CBAM && CNT) ? pmax + n * P + p : nullptr;
+        const float b0 = CBAM ? bq[0] : 1.f, b1 = CBAM ? bq[1] : 1.f;
+        const float b2 = CBAM ? bq[2] : 1.f, b3 = CBAM ? bq[3] : 1.f;
+        const float m0 = mq ? mq[0] : 0.f, m1 = mq ? mq[1] : 0.f;
+        const float m2 = mq ? mq[2] : 0.f, m3 = mq ? mq[3] : 0.f;
+        float q0 = 0.f, q1 = 0.f, q2 = 0.f, q3 = 0.f, k0 = 0.f, k1 = 0.f, k2 = 0.f, k3 = 0.f;
+#pragma omp simd reduction(+ : q0, q1, q2, q3, k0, k1, k2, k3)
+        for (int64_t c = 0; c < C; ++c) {
+          const float al = nal[c], be = nbe[c], mu = nmu[c];
+          const float r0 = ld(x + o0, c), r1 = ld(x + o1, c), r2 = ld(x + o2, c), r3 = ld(x + o3, c);
+          const float e0 = ld(dy + o0, c), e1 = ld(dy + o1, c);
+          const float e2 = ld(dy + o2, c), e3 = ld(dy + o3, c);
+          const float v0 = bn_x(r0, al, be, x), v1 = bn_x(r1, al, be, x);
+          const float v2 = bn_x(r2, al, be, x), v3 = bn_x(r3, al, be, x);
+          const float d0 = r0 - mu, d1 = r1 - mu, d2 = r2 - mu, d3 = r3 - mu;
+          const float f0 = e0 * b0, f1 = e1 * b1, f2 = e2 * b2, f3 = e3 * b3;
+          s0[c] += (f0 + f1) + (f2 + f3);
+          s1[c] += (f0 * d0 + f1 * d1) + (f2 * d2 + f3 * d3);
+          s2[c] += (d0 + d1) + (d2 + d3);
+          if (CBAM) {
+            const float ac = an[c];
+            q0 += (e0 * v0) * ac; q1 += (e1 * v1) * ac; q2 += (e2 * v2) * ac; q3 += (e3 * v3) * ac;
+          }
+          if (CNT) {
+            const float zc = zn[c];
+            const bool h0 = v0 == zc, h1 = v1 == zc, h2 = v2 == zc, h3 = v3 == zc;
+            s3[c] += ((h0 ? 1.f : 0.f) + (h1 ? 1.f : 0.f)) + ((h2 ? 1.f : 0.f) + (h3 ? 1.f : 0.f));
+            s4[c] += ((h0 ? d0 : 0.f) + (h1 ? d1 : 0.f)) + ((h2 ? d2 : 0.f) + (h3 ? d3 : 0.f));
+          }
+          if (CBAM && CNT) {
+            const float ac = an[c];
+            k0 += (ac * v0 == m0) ? 1.f : 0.f; k1 += (ac * v1 == m1) ? 1.f : 0.f;
+            k2 += (ac * v2 == m2) ? 1.f : 0.f; k3 += (ac * v3 == m3) ? 1.f : 0.f;
+          }
+        }
+        if (CBAM) {
+          float* dq = db + n * P + p;
+          dq[0] = q0; dq[1] = q1; dq[2] = q2; dq[3] = q3;
+        }
+        if (CBAM && CNT) {
+          float* kq = pcnt + n * P + p;
+          kq[0] = k0; kq[1] = k1; kq[2] = k2; kq[3] = k3;
+        }
+      }
+      for (; p < p1; ++p) {
         const int64_t o = (n * P + p) * C;
         const float bp = CBAM ? b[n * P + p] : 1.f;
         const float pm = (CBAM && CNT) ? pmax[n * P + p] : 0.f;
@@ -678,7 +735,35 @@ static void bwd_channel_norm(const T* x, const float* a, const float* gavg, cons
     float* s1 = s0 + nblk * C;
     if (CL) {
       for (int64_t c = 0; c < C; ++c) { s0[c] = 0.f; s1[c] = 0.f; }
-      for (int64_t p = p0; p < p1; ++p) {
+      int64_t p = p0;
+      for (; p + 4 <= p1; p += 4) {  // 4 rows per update of the per-channel accumulators
+        const int64_t o0 = (n * P + p) * C, o1 = o0 + C, o2 = o1 + C, o3 = o2 + C;
+        const float* gq = gavg + n * P + p;
+        const float* hq = MAXP ? gmax + n * P + p : nullptr;
+        const float* mq = MAXP ? pmax + n * P + p : nullptr;
+        const float w0 = gq[0], w1 = gq[1], w2 = gq[2], w3 = gq[3];
+        const float g0 = MAXP ? hq[0] : 0.f, g1 = MAXP ? hq[1] : 0.f;
+        const float g2 = MAXP ? hq[2] : 0.f, g3 = MAXP ? hq[3] : 0.f;
+        const float m0 = MAXP ? mq[0] : 0.f, m1 = MAXP ? mq[1] : 0.f;
+        const float m2 = MAXP ? mq[2] : 0.f, m3 = MAXP ? mq[3] : 0.f;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          const float mu = nmu[c];
+          const float r0 = ld(x + o0, c), r1 = ld(x + o1, c), r2 = ld(x + o2, c), r3 = ld(x + o3, c);
+          float h0 = 0.f, h1 = 0.f, h2 = 0.f, h3 = 0.f;
+          if (MAXP) {
+            const float ac = an[c], al = nal[c], be = nbe[c];
+            h0 = (ac * bn_x(r0, al, be, x) == m0) ? g0 : 0.f;
+            h1 = (ac * bn_x(r1, al, be, x) == m1) ? g1 : 0.f;
+            h2 = (ac * bn_x(r2, al, be, x) == m2) ? g2 : 0.f;
+            h3 = (ac * bn_x(r3, al, be, x) == m3) ? g3 : 0.f;
+          }
+          s0[c] += (h0 + h1) + (h2 + h3);
+          s1[c] += ((r0 - mu) * (w0 + h0) + (r1 - mu) * (w1 + h1)) +
+                   ((r2 - mu) * (w2 + h2) + (r3 - mu) * (w3 + h3));
+        }
+      }
+      for (; p < p1; ++p) {
         const int64_t o = (n * P + p) * C;
         const float ga = gavg[n * P + p];
         const float gm = MAXP ? gmax[n * P + p] : 0.f;
