@@ -88,11 +88,29 @@ def _pair(kind: str, device: str, **bn_kw) -> tuple[nn.Module, nn.Module]:
     return norm.to(device), _attention(kind, SHAPE[1]).to(device)
 
 
+def _bn_as_folded(norm: nn.BatchNorm2d, c: torch.Tensor) -> torch.Tensor:
+    """norm(c), with BatchNorm's own gradient, but the value the folded kernels compute:
+    fma(c, al, be) (exact in float64, then rounded once) in c's dtype, al and be from the same
+    statistics. In bfloat16 PyTorch's BatchNorm rounds a few values the other way, which can
+    switch a maximum or a ReLU of the MLP downstream and move whole gradients."""
+    from visattn.functional.fused import _fold, float_batch_stats
+
+    out = norm(c)
+    with torch.no_grad():
+        if norm.training or norm.running_mean is None:
+            mean, var = float_batch_stats(c)
+        else:
+            mean, var = norm.running_mean, norm.running_var
+        al, be = _fold(norm.weight, norm.bias, mean, var, norm.eps)[:2, :, None, None].double()
+        want = (c.double() * al + be).float().to(c.dtype)
+    return (out.float() + (want.float() - out.float()).detach()).to(c.dtype)
+
+
 def _check_same(fused_mods, plain_mods, c, dtype, channels_last, training):
     """Run both and compare everything: in float32 the plain modules on the reference backend;
-    in bfloat16 the plain modules on the fast backend (the path the fused node replaces), since
-    a float32 reference would see a differently rounded bn(c) (a ReLU of the MLP or a maximum
-    can then switch, which moves gradients)."""
+    in bfloat16 the plain modules on the fast backend (the path the fused node replaces) fed
+    with the folded kernels' rounding of bn(c) (:func:`_bn_as_folded`): with a differently
+    rounded bn(c) a ReLU of the MLP or a maximum can switch, which moves gradients."""
     for m in (*fused_mods, *plain_mods):
         m.train(training)
     c = _layout(c, channels_last).to(dtype)
@@ -102,7 +120,8 @@ def _check_same(fused_mods, plain_mods, c, dtype, channels_last, training):
     with use_backend(FAST), autocast:
         y1 = batchnorm_attention(*fused_mods, c1)
     with use_backend(FAST if dtype == torch.bfloat16 else "reference"), autocast:
-        y2 = plain_mods[1](plain_mods[0](c2))
+        bn_out = _bn_as_folded(plain_mods[0], c2) if dtype == torch.bfloat16 else plain_mods[0](c2)
+        y2 = plain_mods[1](bn_out)
     assert type(y1.grad_fn).__name__ == FUSED_NODE
     assert type(y2.grad_fn).__name__ != FUSED_NODE
     assert y1.dtype == y2.dtype == dtype
@@ -138,17 +157,23 @@ def test_fused_batchnorm_then_attention_matches_the_two_modules(device, kind, dt
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
-    "bn_kw",
-    [{"momentum": None}, {"affine": False}, {"track_running_stats": False}],
-    ids=["cumulative", "no_affine", "no_running_stats"],
+    "bn_kw, dtype",
+    [
+        ({"momentum": None}, torch.float32),
+        ({"affine": False}, torch.float32),
+        ({"track_running_stats": False}, torch.float32),
+        # float32 statistics of a bfloat16 input also without running statistics to update
+        ({"track_running_stats": False}, torch.bfloat16),
+    ],
+    ids=["cumulative", "no_affine", "no_running_stats", "no_running_stats_bf16"],
 )
-def test_fused_batchnorm_options(device, bn_kw):
+def test_fused_batchnorm_options(device, bn_kw, dtype):
     _fast_impl_expected(device)
     fused = _pair("cbam", device, **bn_kw)
     plain = tuple(copy.deepcopy(m) for m in fused)
     for training in (True, True, False):
         c = torch.randn(1, *SHAPE[1:], device=device)  # N = 1
-        _check_same(fused, plain, c, torch.float32, False, training)
+        _check_same(fused, plain, c, dtype, False, training)
 
 
 @pytest.mark.parametrize("kind", ["se", "se_max", "cbam", "cbam_max"])
@@ -169,6 +194,20 @@ def test_fused_batchnorm_with_zero_and_negative_gamma(kind):
         _check_same(fused, plain, c, torch.float32, True, training)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_batch_statistics_are_float32(dtype):
+    """The folded BatchNorm normalises with float32 statistics, as nn.BatchNorm2d does, also for
+    a bfloat16 input without running statistics (where torch.batch_norm_update_stats alone
+    returns them rounded to bfloat16)."""
+    from visattn.functional.fused import float_batch_stats
+
+    c = (torch.randn(SHAPE) * 3 + 1).to(dtype)
+    mean, var = float_batch_stats(c)
+    assert mean.dtype == var.dtype == torch.float32
+    torch.testing.assert_close(mean, c.float().mean((0, 2, 3)), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(var, c.float().var((0, 2, 3), unbiased=False), rtol=1e-5, atol=1e-6)
+
+
 def test_operators_refuse_autograd_through_a_folded_norm():
     """Called directly with ``in_norm``, the operators' own backward would not know the
     BatchNorm's statistics mode: it must refuse rather than return a wrong gradient."""
@@ -177,7 +216,9 @@ def test_operators_refuse_autograd_through_a_folded_norm():
         impl = select_impl(torch.empty(1))
     c = torch.randn(2, 6, 3, 4, requires_grad=True)
     w1, w2 = torch.randn(2, 6), torch.randn(6, 2)
-    in_norm = torch.stack([torch.ones(6), torch.zeros(6), torch.zeros(6), torch.ones(6)])
+    in_norm = torch.stack(
+        [torch.ones(6), torch.zeros(6), torch.zeros(6), torch.ones(6), torch.zeros(6)]
+    )
     y = torch.ops.visattn.squeeze_excite(c, w1, None, w2, None, in_norm, "avg", "sigmoid", impl)[0]
     with pytest.raises(NotImplementedError, match="in_norm"):
         y.sum().backward()

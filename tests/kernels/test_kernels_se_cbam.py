@@ -227,9 +227,9 @@ def test_opcheck(device, folded):
     conv_w = torch.randn(1, 2, 3, 3, device=device, requires_grad=not folded)
     conv_b = torch.randn(1, device=device, requires_grad=not folded)
     in_norm = None
-    if folded:  # rows al, be, mu, 1/sigma
-        r = torch.rand(4, 10, device=device)
-        in_norm = torch.stack([r[0] + 0.5, r[1] - 0.5, r[2] - 0.5, r[3] + 0.5])
+    if folded:  # rows al, be, mu, 1/sigma, beta
+        r = torch.rand(5, 10, device=device)
+        in_norm = torch.stack([r[0] + 0.5, r[1] - 0.5, r[2] - 0.5, r[3] + 0.5, r[4] - 0.5])
     torch.library.opcheck(
         torch.ops.visattn.squeeze_excite.default,
         (x, w1, b1, w2, b2, in_norm, "max", "sigmoid", impl),

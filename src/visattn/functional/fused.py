@@ -28,6 +28,7 @@ from torch import nn
 
 from .._checks import check_choice, check_tensor
 from ..kernels import ops as _ops  # noqa: F401  (registers torch.ops.visattn.* and their FLOP counts)
+from ..kernels._backend import as_dtype
 from .attention import GATES, POOLS, channel_pool, channel_scale, gate, global_pool
 
 __all__ = ["cbam", "cbam_reference", "squeeze_excite", "squeeze_excite_reference"]
@@ -253,21 +254,33 @@ def _norm_inputs(norm: nn.BatchNorm2d, c: torch.Tensor) -> tuple:
             momentum = norm.momentum
             factor = 1.0 / float(norm.num_batches_tracked) if momentum is None else momentum
         running = (norm.running_mean, norm.running_var) if update else (None, None)
-        mean, var = torch.batch_norm_update_stats(c, *running, factor)
+        mean, var = float_batch_stats(c, *running, factor)
     return norm.weight, norm.bias, mean, var, norm.eps, True
 
 
+def float_batch_stats(c: torch.Tensor, running_mean=None, running_var=None, factor: float = 0.0):
+    """float32 (mean, biased variance) of c (N, C, H, W) per channel, as BatchNorm normalises
+    with them, updating the running statistics if given (``torch.batch_norm_update_stats``).
+
+    Without float32 running statistics that function returns a bfloat16 input's statistics in
+    bfloat16; here they are float32 whatever c's dtype (unused buffers, factor 0, then)."""
+    if running_mean is None and c.dtype != torch.float32:
+        running_mean = torch.zeros(c.shape[1], dtype=torch.float32, device=c.device)
+        running_var = torch.ones_like(running_mean)
+        factor = 0.0
+    return torch.batch_norm_update_stats(c, running_mean, running_var, factor)
+
+
 def _fold(weight, bias, mean, var, eps: float) -> torch.Tensor:
-    """The kernels' rows [al; be; mu; 1/sigma] (4, C) float32 of BN(c) = al c + be:
-    1/sigma = rsqrt(var + eps), al = gamma / sigma, be = beta - mu al (gamma 1, beta 0 without
-    the BatchNorm's affine parameters)."""
-    mean = mean.detach().float()
-    inv = torch.rsqrt(var.detach().float() + eps)
-    al = inv * weight.detach().float() if weight is not None else inv
-    be = -mean * al
-    if bias is not None:
-        be = be + bias.detach().float()
-    return torch.stack([al, be, mean, inv])
+    """The kernels' rows [al; be; mu; 1/sigma; beta] (5, C) float32 of
+    BN(c) = al c + be = al (c - mu) + beta: 1/sigma = rsqrt(var + eps), al = gamma / sigma,
+    be = beta - mu al (gamma 1, beta 0 without the BatchNorm's affine parameters). Runs inside
+    the autograd function's forward, where nothing is recorded."""
+    mean = as_dtype(mean, torch.float32)
+    inv = torch.rsqrt(as_dtype(var, torch.float32) + eps)
+    al = inv * as_dtype(weight, torch.float32) if weight is not None else inv
+    beta = as_dtype(bias, torch.float32) if bias is not None else torch.zeros_like(inv)
+    return torch.stack([al, torch.addcmul(beta, mean, al, value=-1.0), mean, inv, beta])
 
 
 class _SE:
@@ -307,7 +320,7 @@ class _CBAM:
 
 class _BatchNormThen(torch.autograd.Function):
     """y = block(BN(c)) as one node, the BatchNorm folded into the block's operators: it saves
-    c and the (4, C) rows of :func:`_fold`, never BN(c). Backward: the block's backward operator
+    c and the (5, C) rows of :func:`_fold`, never BN(c). Backward: the block's backward operator
     gives dL/dc (through the batch statistics in training mode, as BatchNorm's own backward),
     dL/dgamma, dL/dbeta and the block's parameters' gradients in one go. Outputs: y, then the
     block's extra outputs (non-differentiable).

@@ -97,8 +97,8 @@ template <bool AFF, typename T>
 static inline float xin(const T* p, int64_t i, float al, float be) {
   return AFF ? bn_x(ld(p, i), al, be, p) : ld(p, i);
 }
-// The same before the rounding, where no equality test follows: sums, the forward product, and
-// maxima rounded afterwards (rounding is monotone: round(max v) = max round(v)).
+// The same before the rounding, for the forward product y = x~ a b, which is rounded on store
+// (everything that feeds a decision -- pools, maxima, equality tests -- sees the rounded x~).
 template <bool AFF, typename T>
 static inline float xin_unrounded(const T* p, int64_t i, float al, float be) {
   return AFF ? std::fma(ld(p, i), al, be) : ld(p, i);
@@ -124,8 +124,8 @@ static void stats_c(const T* x, const Geo& g, int nt, float* sum, float* mx, con
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) {
           const float al = AFF ? nal[c] : 1.f, be = AFF ? nbe[c] : 0.f;
-          float v0 = xin_unrounded<AFF>(r0, c, al, be), v1 = xin_unrounded<AFF>(r1, c, al, be);
-          float v2 = xin_unrounded<AFF>(r2, c, al, be), v3 = xin_unrounded<AFF>(r3, c, al, be);
+          float v0 = xin<AFF>(r0, c, al, be), v1 = xin<AFF>(r1, c, al, be);
+          float v2 = xin<AFF>(r2, c, al, be), v3 = xin<AFF>(r3, c, al, be);
           s[c] += (v0 + v1) + (v2 + v3);
           m[c] = vmax(m[c], vmax(vmax(v0, v1), vmax(v2, v3)));
         }
@@ -134,7 +134,7 @@ static void stats_c(const T* x, const Geo& g, int nt, float* sum, float* mx, con
         const T* row = x + (n * P + p) * C;
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) {
-          float v = xin_unrounded<AFF>(row, c, AFF ? nal[c] : 1.f, AFF ? nbe[c] : 0.f);
+          float v = xin<AFF>(row, c, AFF ? nal[c] : 1.f, AFF ? nbe[c] : 0.f);
           s[c] += v;
           m[c] = vmax(m[c], v);
         }
@@ -146,7 +146,7 @@ static void stats_c(const T* x, const Geo& g, int nt, float* sum, float* mx, con
         float acc = 0.f, mm = NEG_INF;
 #pragma omp simd reduction(+ : acc) reduction(max : mm)
         for (int64_t p = p0; p < p1; ++p) {
-          float v = xin_unrounded<AFF>(row, p, al, be);
+          float v = xin<AFF>(row, p, al, be);
           acc += v;
           mm = vmax(mm, v);
         }
@@ -163,7 +163,7 @@ static void stats_c(const T* x, const Geo& g, int nt, float* sum, float* mx, con
         mm = vmax(mm, pm[(n * g.nb + b) * C + c]);
       }
       sum[n * C + c] = acc;
-      mx[n * C + c] = AFF ? round_as(mm, x) : mm;
+      mx[n * C + c] = mm;
     }
 }
 

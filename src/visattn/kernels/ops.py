@@ -25,8 +25,9 @@ backward.
 
 With ``in_norm`` the block's input is x = BN(c) of the BatchNorm before it (a residual branch's
 last one), folded into every kernel: the operators take c and per-channel rows
-``in_norm = [al; be; mu; 1/sigma]`` (4, C), al = gamma / sigma, be = beta - mu al, and each kernel
-computes x = fma(c, al, be) as it loads c, so x never exists in memory. The backward operators
+``in_norm = [al; be; mu; 1/sigma; beta]`` (5, C), al = gamma / sigma, be = beta - mu al, and each kernel
+computes x = fma(c, al, be) as it loads c, so x never exists in memory (the last row is beta,
+0 without the BatchNorm's bias: x = al (c - mu) + beta). The backward operators
 return dL/dc directly: with d = c - mu and g = dL/dx, the kernels' reductions give
 G = sum g and GD = sum g d per channel (over N, H, W; from per-(n, c) sums on d), and the
 last pass writes
@@ -114,22 +115,22 @@ def _empty_grad(ref: Tensor | None, like: Tensor) -> Tensor:
 
 
 def _shifted(q1: Tensor, q0: Tensor, in_norm: Tensor) -> Tensor:
-    """sum_p t x from the kernels' sums on d = c - mu: x = al d + (be + al mu), so
-    sum_p t x = al sum_p t d + (be + al mu) sum_p t, per (n, c)."""
-    al, be, mu = in_norm[0], in_norm[1], in_norm[2]
-    return al * q1 + (be + al * mu) * q0
+    """sum_p t x from the kernels' sums on d = c - mu: x = al d + beta, so
+    sum_p t x = al sum_p t d + beta sum_p t, per (n, c)."""
+    return torch.addcmul(in_norm[4] * q0, in_norm[0], q1)
 
 
 def _fold_norm(in_norm: Tensor, batch: bool, g: Tensor, gd: Tensor, count: int) -> tuple:
     """The folded BatchNorm's backward from G = sum g, GD = sum g d (C,) over its ``count``
     values per channel: (rows [al; be; mu; v; w] for ``bwd_apply``, [dL/dgamma; dL/dbeta])."""
-    al, be, mu, inv = in_norm
+    al, _, _, inv, _ = in_norm.unbind(0)
     gx = inv * gd  # sum g x_hat
     if batch:
-        v, w = -al * inv * gx / count, -al * g / count
+        scale = al * (-1.0 / count)
+        vw = torch.stack([scale * inv * gx, scale * g])
     else:
-        v = w = torch.zeros_like(g)
-    return torch.stack([al, be, mu, v, w]), torch.stack([gx, g])
+        vw = in_norm.new_zeros(2, g.shape[0])
+    return torch.cat([in_norm[:3], vw]), torch.stack([gx, g])
 
 
 def _no_norm_autograd(ctx) -> None:
@@ -214,10 +215,10 @@ def squeeze_excite_backward(
     dw1, db1, dw2, db2 = k.excite_wgrad(dl, dh, z.unsqueeze(0), h)
     rows, dnorm = None, x.new_empty(0)
     if in_norm is not None:  # g = s dy + cavg + [x == zmax] cmax, summed over p with / without d
-        g = s * mom[0] + positions * cavg
-        gd = s * mom[1] + cavg * mom[2]
+        g = torch.addcmul(positions * cavg, s, mom[0])
+        gd = torch.addcmul(cavg * mom[2], s, mom[1])
         if is_max:
-            g, gd = g + count * cmax, gd + cmax * mom[4]
+            g, gd = torch.addcmul(g, count, cmax), torch.addcmul(gd, cmax, mom[4])
         rows, dnorm = _fold_norm(in_norm, in_norm_batch, g.sum(0), gd.sum(0), n * positions)
     if need_dx:
         dx = k.bwd_apply(dy, x, s, None, None, None, None, cavg, cmax, zmax, rows)
@@ -422,7 +423,7 @@ def cbam_backward(
         q, db, zcount, pcount = k.bwd_reduce(dy, x, a, b, zmax, pmax)
     else:  # rows: sum dy b, sum dy b d, sum d[, tie count, sum over ties of d]
         mom, db, pcount = k.bwd_reduce_norm(dy, x, a, b, zmax, pmax, in_norm)
-        q, zcount = _shifted(mom[1], mom[0], in_norm), mom[3] if use_max else None
+        zcount = mom[3] if use_max else None
     dlg = (db * b * (1 - b)).reshape(n, 1, hh, ww)
     dbn_w, dbn_b = x.new_empty(0), x.new_empty(0)
     if bn_mode:
@@ -442,10 +443,11 @@ def cbam_backward(
     gmax = dpooled[:, -1].reshape(n, p) / pcount if use_max else None
     if in_norm is None:
         da = q + k.bwd_channel(x, a, gavg, gmax, pmax)
-    else:  # rows: sum over max ties of gmax, sum d w (w = gavg + that)
+    else:  # rows: sum over max ties of gmax, sum d w (w = gavg + that); t = dy b + w below
         cm = k.bwd_channel_norm(x, a, gavg, gmax, pmax, in_norm)
-        wsum = gavg.sum(1, keepdim=True) + cm[0]
-        da = q + _shifted(cm[1], wsum, in_norm)
+        t0 = mom[0] + gavg.sum(1, keepdim=True) + cm[0]  # sum_p t
+        t1 = mom[1] + cm[1]  # sum_p t d
+        da = _shifted(t1, t0, in_norm)
     w1m, w2m = _mat(w1), _mat(w2)
     # the sigmoid gate's derivative needs a = M_c only, not the logits
     dl, dh, cavg, cmax = k.excite_backward(da, None, a, h, w1m, w2m, zcount, p, use_avg, use_max,
@@ -453,10 +455,10 @@ def cbam_backward(
     dw1, db1, dw2, db2 = k.excite_wgrad(dl, dh, z, h)
     rows, dnorm = None, x.new_empty(0)
     if in_norm is not None:  # g = a (dy b + w) + cavg + [x == zmax] cmax, summed over p
-        g = a * (mom[0] + wsum) + p * cavg
-        gd = a * (mom[1] + cm[1]) + cavg * mom[2]
+        g = torch.addcmul(p * cavg, a, t0)
+        gd = torch.addcmul(cavg * mom[2], a, t1)
         if use_max:
-            g, gd = g + zcount * cmax, gd + cmax * mom[4]
+            g, gd = torch.addcmul(g, zcount, cmax), torch.addcmul(gd, cmax, mom[4])
         rows, dnorm = _fold_norm(in_norm, in_norm_batch, g.sum(0), gd.sum(0), n * p)
     if need_dx:
         dx = k.bwd_apply(dy, x, a, b, gavg, gmax, pmax, cavg, cmax, zmax, rows)
