@@ -71,11 +71,13 @@ def compare(label, fast_fn, ref_fn, x, params, dtype):
 def check_norm_fusion(dev: str) -> None:
     """BatchNorm then SE / CBAM as one node (visattn.layers.batchnorm_attention) on the Triton
     kernels vs the two modules: float32 against the reference formulas, bfloat16 (autocast)
-    against the unfused Triton path; training mode, output, grad c, every parameter, running
+    against the unfused Triton path fed with the folded kernels' rounding of BN(c) (see
+    ``_batchnorm_as_folded``); training mode, output, grad c, every parameter, running
     statistics."""
     import copy
 
     import visattn
+    from visattn.functional.fused import _batchnorm_as_folded
     from visattn.layers import batchnorm_attention
 
     for n, c, s in [(8, 256, 56), (2, 2048, 7)]:
@@ -99,7 +101,12 @@ def check_norm_fusion(dev: str) -> None:
                                                   else "reference", False)):  # fmt: skip
                         xi = x.detach().clone().requires_grad_(True)
                         with use_backend(backend), autocast:
-                            y = batchnorm_attention(*mods, xi) if fused else mods[1](mods[0](xi))
+                            if fused:
+                                y = batchnorm_attention(*mods, xi)
+                            elif dtype == torch.bfloat16:
+                                y = mods[1](_batchnorm_as_folded(mods[0], xi))
+                            else:
+                                y = mods[1](mods[0](xi))
                         y.backward(grad)
                         params = [p.grad for m in mods for p in m.parameters()]
                         buffers = [b.float() for m in mods for b in m.buffers()]

@@ -25,6 +25,7 @@ from test_kernels_se_cbam import (
 from torch import nn
 
 import visattn
+from visattn.functional.fused import _batchnorm_as_folded, float_batch_stats
 from visattn.kernels import use_backend
 from visattn.kernels._backend import select_impl
 from visattn.layers import batchnorm_attention
@@ -88,28 +89,10 @@ def _pair(kind: str, device: str, **bn_kw) -> tuple[nn.Module, nn.Module]:
     return norm.to(device), _attention(kind, SHAPE[1]).to(device)
 
 
-def _bn_as_folded(norm: nn.BatchNorm2d, c: torch.Tensor) -> torch.Tensor:
-    """norm(c), with BatchNorm's own gradient, but the value the folded kernels compute:
-    fma(c, al, be) (exact in float64, then rounded once) in c's dtype, al and be from the same
-    statistics. In bfloat16 PyTorch's BatchNorm rounds a few values the other way, which can
-    switch a maximum or a ReLU of the MLP downstream and move whole gradients."""
-    from visattn.functional.fused import _fold, float_batch_stats
-
-    out = norm(c)
-    with torch.no_grad():
-        if norm.training or norm.running_mean is None:
-            mean, var = float_batch_stats(c)
-        else:
-            mean, var = norm.running_mean, norm.running_var
-        al, be = _fold(norm.weight, norm.bias, mean, var, norm.eps)[:2, :, None, None].double()
-        want = (c.double() * al + be).float().to(c.dtype)
-    return (out.float() + (want.float() - out.float()).detach()).to(c.dtype)
-
-
 def _check_same(fused_mods, plain_mods, c, dtype, channels_last, training):
     """Run both and compare everything: in float32 the plain modules on the reference backend;
     in bfloat16 the plain modules on the fast backend (the path the fused node replaces) fed
-    with the folded kernels' rounding of bn(c) (:func:`_bn_as_folded`): with a differently
+    with the folded kernels' rounding of bn(c) (``_batchnorm_as_folded``): with a differently
     rounded bn(c) a ReLU of the MLP or a maximum can switch, which moves gradients."""
     for m in (*fused_mods, *plain_mods):
         m.train(training)
@@ -120,7 +103,11 @@ def _check_same(fused_mods, plain_mods, c, dtype, channels_last, training):
     with use_backend(FAST), autocast:
         y1 = batchnorm_attention(*fused_mods, c1)
     with use_backend(FAST if dtype == torch.bfloat16 else "reference"), autocast:
-        bn_out = _bn_as_folded(plain_mods[0], c2) if dtype == torch.bfloat16 else plain_mods[0](c2)
+        bn_out = (
+            _batchnorm_as_folded(plain_mods[0], c2)
+            if dtype == torch.bfloat16
+            else plain_mods[0](c2)
+        )
         y2 = plain_mods[1](bn_out)
     assert type(y1.grad_fn).__name__ == FUSED_NODE
     assert type(y2.grad_fn).__name__ != FUSED_NODE
@@ -199,8 +186,6 @@ def test_batch_statistics_are_float32(dtype):
     """The folded BatchNorm normalises with float32 statistics, as nn.BatchNorm2d does, also for
     a bfloat16 input without running statistics (where torch.batch_norm_update_stats alone
     returns them rounded to bfloat16)."""
-    from visattn.functional.fused import float_batch_stats
-
     c = (torch.randn(SHAPE) * 3 + 1).to(dtype)
     mean, var = float_batch_stats(c)
     assert mean.dtype == var.dtype == torch.float32

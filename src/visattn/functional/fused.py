@@ -283,6 +283,23 @@ def _fold(weight, bias, mean, var, eps: float) -> torch.Tensor:
     return torch.stack([al, torch.addcmul(beta, mean, al, value=-1.0), mean, inv, beta])
 
 
+def _batchnorm_as_folded(norm: nn.BatchNorm2d, c: torch.Tensor) -> torch.Tensor:
+    """norm(c) with BatchNorm's own gradient, valued as the folded kernels compute BN(c):
+    fma(c, al, be) with the rows of :func:`_fold` (exact in float64, then rounded once), in c's
+    dtype. For tests and ``benchmarks/gpu_correctness.py``: in bfloat16, BatchNorm's own output
+    rounds some values the other way, which can switch a maximum or a ReLU of the MLP downstream
+    and move whole gradients, so the unfused path is compared on this value."""
+    out = norm(c)
+    with torch.no_grad():
+        if norm.training or norm.running_mean is None:
+            mean, var = float_batch_stats(c)
+        else:
+            mean, var = norm.running_mean, norm.running_var
+        al, be = _fold(norm.weight, norm.bias, mean, var, norm.eps)[:2, :, None, None].double()
+        want = (c.double() * al + be).float().to(c.dtype)
+    return (out.float() + (want.float() - out.float()).detach()).to(c.dtype)
+
+
 class _SE:
     """SE through the visattn::squeeze_excite operators; options (squeeze, gate, impl)."""
 
