@@ -90,9 +90,11 @@ def squeeze_excite(
             forward, BN(x) computed as the kernels load x, never stored. Any other module is
             simply called.
 
-    The fast path (float32 / bfloat16 on CPU and CUDA) reads x three times forward and four
-    times backward and saves only x; the MLP runs in float32. Max-squeeze ties share the
-    gradient equally (``torch.amax``'s rule).
+    The fast path (float32 / bfloat16 on CPU and CUDA) makes 3 passes over the full-size
+    tensor forward (read x twice, write y) and 5 backward (read x and dy twice, write dx) and
+    saves only x; with a folded ``input_norm`` one more read for the batch statistics, and
+    BatchNorm's backward comes with the last pass. The MLP runs in float32. Max-squeeze ties
+    share the gradient equally (``torch.amax``'s rule).
     """
     _check_block_input(x, fc1_weight, "fc1_weight")
     check_choice(squeeze, "squeeze", POOLS)
@@ -162,9 +164,9 @@ def cbam(
             in training mode, running statistics in evaluation mode.
         input_norm: a module applied to x first, fused like :func:`squeeze_excite`'s.
 
-    The fast path reads x four times forward and six times backward (plus dy / dx), keeps only
-    x for backward and handles max ties like ``torch.amax`` (equal shares). Other pool orders
-    use the reference formula.
+    The fast path makes 4 passes over the full-size tensor forward and 6 backward (5 and 6
+    with a folded ``input_norm``), keeps only x for backward and handles max ties like
+    ``torch.amax`` (equal shares). Other pool orders use the reference formula.
     """
     _check_block_input(x, fc1_weight, "fc1_weight")
     pool = tuple(pool)

@@ -15,6 +15,16 @@ Kernels (each one pass over its full-size operands):
 - ``va_bwd_channel`` out_c = sum_p x (gavg_p + [a_c x == pmax_p] gmax_p)
 - ``va_bwd_apply``   dx = a_c (dy b_p + gavg_p + [a_c x == pmax_p] gmax_p) + cavg_c + [x == zmax_c] cmax_c
 
+With a folded BatchNorm (``nrm`` rows al, be[, mu, v, w], float32 (K, C); see
+:mod:`visattn.kernels.ops`) the input is the BatchNorm's input c and x = fma(c, al, be), rounded
+to c's type, is computed on load: ``va_stats_c``, ``va_apply``, ``va_stats_p`` and
+``va_bwd_apply`` take ``nrm`` (the last one then writes dL/dc = al r + v (c - mu) + w for the r
+above), and two reductions replace ``va_bwd_reduce`` / ``va_bwd_channel``:
+
+- ``va_bwd_reduce_norm``   per (n, c): sum_p dy b_p, sum_p dy b_p d, sum_p d and, over the ties
+  [x == zmax_c], their count and sum of d (d = c - mu_c); per (n, p): db_p and tie counts as above
+- ``va_bwd_channel_norm``  per (n, c): sum_p [a_c x == pmax_p] gmax_p and sum_p d (gavg_p + that)
+
 Work is split into (n, block of positions) tiles that OpenMP threads take dynamically; partial
 per-channel sums of the tiles are added in a fixed tile order afterwards, so every result is
 deterministic (independent of which thread ran which tile).

@@ -1,7 +1,7 @@
 """Fused CPU kernels for SE (arXiv:1709.01507) and CBAM (arXiv:1807.06521): build, load, call.
 
 The C++ source (:mod:`visattn.kernels._cpu_source`, formulas listed there) has no PyTorch
-headers, so ``g++ -O3 -fopenmp`` builds it in about 2-3 s on first use; the shared library is
+headers, so ``g++ -O3 -fopenmp`` builds it in a few seconds (about 6 s here) on first use; the shared library is
 cached in ``$VISATTN_CACHE_DIR`` (default ``~/.cache/visattn``) under a hash of the source,
 the compiler flags and the CPU, and loaded with :mod:`ctypes` (which releases the GIL during
 calls). The OpenMP runtime is the one PyTorch has already loaded (same ``libgomp.so.1``), so
