@@ -350,6 +350,7 @@ class _BatchNormThen(torch.autograd.Function):
         in_norm = _fold(weight, bias, mean, var, eps)
         y, saved, extra = block.forward(c, params, options, in_norm)
         ctx.save_for_backward(c, in_norm, *saved, *params)
+        ctx.set_materialize_grads(False)  # the extra outputs' gradients are never read
         dtypes = tuple(t.dtype if t is not None else None for t in (weight, bias))
         ctx.setup = (batch_stats, block, options, dtypes)
         ctx.mark_non_differentiable(*extra)
@@ -377,12 +378,11 @@ def update_running_stats(
     """What ``nn.BatchNorm`` does to its buffers in a training step, from the batch's mean and
     biased variance over ``count`` values per channel (the running variance is unbiased)."""
     with torch.no_grad():
-        norm.num_batches_tracked.add_(1)
-        if norm.momentum is None:
-            factor = 1.0 / norm.num_batches_tracked.to(mean.dtype)
-        else:
-            factor = torch.tensor(norm.momentum, dtype=mean.dtype, device=mean.device)
-        var = var * (count / max(count - 1, 1))
         rm, rv = norm.running_mean, norm.running_var
-        rm.copy_(rm * (1 - factor) + (mean * factor).to(rm.dtype))
-        rv.copy_(rv * (1 - factor) + (var * factor).to(rv.dtype))
+        norm.num_batches_tracked.add_(1)
+        if norm.momentum is None:  # cumulative average
+            factor = 1.0 / norm.num_batches_tracked.to(rm.dtype)
+        else:
+            factor = norm.momentum
+        rm.lerp_(as_dtype(mean, rm.dtype), factor)
+        rv.lerp_(as_dtype(var * (count / max(count - 1, 1)), rv.dtype), factor)

@@ -248,6 +248,7 @@ def _se_setup(ctx, inputs, output):
     ctx.options = (squeeze, gate, impl)
     ctx.in_norm = in_norm is not None
     ctx.mark_non_differentiable(s, z, h, l)
+    ctx.set_materialize_grads(False)  # no zero tensors for their (unread) gradients
 
 
 def _se_backward(ctx, dy, _ds, _dz, _dh, _dl):
@@ -496,6 +497,7 @@ def _cbam_setup(ctx, inputs, output):
     ctx.options = (bn_mode, eps, use_avg, use_max, impl)
     ctx.in_norm = in_norm is not None
     ctx.mark_non_differentiable(a, b, z, pooled, h, stats)
+    ctx.set_materialize_grads(False)  # no zero tensors for their (unread) gradients
 
 
 def _cbam_backward(ctx, dy, _da, _db, _dz, _dpooled, _dh, _dstats):
