@@ -298,20 +298,23 @@ def _conv_backward(
 
 
 def _spatial_logits(pooled, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var, bn_mode: int, eps: float):
-    """f^{k x k}(pooled), then the optional BatchNorm: (conv output, logits, (x_hat, 1/std), stats)."""
+    """f^{k x k}(pooled), then the optional BatchNorm of that one-channel map, with PyTorch's
+    own BatchNorm kernels (few calls: on a GPU each one costs host time):
+    (conv output, logits, statistics arguments of ``native_batch_norm_backward``, stats)."""
     cb = _f32(conv_b) if conv_b is not None else None
     lg = F.conv2d(pooled, _f32(conv_w), cb, padding=conv_w.shape[-1] // 2)
     if bn_mode == 0:
         return lg, lg, None, lg.new_zeros(2)
     if bn_mode == 1:
-        mean, var = lg.mean(), lg.var(unbiased=False)
+        stats = torch.stack(torch.var_mean(lg, unbiased=False)[::-1])  # mean, biased variance
+        mean, var = stats.unbind(0)
+        mean, var = mean.reshape(1), var.reshape(1)
+        saved = (None, None, mean, torch.rsqrt(var + eps))
     else:
-        mean, var = _f32(bn_mean).reshape(()), _f32(bn_var).reshape(())
-    inv = torch.rsqrt(var + eps)
-    xhat = (lg - mean) * inv
-    out = xhat * _f32(bn_w) if bn_w is not None else xhat
-    out = out + _f32(bn_b) if bn_b is not None else out
-    return lg, out, (xhat, inv), torch.stack([mean, var])
+        mean, var = _f32(bn_mean).reshape(1), _f32(bn_var).reshape(1)
+        stats, saved = lg.new_zeros(2), (mean, var, None, None)
+    out = F.batch_norm(lg, mean, var, _vector(bn_w), _vector(bn_b), False, 0.0, eps)
+    return lg, out, saved, stats
 
 
 def _pool_names(use_avg: bool, use_max: bool) -> list[str]:
@@ -427,18 +430,14 @@ def cbam_backward(
         zcount = mom[3] if use_max else None
     dlg = (db * b * (1 - b)).reshape(n, 1, hh, ww)
     dbn_w, dbn_b = x.new_empty(0), x.new_empty(0)
-    if bn_mode:
-        _, _, (xhat, inv), _ = _spatial_logits(pooled, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var,
-                                               bn_mode, eps)  # fmt: skip
-        if bn_w is not None:
-            dbn_w = _cast_like((dlg * xhat).sum(), bn_w, x)
-        if bn_b is not None:
-            dbn_b = _cast_like(dlg.sum(), bn_b, x)
-        g = dlg * _f32(bn_w) if bn_w is not None else dlg
-        if bn_mode == 1:  # batch statistics: mean and variance depend on every position
-            dlg = inv * (g - g.mean() - xhat * (g * xhat).mean())
-        else:
-            dlg = g * inv
+    if bn_mode:  # the map's BatchNorm (through the batch statistics in mode 1)
+        lg, _, saved, _ = _spatial_logits(pooled, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var,
+                                          bn_mode, eps)  # fmt: skip
+        dlg, gw, gb = torch.ops.aten.native_batch_norm_backward(
+            dlg, lg, _vector(bn_w), *saved, bn_mode == 1, eps,
+            [True, bn_w is not None, bn_b is not None],
+        )  # fmt: skip
+        dbn_w, dbn_b = _cast_like(gw, bn_w, x), _cast_like(gb, bn_b, x)
     dpooled, dcw, dcb = _conv_backward(dlg, pooled, _f32(conv_w), conv_b is not None, impl)
     gavg = dpooled[:, 0].reshape(n, p) / c if use_avg else dlg.new_zeros(n, p)
     gmax = dpooled[:, -1].reshape(n, p) / pcount if use_max else None
