@@ -218,21 +218,31 @@ def stats_p(
 
 
 @triton.jit
+def _position_block(b_ptr, pmax_ptr, n, pb, P, CBAM: tl.constexpr, CNT: tl.constexpr,
+                    BLOCK_P: tl.constexpr):  # fmt: skip
+    """The backward reductions' block of positions: (ps, mask, b_p (1 for SE), pmax_p (CBAM with
+    max pools; else b_p as a placeholder))."""
+    ps = pb * BLOCK_P + tl.arange(0, BLOCK_P)
+    pm = ps < P
+    if CBAM:
+        bv = tl.load(b_ptr + n * P + ps, mask=pm, other=0.0)
+    else:
+        bv = tl.where(pm, 1.0, 0.0)
+    pmx = bv
+    if CBAM and CNT:
+        pmx = tl.load(pmax_ptr + n * P + ps, mask=pm, other=0.0)
+    return ps, pm, bv, pmx
+
+
+@triton.jit
 def _bwd_reduce_kernel(dy_ptr, x_ptr, a_ptr, b_ptr, zmax_ptr, pmax_ptr, q_ptr, db_ptr, zc_ptr,
                        pc_ptr, C, P, NPB, sdn, sdc, sdp, sxn, sxc, sxp,
                        CBAM: tl.constexpr, CNT: tl.constexpr,
                        BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
     n = tl.program_id(0)
     pb = tl.program_id(1)
-    ps = pb * BLOCK_P + tl.arange(0, BLOCK_P)
-    pm = ps < P
     n64 = n.to(tl.int64)
-    if CBAM:
-        bv = tl.load(b_ptr + n * P + ps, mask=pm, other=0.0)
-    else:
-        bv = tl.where(pm, 1.0, 0.0)
-    if CBAM and CNT:
-        pmx = tl.load(pmax_ptr + n * P + ps, mask=pm, other=0.0)
+    ps, pm, bv, pmx = _position_block(b_ptr, pmax_ptr, n, pb, P, CBAM, CNT, BLOCK_P)
     dbacc = tl.zeros([BLOCK_P], dtype=tl.float32)
     pcacc = tl.zeros([BLOCK_P], dtype=tl.float32)
     for c0 in range(0, C, BLOCK_C):
@@ -347,15 +357,8 @@ def _bwd_reduce_norm_kernel(dy_ptr, x_ptr, a_ptr, b_ptr, zmax_ptr, pmax_ptr, nrm
                             BLOCK_P: tl.constexpr):  # fmt: skip
     n = tl.program_id(0)
     pb = tl.program_id(1)
-    ps = pb * BLOCK_P + tl.arange(0, BLOCK_P)
-    pm = ps < P
     n64 = n.to(tl.int64)
-    if CBAM:
-        bv = tl.load(b_ptr + n * P + ps, mask=pm, other=0.0)
-    else:
-        bv = tl.where(pm, 1.0, 0.0)
-    if CBAM and CNT:
-        pmx = tl.load(pmax_ptr + n * P + ps, mask=pm, other=0.0)
+    ps, pm, bv, pmx = _position_block(b_ptr, pmax_ptr, n, pb, P, CBAM, CNT, BLOCK_P)
     dbacc = tl.zeros([BLOCK_P], dtype=tl.float32)
     pcacc = tl.zeros([BLOCK_P], dtype=tl.float32)
     row = N * NPB * C  # one row of the partial sums (K, N, NPB, C)
