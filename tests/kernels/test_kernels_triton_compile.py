@@ -37,24 +37,24 @@ CASES = {
     "stats_p": (T._stats_p_kernel, _sig("x_ptr a_ptr nrm_ptr sum_ptr max_ptr C P sxn sxc sxp AFF "
                 "BLOCK_C BLOCK_P", {"x_ptr": F32, "a_ptr": F32, "nrm_ptr": F32, "sum_ptr": F32,
                 "max_ptr": F32}), {"AFF": True}),
-    "bwd_reduce": (T._bwd_reduce_kernel, _sig("dy_ptr x_ptr a_ptr b_ptr zmax_ptr pmax_ptr q_ptr "
-                   "db_ptr zc_ptr pc_ptr C P NPB sdn sdc sdp sxn sxc sxp CBAM CNT BLOCK_C BLOCK_P",
-                   {"dy_ptr": BF16, "x_ptr": BF16, **dict.fromkeys(["a_ptr", "b_ptr", "zmax_ptr",
-                    "pmax_ptr", "q_ptr", "db_ptr", "zc_ptr", "pc_ptr"], F32)}),
-                   {"CBAM": True, "CNT": True}),
-    "bwd_channel": (T._bwd_channel_kernel, _sig("x_ptr a_ptr gavg_ptr gmax_ptr pmax_ptr out_ptr C "
-                    "P sxn sxc sxp MAXP BLOCK_C BLOCK_P", {"x_ptr": BF16, **dict.fromkeys(
-                    ["a_ptr", "gavg_ptr", "gmax_ptr", "pmax_ptr", "out_ptr"], F32)}),
-                    {"MAXP": True}),
-    "bwd_reduce_norm": (T._bwd_reduce_norm_kernel, _sig("dy_ptr x_ptr a_ptr b_ptr zmax_ptr "
-                        "pmax_ptr nrm_ptr mom_ptr db_ptr pc_ptr N C P NPB sdn sdc sdp sxn sxc sxp "
-                        "CBAM CNT BLOCK_C BLOCK_P", {"dy_ptr": BF16, "x_ptr": BF16,
-                        **dict.fromkeys(["a_ptr", "b_ptr", "zmax_ptr", "pmax_ptr", "nrm_ptr",
-                        "mom_ptr", "db_ptr", "pc_ptr"], F32)}), {"CBAM": True, "CNT": True}),
-    "bwd_channel_norm": (T._bwd_channel_norm_kernel, _sig("x_ptr a_ptr gavg_ptr gmax_ptr pmax_ptr "
-                         "nrm_ptr mom_ptr N C P sxn sxc sxp MAXP BLOCK_C BLOCK_P", {"x_ptr": BF16,
-                         **dict.fromkeys(["a_ptr", "gavg_ptr", "gmax_ptr", "pmax_ptr", "nrm_ptr",
-                         "mom_ptr"], F32)}), {"MAXP": True}),
+    "bwd_reduce": (T._bwd_reduce_kernel, _sig("dy_ptr x_ptr a_ptr b_ptr zmax_ptr pmax_ptr "
+                   "nrm_ptr out_ptr db_ptr pc_ptr N C P NPB sdn sdc sdp sxn sxc sxp CBAM CNT AFF "
+                   "BLOCK_C BLOCK_P", {"dy_ptr": BF16, "x_ptr": BF16, **dict.fromkeys(["a_ptr",
+                   "b_ptr", "zmax_ptr", "pmax_ptr", "nrm_ptr", "out_ptr", "db_ptr", "pc_ptr"],
+                   F32)}), {"CBAM": True, "CNT": True, "AFF": True}),
+    "bwd_reduce_plain": (T._bwd_reduce_kernel, _sig("dy_ptr x_ptr a_ptr b_ptr zmax_ptr pmax_ptr "
+                         "nrm_ptr out_ptr db_ptr pc_ptr N C P NPB sdn sdc sdp sxn sxc sxp CBAM CNT "
+                         "AFF BLOCK_C BLOCK_P", {"dy_ptr": BF16, "x_ptr": BF16, **dict.fromkeys(
+                         ["a_ptr", "b_ptr", "zmax_ptr", "pmax_ptr", "nrm_ptr", "out_ptr", "db_ptr",
+                         "pc_ptr"], F32)}), {"CBAM": True, "CNT": True, "AFF": False}),
+    "bwd_channel": (T._bwd_channel_kernel, _sig("x_ptr a_ptr gavg_ptr gmax_ptr pmax_ptr nrm_ptr "
+                    "out_ptr N C P sxn sxc sxp MAXP AFF BLOCK_C BLOCK_P", {"x_ptr": BF16,
+                    **dict.fromkeys(["a_ptr", "gavg_ptr", "gmax_ptr", "pmax_ptr", "nrm_ptr",
+                    "out_ptr"], F32)}), {"MAXP": True, "AFF": True}),
+    "bwd_channel_plain": (T._bwd_channel_kernel, _sig("x_ptr a_ptr gavg_ptr gmax_ptr pmax_ptr "
+                          "nrm_ptr out_ptr N C P sxn sxc sxp MAXP AFF BLOCK_C BLOCK_P",
+                          {"x_ptr": BF16, **dict.fromkeys(["a_ptr", "gavg_ptr", "gmax_ptr",
+                          "pmax_ptr", "nrm_ptr", "out_ptr"], F32)}), {"MAXP": True, "AFF": False}),
     "bwd_apply": (T._bwd_apply_kernel, _sig("dy_ptr x_ptr a_ptr b_ptr gavg_ptr gmax_ptr pmax_ptr "
                   "cavg_ptr cmax_ptr zmax_ptr nrm_ptr dx_ptr C P sdn sdc sdp sxn sxc sxp son soc "
                   "sop CBAM MAXP MAXC AFF BLOCK_C BLOCK_P", {"dy_ptr": BF16, "x_ptr": BF16,

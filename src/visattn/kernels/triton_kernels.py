@@ -235,33 +235,50 @@ def _position_block(b_ptr, pmax_ptr, n, pb, P, CBAM: tl.constexpr, CNT: tl.const
 
 
 @triton.jit
-def _bwd_reduce_kernel(dy_ptr, x_ptr, a_ptr, b_ptr, zmax_ptr, pmax_ptr, q_ptr, db_ptr, zc_ptr,
-                       pc_ptr, C, P, NPB, sdn, sdc, sdp, sxn, sxc, sxp,
-                       CBAM: tl.constexpr, CNT: tl.constexpr,
-                       BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
+def _bwd_reduce_kernel(dy_ptr, x_ptr, a_ptr, b_ptr, zmax_ptr, pmax_ptr, nrm_ptr, out_ptr, db_ptr,
+                       pc_ptr, N, C, P, NPB, sdn, sdc, sdp, sxn, sxc, sxp, CBAM: tl.constexpr,
+                       CNT: tl.constexpr, AFF: tl.constexpr, BLOCK_C: tl.constexpr,
+                       BLOCK_P: tl.constexpr):  # fmt: skip
+    """Per-tile partial sums, rows of out (K, N, NPB, C): q = sum_p dy x b_p[, tie count];
+    with a folded BatchNorm (AFF) sum dy b, sum dy b d, sum d[, tie count, sum over ties of d]
+    (see cpu.bwd_reduce / bwd_reduce_norm). db_p and the per-position tie counts are whole."""
     n = tl.program_id(0)
     pb = tl.program_id(1)
     n64 = n.to(tl.int64)
     ps, pm, bv, pmx = _position_block(b_ptr, pmax_ptr, n, pb, P, CBAM, CNT, BLOCK_P)
     dbacc = tl.zeros([BLOCK_P], dtype=tl.float32)
     pcacc = tl.zeros([BLOCK_P], dtype=tl.float32)
+    row = N * NPB * C
+    zrow = 3 if AFF else 1
     for c0 in range(0, C, BLOCK_C):
         cs = c0 + tl.arange(0, BLOCK_C)
         cm = cs < C
         m = cm[:, None] & pm[None, :]
-        v = tl.load(x_ptr + n64 * sxn + cs[:, None] * sxc + ps[None, :] * sxp, mask=m, other=0.0)
-        d = tl.load(dy_ptr + n64 * sdn + cs[:, None] * sdc + ps[None, :] * sdp, mask=m, other=0.0)
-        v = v.to(tl.float32)
-        t = d.to(tl.float32) * v
+        v = tl.load(x_ptr + n64 * sxn + cs[:, None] * sxc + ps[None, :] * sxp, mask=m,
+                    other=0.0).to(tl.float32)  # fmt: skip
+        e = tl.load(dy_ptr + n64 * sdn + cs[:, None] * sdc + ps[None, :] * sdp, mask=m,
+                    other=0.0).to(tl.float32)  # fmt: skip
         out = (n64 * NPB + pb) * C + cs
-        tl.store(q_ptr + out, tl.sum(t * bv[None, :], 1), mask=cm)
+        if AFF:
+            al, be = _norm_rows(nrm_ptr, cs, cm, C)
+            mu = tl.load(nrm_ptr + 2 * C + cs, mask=cm, other=0.0)
+            d = tl.where(m, v - mu[:, None], 0.0)
+            v = _bn_x(v, al[:, None], be[:, None], x_ptr.dtype.element_ty)
+            eb = e * bv[None, :]
+            tl.store(out_ptr + out, tl.sum(eb, 1), mask=cm)
+            tl.store(out_ptr + row + out, tl.sum(eb * d, 1), mask=cm)
+            tl.store(out_ptr + 2 * row + out, tl.sum(d, 1), mask=cm)
+        else:
+            tl.store(out_ptr + out, tl.sum((e * v) * bv[None, :], 1), mask=cm)
         if CBAM:
             av = tl.load(a_ptr + n * C + cs, mask=cm, other=0.0)
-            dbacc += tl.sum(t * av[:, None], 0)
+            dbacc += tl.sum((e * v) * av[:, None], 0)
         if CNT:
             zm = tl.load(zmax_ptr + n * C + cs, mask=cm, other=0.0)
             hit = m & (v == zm[:, None])
-            tl.store(zc_ptr + out, tl.sum(tl.where(hit, 1.0, 0.0), 1), mask=cm)
+            tl.store(out_ptr + zrow * row + out, tl.sum(tl.where(hit, 1.0, 0.0), 1), mask=cm)
+            if AFF:
+                tl.store(out_ptr + 4 * row + out, tl.sum(tl.where(hit, d, 0.0), 1), mask=cm)
             if CBAM:
                 hitp = m & ((av[:, None] * v) == pmx[None, :])
                 pcacc += tl.sum(tl.where(hitp, 1.0, 0.0), 0)
@@ -269,6 +286,34 @@ def _bwd_reduce_kernel(dy_ptr, x_ptr, a_ptr, b_ptr, zmax_ptr, pmax_ptr, q_ptr, d
         tl.store(db_ptr + n * P + ps, dbacc, mask=pm)
         if CNT:
             tl.store(pc_ptr + n * P + ps, pcacc, mask=pm)
+
+
+def _reduce(dy, x, a, b, zmax, pmax, norm):
+    """Launch _bwd_reduce_kernel: (its rows summed over the tiles (K, N, C), db, pcnt)."""
+    x = _layout(x)
+    dy = _layout(as_dtype(dy, x.dtype))
+    n, c, h, w = x.shape
+    p = h * w
+    bc, bp = _tiles(p)
+    npb = triton.cdiv(p, bp)
+    a, b, zmax, pmax, norm = map(flat_f32, (a, b, zmax, pmax, norm))
+    dev = x.device
+    rows = (3 if norm is not None else 1) + (2 if norm is not None else 1) * (zmax is not None)
+    parts = torch.empty(rows, n, npb, c, dtype=torch.float32, device=dev)
+    db = torch.empty(n, p, dtype=torch.float32, device=dev) if b is not None else None
+    pc = (
+        torch.empty(n, p, dtype=torch.float32, device=dev)
+        if (b is not None and zmax is not None)
+        else None
+    )
+    _bwd_reduce_kernel[(n, npb)](
+        dy, x, a, b if b is not None else a, zmax if zmax is not None else a,
+        pmax if pmax is not None else a, norm if norm is not None else a, parts,
+        db if db is not None else a, pc if pc is not None else a, n, c, p, npb, *_strides(dy),
+        *_strides(x), CBAM=b is not None, CNT=zmax is not None, AFF=norm is not None,
+        BLOCK_C=bc, BLOCK_P=bp,
+    )  # fmt: skip
+    return parts.sum(2), db, pc
 
 
 def bwd_reduce(
@@ -280,120 +325,8 @@ def bwd_reduce(
     pmax: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Same contract as :func:`visattn.kernels.cpu.bwd_reduce`."""
-    x = _layout(x)
-    dy = _layout(as_dtype(dy, x.dtype))
-    n, c, h, w = x.shape
-    p = h * w
-    bc, bp = _tiles(p)
-    npb = triton.cdiv(p, bp)
-    a, b, zmax, pmax = map(flat_f32, (a, b, zmax, pmax))
-    dev = x.device
-    qp = torch.empty(n, npb, c, dtype=torch.float32, device=dev)
-    zp = torch.empty(n, npb, c, dtype=torch.float32, device=dev) if zmax is not None else None
-    db = torch.empty(n, p, dtype=torch.float32, device=dev) if b is not None else None
-    pc = (
-        torch.empty(n, p, dtype=torch.float32, device=dev)
-        if (b is not None and zmax is not None)
-        else None
-    )
-    dummy = a
-    _bwd_reduce_kernel[(n, npb)](
-        dy, x, a, b if b is not None else dummy, zmax if zmax is not None else dummy,
-        pmax if pmax is not None else dummy, qp, db if db is not None else dummy,
-        zp if zp is not None else qp, pc if pc is not None else dummy, c, p, npb,
-        *_strides(dy), *_strides(x), CBAM=b is not None, CNT=zmax is not None,
-        BLOCK_C=bc, BLOCK_P=bp,
-    )  # fmt: skip
-    return qp.sum(1), db, (zp.sum(1) if zp is not None else None), pc
-
-
-@triton.jit
-def _bwd_channel_kernel(x_ptr, a_ptr, gavg_ptr, gmax_ptr, pmax_ptr, out_ptr, C, P, sxn, sxc, sxp,
-                        MAXP: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
-    n = tl.program_id(0)
-    cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cm = cs < C
-    base = x_ptr + n.to(tl.int64) * sxn
-    av = tl.load(a_ptr + n * C + cs, mask=cm, other=0.0)
-    acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
-    for p0 in range(0, P, BLOCK_P):
-        ps = p0 + tl.arange(0, BLOCK_P)
-        pm = ps < P
-        m = cm[:, None] & pm[None, :]
-        v = tl.load(base + cs[:, None] * sxc + ps[None, :] * sxp, mask=m, other=0.0).to(tl.float32)
-        wgt = tl.load(gavg_ptr + n * P + ps, mask=pm, other=0.0)[None, :]
-        if MAXP:
-            gm = tl.load(gmax_ptr + n * P + ps, mask=pm, other=0.0)
-            pmx = tl.load(pmax_ptr + n * P + ps, mask=pm, other=0.0)
-            wgt = wgt + tl.where((av[:, None] * v) == pmx[None, :], gm[None, :], 0.0)
-        acc += v * wgt
-    tl.store(out_ptr + n * C + cs, tl.sum(acc, 1), mask=cm)
-
-
-def bwd_channel(
-    x: torch.Tensor,
-    a: torch.Tensor,
-    gavg: torch.Tensor,
-    gmax: torch.Tensor | None = None,
-    pmax: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Same contract as :func:`visattn.kernels.cpu.bwd_channel`."""
-    x = _layout(x)
-    n, c, h, w = x.shape
-    a, gavg, gmax, pmax = map(flat_f32, (a, gavg, gmax, pmax))
-    out = torch.empty(n, c, dtype=torch.float32, device=x.device)
-    bc, bp = _tiles(h * w)
-    _bwd_channel_kernel[(n, triton.cdiv(c, bc))](
-        x, a, gavg, gmax if gmax is not None else gavg, pmax if pmax is not None else gavg, out,
-        c, h * w, *_strides(x), MAXP=gmax is not None, BLOCK_C=bc, BLOCK_P=bp,
-    )  # fmt: skip
-    return out
-
-
-@triton.jit
-def _bwd_reduce_norm_kernel(dy_ptr, x_ptr, a_ptr, b_ptr, zmax_ptr, pmax_ptr, nrm_ptr, mom_ptr,
-                            db_ptr, pc_ptr, N, C, P, NPB, sdn, sdc, sdp, sxn, sxc, sxp,
-                            CBAM: tl.constexpr, CNT: tl.constexpr, BLOCK_C: tl.constexpr,
-                            BLOCK_P: tl.constexpr):  # fmt: skip
-    n = tl.program_id(0)
-    pb = tl.program_id(1)
-    n64 = n.to(tl.int64)
-    ps, pm, bv, pmx = _position_block(b_ptr, pmax_ptr, n, pb, P, CBAM, CNT, BLOCK_P)
-    dbacc = tl.zeros([BLOCK_P], dtype=tl.float32)
-    pcacc = tl.zeros([BLOCK_P], dtype=tl.float32)
-    row = N * NPB * C  # one row of the partial sums (K, N, NPB, C)
-    for c0 in range(0, C, BLOCK_C):
-        cs = c0 + tl.arange(0, BLOCK_C)
-        cm = cs < C
-        m = cm[:, None] & pm[None, :]
-        raw = tl.load(x_ptr + n64 * sxn + cs[:, None] * sxc + ps[None, :] * sxp, mask=m,
-                      other=0.0).to(tl.float32)  # fmt: skip
-        e = tl.load(dy_ptr + n64 * sdn + cs[:, None] * sdc + ps[None, :] * sdp, mask=m,
-                    other=0.0).to(tl.float32)  # fmt: skip
-        al, be = _norm_rows(nrm_ptr, cs, cm, C)
-        mu = tl.load(nrm_ptr + 2 * C + cs, mask=cm, other=0.0)
-        v = _bn_x(raw, al[:, None], be[:, None], x_ptr.dtype.element_ty)
-        d = tl.where(m, raw - mu[:, None], 0.0)
-        eb = e * bv[None, :]
-        out = (n64 * NPB + pb) * C + cs
-        tl.store(mom_ptr + out, tl.sum(eb, 1), mask=cm)
-        tl.store(mom_ptr + row + out, tl.sum(eb * d, 1), mask=cm)
-        tl.store(mom_ptr + 2 * row + out, tl.sum(d, 1), mask=cm)
-        if CBAM:
-            av = tl.load(a_ptr + n * C + cs, mask=cm, other=0.0)
-            dbacc += tl.sum((e * v) * av[:, None], 0)
-        if CNT:
-            zm = tl.load(zmax_ptr + n * C + cs, mask=cm, other=0.0)
-            hit = m & (v == zm[:, None])
-            tl.store(mom_ptr + 3 * row + out, tl.sum(tl.where(hit, 1.0, 0.0), 1), mask=cm)
-            tl.store(mom_ptr + 4 * row + out, tl.sum(tl.where(hit, d, 0.0), 1), mask=cm)
-            if CBAM:
-                hitp = m & ((av[:, None] * v) == pmx[None, :])
-                pcacc += tl.sum(tl.where(hitp, 1.0, 0.0), 0)
-    if CBAM:
-        tl.store(db_ptr + n * P + ps, dbacc, mask=pm)
-        if CNT:
-            tl.store(pc_ptr + n * P + ps, pcacc, mask=pm)
+    sums, db, pc = _reduce(dy, x, a, b, zmax, pmax, None)
+    return sums[0], db, (sums[1] if zmax is not None else None), pc
 
 
 def bwd_reduce_norm(
@@ -406,41 +339,23 @@ def bwd_reduce_norm(
     norm: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Same contract as :func:`visattn.kernels.cpu.bwd_reduce_norm`."""
-    x = _layout(x)
-    dy = _layout(as_dtype(dy, x.dtype))
-    n, c, h, w = x.shape
-    p = h * w
-    bc, bp = _tiles(p)
-    npb = triton.cdiv(p, bp)
-    a, b, zmax, pmax, norm = map(flat_f32, (a, b, zmax, pmax, norm))
-    dev = x.device
-    parts = torch.empty(5 if zmax is not None else 3, n, npb, c, dtype=torch.float32, device=dev)
-    db = torch.empty(n, p, dtype=torch.float32, device=dev) if b is not None else None
-    pc = (
-        torch.empty(n, p, dtype=torch.float32, device=dev)
-        if (b is not None and zmax is not None)
-        else None
-    )
-    _bwd_reduce_norm_kernel[(n, npb)](
-        dy, x, a, b if b is not None else a, zmax if zmax is not None else a,
-        pmax if pmax is not None else a, norm, parts, db if db is not None else a,
-        pc if pc is not None else a, n, c, p, npb, *_strides(dy), *_strides(x),
-        CBAM=b is not None, CNT=zmax is not None, BLOCK_C=bc, BLOCK_P=bp,
-    )  # fmt: skip
-    return parts.sum(2), db, pc
+    return _reduce(dy, x, a, b, zmax, pmax, norm)
 
 
 @triton.jit
-def _bwd_channel_norm_kernel(x_ptr, a_ptr, gavg_ptr, gmax_ptr, pmax_ptr, nrm_ptr, mom_ptr, N, C,
-                             P, sxn, sxc, sxp, MAXP: tl.constexpr, BLOCK_C: tl.constexpr,
-                             BLOCK_P: tl.constexpr):  # fmt: skip
+def _bwd_channel_kernel(x_ptr, a_ptr, gavg_ptr, gmax_ptr, pmax_ptr, nrm_ptr, out_ptr, N, C, P,
+                        sxn, sxc, sxp, MAXP: tl.constexpr, AFF: tl.constexpr,
+                        BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):  # fmt: skip
+    """out (N, C): sum_p x w_p, w_p = gavg_p + [a_c x == pmax_p] gmax_p; with a folded BatchNorm
+    (AFF) rows (2, N, C): sum_p [a_c x~ == pmax_p] gmax_p and sum_p d w_p (cpu.bwd_channel_norm)."""
     n = tl.program_id(0)
     cs = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cm = cs < C
     base = x_ptr + n.to(tl.int64) * sxn
     av = tl.load(a_ptr + n * C + cs, mask=cm, other=0.0)
-    al, be = _norm_rows(nrm_ptr, cs, cm, C)
-    mu = tl.load(nrm_ptr + 2 * C + cs, mask=cm, other=0.0)
+    if AFF:
+        al, be = _norm_rows(nrm_ptr, cs, cm, C)
+        mu = tl.load(nrm_ptr + 2 * C + cs, mask=cm, other=0.0)
     hacc = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
     acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
     for p0 in range(0, P, BLOCK_P):
@@ -449,17 +364,50 @@ def _bwd_channel_norm_kernel(x_ptr, a_ptr, gavg_ptr, gmax_ptr, pmax_ptr, nrm_ptr
         m = cm[:, None] & pm[None, :]
         raw = tl.load(base + cs[:, None] * sxc + ps[None, :] * sxp, mask=m,
                       other=0.0).to(tl.float32)  # fmt: skip
+        v = raw
+        if AFF:
+            v = _bn_x(raw, al[:, None], be[:, None], x_ptr.dtype.element_ty)
         wgt = tl.load(gavg_ptr + n * P + ps, mask=pm, other=0.0)[None, :]
         if MAXP:
             gm = tl.load(gmax_ptr + n * P + ps, mask=pm, other=0.0)
             pmx = tl.load(pmax_ptr + n * P + ps, mask=pm, other=0.0)
-            v = _bn_x(raw, al[:, None], be[:, None], x_ptr.dtype.element_ty)
             hv = tl.where(m & ((av[:, None] * v) == pmx[None, :]), gm[None, :], 0.0)
             hacc += hv
             wgt = wgt + hv
-        acc += tl.where(m, raw - mu[:, None], 0.0) * wgt
-    tl.store(mom_ptr + n * C + cs, tl.sum(hacc, 1), mask=cm)
-    tl.store(mom_ptr + N * C + n * C + cs, tl.sum(acc, 1), mask=cm)
+        if AFF:
+            acc += tl.where(m, raw - mu[:, None], 0.0) * wgt
+        else:
+            acc += v * wgt
+    if AFF:
+        tl.store(out_ptr + n * C + cs, tl.sum(hacc, 1), mask=cm)
+        tl.store(out_ptr + N * C + n * C + cs, tl.sum(acc, 1), mask=cm)
+    else:
+        tl.store(out_ptr + n * C + cs, tl.sum(acc, 1), mask=cm)
+
+
+def _channel(x, a, gavg, gmax, pmax, norm):
+    x = _layout(x)
+    n, c, h, w = x.shape
+    a, gavg, gmax, pmax, norm = map(flat_f32, (a, gavg, gmax, pmax, norm))
+    out = torch.empty(2 if norm is not None else 1, n, c, dtype=torch.float32, device=x.device)
+    bc, bp = _tiles(h * w)
+    _bwd_channel_kernel[(n, triton.cdiv(c, bc))](
+        x, a, gavg, gmax if gmax is not None else gavg, pmax if pmax is not None else gavg,
+        norm if norm is not None else gavg, out, n, c, h * w, *_strides(x),
+        MAXP=gmax is not None, AFF=norm is not None, BLOCK_C=bc, BLOCK_P=bp,
+    )  # fmt: skip
+    return out
+
+
+def bwd_channel(
+    x: torch.Tensor,
+    a: torch.Tensor,
+    gavg: torch.Tensor,
+    gmax: torch.Tensor | None = None,
+    pmax: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Same contract as :func:`visattn.kernels.cpu.bwd_channel`."""
+    return _channel(x, a, gavg, gmax, pmax, None)[0]
 
 
 def bwd_channel_norm(
@@ -471,16 +419,7 @@ def bwd_channel_norm(
     norm: torch.Tensor,
 ) -> torch.Tensor:
     """Same contract as :func:`visattn.kernels.cpu.bwd_channel_norm`."""
-    x = _layout(x)
-    n, c, h, w = x.shape
-    a, gavg, gmax, pmax, norm = map(flat_f32, (a, gavg, gmax, pmax, norm))
-    mom = torch.empty(2, n, c, dtype=torch.float32, device=x.device)
-    bc, bp = _tiles(h * w)
-    _bwd_channel_norm_kernel[(n, triton.cdiv(c, bc))](
-        x, a, gavg, gmax if gmax is not None else gavg, pmax if pmax is not None else gavg, norm,
-        mom, n, c, h * w, *_strides(x), MAXP=gmax is not None, BLOCK_C=bc, BLOCK_P=bp,
-    )  # fmt: skip
-    return mom
+    return _channel(x, a, gavg, gmax, pmax, norm)
 
 
 @triton.jit
