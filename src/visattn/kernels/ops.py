@@ -297,24 +297,17 @@ def _conv_backward(
     return d_in, d_w, grad.sum((0, 2, 3)) if bias else None
 
 
-def _spatial_logits(pooled, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var, bn_mode: int, eps: float):
-    """f^{k x k}(pooled), then the optional BatchNorm of that one-channel map, with PyTorch's
-    own BatchNorm kernels (few calls: on a GPU each one costs host time):
-    (conv output, logits, statistics arguments of ``native_batch_norm_backward``, stats)."""
+def _spatial_logits(pooled, conv_w, conv_b, bn_mean, bn_var, bn_mode: int):
+    """f^{k x k}(pooled) and the statistics its optional BatchNorm uses (float32 (1,) each, None
+    without it): the batch's mean and biased variance in mode 1, the running ones in mode 2."""
     cb = _f32(conv_b) if conv_b is not None else None
     lg = F.conv2d(pooled, _f32(conv_w), cb, padding=conv_w.shape[-1] // 2)
     if bn_mode == 0:
-        return lg, lg, None, lg.new_zeros(2)
+        return lg, None, None
     if bn_mode == 1:
-        stats = torch.stack(torch.var_mean(lg, unbiased=False)[::-1])  # mean, biased variance
-        mean, var = stats.unbind(0)
-        mean, var = mean.reshape(1), var.reshape(1)
-        saved = (None, None, mean, torch.rsqrt(var + eps))
-    else:
-        mean, var = _f32(bn_mean).reshape(1), _f32(bn_var).reshape(1)
-        stats, saved = lg.new_zeros(2), (mean, var, None, None)
-    out = F.batch_norm(lg, mean, var, _vector(bn_w), _vector(bn_b), False, 0.0, eps)
-    return lg, out, saved, stats
+        var, mean = torch.var_mean(lg, unbiased=False)
+        return lg, mean.reshape(1), var.reshape(1)
+    return lg, _f32(bn_mean).reshape(1), _f32(bn_var).reshape(1)
 
 
 def _pool_names(use_avg: bool, use_max: bool) -> list[str]:
@@ -364,8 +357,11 @@ def cbam(
     psum, pmax = k.stats_p(x, a, in_norm)
     maps = ([psum / c] if use_avg else []) + ([pmax] if use_max else [])
     pooled = torch.stack(maps, 1).reshape(n, len(maps), hh, ww)
-    _, logit, _, stats = _spatial_logits(pooled, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var,
-                                         bn_mode, eps)  # fmt: skip
+    # the map's BatchNorm with PyTorch's own kernels: one call (on a GPU every call costs host time)
+    logit, mean, var = _spatial_logits(pooled, conv_w, conv_b, bn_mean, bn_var, bn_mode)
+    stats = torch.cat([mean, var]) if bn_mode == 1 else logit.new_zeros(2)
+    if bn_mode:
+        logit = F.batch_norm(logit, mean, var, _vector(bn_w), _vector(bn_b), False, 0.0, eps)
     b = torch.sigmoid(logit).reshape(n, hh * ww)
     return k.apply(x, a, b, in_norm), a, b, z, pooled, h, stats
 
@@ -431,8 +427,10 @@ def cbam_backward(
     dlg = (db * b * (1 - b)).reshape(n, 1, hh, ww)
     dbn_w, dbn_b = x.new_empty(0), x.new_empty(0)
     if bn_mode:  # the map's BatchNorm (through the batch statistics in mode 1)
-        lg, _, saved, _ = _spatial_logits(pooled, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var,
-                                          bn_mode, eps)  # fmt: skip
+        lg, mean, var = _spatial_logits(pooled, conv_w, conv_b, bn_mean, bn_var, bn_mode)
+        saved = (
+            (None, None, mean, torch.rsqrt(var + eps)) if bn_mode == 1 else (mean, var, None, None)
+        )
         dlg, gw, gb = torch.ops.aten.native_batch_norm_backward(
             dlg, lg, _vector(bn_w), *saved, bn_mode == 1, eps,
             [True, bn_w is not None, bn_b is not None],
