@@ -1,5 +1,6 @@
-"""Shared fixtures: a fresh random seed per test (printed, so a failure can be replayed), and
-``server``, a local HTTP server for the download tests.
+"""Shared fixtures: a fresh random seed per test (printed, so a failure can be replayed), the
+fast kernels taken as they are under backend "auto", and ``server``, a local HTTP server for the
+download tests.
 
 Set VISATTN_TEST_SEED=<int> to replay a run with fixed inputs.
 """
@@ -33,6 +34,16 @@ def _one_thread_per_worker():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def _kernels_not_measured(monkeypatch):
+    """Tests compare the fast kernels themselves with the formulas: backend "auto" takes them
+    without measuring them against the formulas first (on CUDA it would; the measured choice
+    has its own tests, tests/kernels/test_kernels_tune.py)."""
+    from visattn.kernels import _tune
+
+    monkeypatch.setattr(_tune, "TUNED_DEVICES", set())
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -28,7 +28,8 @@ from torch import nn
 
 from .._checks import check_choice, check_tensor
 from ..kernels import ops as _ops  # noqa: F401  (registers torch.ops.visattn.* and their FLOP counts)
-from ..kernels._backend import as_dtype
+from ..kernels._backend import as_dtype, select_impl
+from ..kernels._tune import tuned_impl
 from .attention import GATES, POOLS, channel_pool, channel_scale, gate, global_pool
 
 __all__ = ["cbam", "cbam_reference", "squeeze_excite", "squeeze_excite_reference"]
@@ -99,10 +100,13 @@ def squeeze_excite(
     _check_block_input(x, fc1_weight, "fc1_weight")
     check_choice(squeeze, "squeeze", POOLS)
     check_choice(gate, "gate", GATES)
-    from ..kernels._backend import select_impl
-
     impl = select_impl(x) if x.numel() > 0 else None
     params = (fc1_weight, fc1_bias, fc2_weight, fc2_bias)
+    impl = tuned_impl(
+        impl, ("squeeze_excite", squeeze, gate), x,
+        lambda u: squeeze_excite(u, *params, squeeze=squeeze, gate=gate, input_norm=input_norm),
+        params, [input_norm],
+    )  # fmt: skip
     if impl is not None and _fuses_norm(input_norm, x, params):
         return _BatchNormThen.apply(x, *_norm_inputs(input_norm, x), _SE, (squeeze, gate, impl),
                                     *params)[0]  # fmt: skip
@@ -176,13 +180,17 @@ def cbam(
         raise ValueError(
             f"conv_weight: expected shape (1, {len(pool)}, k, k), got {tuple(conv_weight.shape)}"
         )
-    from ..kernels._backend import select_impl
-
     fast_pools = pool in (("avg",), ("max",), ("avg", "max"))
     odd_square = conv_weight.shape[2] == conv_weight.shape[3] and conv_weight.shape[2] % 2 == 1
     plain_norm = norm is None or (type(norm) is torch.nn.BatchNorm2d and norm.num_features == 1)
     fast = fast_pools and odd_square and plain_norm and x.numel() > 0
     impl = select_impl(x) if fast else None
+    impl = tuned_impl(
+        impl, ("cbam", "+".join(pool), "bn" if norm is not None else "no bn"), x,
+        lambda u: cbam(u, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias,
+                       pool=pool, norm=norm, input_norm=input_norm),
+        (fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias), [norm, input_norm],
+    )  # fmt: skip
     if impl is None:
         if input_norm is not None:
             x = input_norm(x)

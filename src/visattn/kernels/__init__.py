@@ -5,20 +5,25 @@ Transformer (arXiv:1506.02025) run as fused kernels: Triton on CUDA
 (:mod:`visattn.kernels.triton_kernels`), C++ with OpenMP on CPU (:mod:`visattn.kernels.cpu`),
 wrapped as ``torch.library`` custom operators ``torch.ops.visattn.*``
 (:mod:`visattn.kernels.ops`, :mod:`visattn.kernels.sampler`). :func:`use_backend` and the
-``VISATTN_BACKEND`` environment variable switch back to the reference formulas;
+``VISATTN_BACKEND`` environment variable switch back to the reference formulas; on CUDA the
+default measures the Triton kernels against them (:func:`tuning_results`, :func:`clear_tuning`,
+:mod:`visattn.kernels._tune`);
 :func:`empty_cache` and :func:`pool_stats` manage the memory that the CPU kernels reuse for their
 outputs (:mod:`visattn.kernels._pool`). Kernels never import layers. Tests: ``tests/kernels/``.
 """
 
 from ._backend import BACKENDS, get_backend, select_impl, triton_available, use_backend
 from ._pool import empty_cache, pool_stats
+from ._tune import clear_tuning, tuning_results
 
 __all__ = [
     "BACKENDS",
+    "clear_tuning",
     "empty_cache",
     "get_backend",
     "pool_stats",
     "select_impl",
     "triton_available",
+    "tuning_results",
     "use_backend",
 ]

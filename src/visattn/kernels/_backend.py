@@ -3,18 +3,20 @@
 ``VISATTN_BACKEND`` (environment, read at every call) and :func:`use_backend` (a context
 manager, which wins over the environment) choose how SE, CBAM and the bilinear sampler run:
 
-- ``"auto"`` (default): the fastest correct path for the device: the fused C++ kernels for SE
-  and CBAM on CPU (``torch.nn.functional.grid_sample`` for the sampler); on CUDA the Triton
-  sampler (deterministic backward) and the reference formulas for SE and CBAM, because the
-  Triton SE / CBAM kernels, while correct, were slower than the reference on an H200
-  (docs/benchmarks.md); the reference wherever no kernel applies.
+- ``"auto"`` (default): the fastest correct path for the device. On CPU the fused C++ kernels
+  for SE and CBAM (always faster there) and ``torch.nn.functional.grid_sample`` for the sampler.
+  On CUDA the Triton sampler (deterministic backward), and for SE and CBAM the Triton kernels or
+  the reference formulas, whichever :mod:`visattn.kernels._tune` measured faster for that kind
+  of call (on an H200 an earlier version of the kernels was slower than the reference:
+  docs/benchmarks.md). The reference wherever no kernel applies.
 - ``"reference"``: the plain formulas of DESIGN.md §1 everywhere.
-- ``"cpu"``: like ``"auto"`` (kept for symmetry, selects the C++ kernels on CPU tensors).
-- ``"triton"``: the Triton SE / CBAM kernels on CUDA (experimental, see above), and on CPU
-  tensors when ``TRITON_INTERPRET=1`` is set before ``triton`` is imported (the interpreter runs
-  the kernels on the CPU: tests only).
+- ``"cpu"``: the C++ kernels on CPU tensors, the reference formulas on CUDA.
+- ``"triton"``: the Triton SE / CBAM kernels on CUDA, without measuring, and on CPU tensors
+  when ``TRITON_INTERPRET=1`` is set before ``triton`` is imported (the interpreter runs the
+  kernels on the CPU: tests only).
 
-Tests: ``tests/kernels/test_kernels_backend.py``.
+Tests: ``tests/kernels/test_kernels_se_cbam.py`` (the switch),
+``tests/kernels/test_kernels_tune.py`` (the measured choice).
 """
 
 from __future__ import annotations
@@ -86,17 +88,17 @@ _FAST_DTYPES = (torch.float32, torch.bfloat16)
 
 
 def select_impl(x: torch.Tensor) -> str | None:
-    """``"triton"``, ``"c"`` or ``None`` (reference) for the SE / CBAM kernels on ``x``."""
+    """``"triton"``, ``"c"`` or ``None`` (reference) for the SE / CBAM kernels on ``x``.
+
+    Under backend ``"auto"`` on CUDA this is the candidate that :func:`visattn.kernels._tune.
+    tuned_impl` then measures against the reference formulas."""
     backend = get_backend()
     if backend == "reference" or torch.onnx.is_in_onnx_export():
         return None  # ONNX has no visattn:: operators: export the plain formulas
     if x.dtype not in (*_FAST_DTYPES, torch.float16):
         return None
     if x.device.type == "cuda":
-        # The Triton SE / CBAM kernels are opt-in: on an H200 they match the reference but are
-        # slower than it, alone and inside SE- / CBAM-ResNet-50 (docs/benchmarks.md), so "auto"
-        # keeps the reference formulas on CUDA.
-        return "triton" if backend == "triton" and triton_available() else None
+        return "triton" if backend in ("auto", "triton") and triton_available() else None
     if x.device.type != "cpu":
         return None
     if backend == "triton":

@@ -1,0 +1,174 @@
+"""Measured choice between the fast kernels and the reference formulas (issue 6: "the default is
+the fastest correct path for the device").
+
+Whether the Triton SE / CBAM kernels beat the plain formulas on a GPU depends on the GPU, the
+shape, the dtype and the memory format: on an H200 the first version was slower than the
+reference, and the kernels changed since (docs/benchmarks.md). So on the devices of
+:data:`TUNED_DEVICES` (CUDA) backend ``"auto"`` measures, like ``torch.backends.cudnn.benchmark``:
+the first call of each kind (block and options, shape, strides, dtype, device, autocast,
+training or not, whether gradients flow) runs both candidates a few times, forward and, where
+autograd records, backward, and every later call of that kind uses the faster one.
+
+- Measuring changes nothing: it runs on a detached copy of the input, takes gradients with
+  ``torch.autograd.grad`` (no ``.grad`` is touched), saves its tensors past the hooks of an
+  enclosing ``torch.utils.checkpoint`` and puts the buffers of the BatchNorms involved (running
+  statistics, batch counter) back as they were.
+- Where nothing can be measured the reference formulas run: while ``torch.compile`` /
+  ``torch.export`` / ``torch.jit.trace`` trace, and on fake tensors (Inductor fuses the formulas
+  into kernels of its own); while a CUDA graph is being captured, for kinds not yet measured.
+- If the fast candidate fails while being measured (say a Triton build error on an unusual
+  GPU), the reference is chosen for that kind and a warning says why.
+- ``VISATTN_BACKEND=triton`` / ``reference`` (or :func:`use_backend`) pin the choice;
+  :func:`tuning_results` lists what was measured, :func:`clear_tuning` forgets it.
+
+As with cuDNN's benchmark mode, two processes may choose differently; both candidates agree
+within dtype tolerance (``tests/kernels/test_kernels_se_cbam.py``).
+Tests: ``tests/kernels/test_kernels_tune.py``.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensor
+
+from ._backend import get_backend, use_backend
+
+__all__ = ["TUNED_DEVICES", "clear_tuning", "tuned_impl", "tuning_results"]
+
+#: Device types on which backend "auto" measures instead of taking the fast kernels outright.
+TUNED_DEVICES: set[str] = {"cuda"}
+
+WARMUP, REPEATS = 2, 5
+
+_BACKEND_OF = {"triton": "triton", "c": "cpu", None: "reference"}
+_CHOICES: dict[tuple, str | None] = {}
+_RESULTS: list[dict[str, Any]] = []
+
+
+def _key(block: tuple, x: torch.Tensor, tensors: Sequence[Any], modules: Sequence[nn.Module],
+         backward: bool) -> tuple:  # fmt: skip
+    """What makes two calls the same kind (cheap: computed on every call)."""
+    dev = x.device.type
+    autocast = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
+    weight = tensors[0].dtype if tensors else None
+    return (block, x.shape, x.stride(), x.dtype, x.device, autocast, backward, x.requires_grad,
+            weight, tuple(m.training for m in modules))  # fmt: skip
+
+
+def _sync(x: torch.Tensor) -> None:
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+
+
+def _seconds(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+             grads_of: list[torch.Tensor], backward: bool) -> float:  # fmt: skip
+    """Wall time of one call (forward, and backward when timed), the device synchronised."""
+    leaf = x.detach().requires_grad_(x.requires_grad and backward)
+    _sync(x)
+    start = time.perf_counter()
+    y = run(leaf)
+    if backward:
+        inputs = ([leaf] if leaf.requires_grad else []) + grads_of
+        torch.autograd.grad(y, inputs, torch.ones_like(y), allow_unused=True)
+    _sync(x)
+    return time.perf_counter() - start
+
+
+def _best_time(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+               grads_of: list[torch.Tensor], backward: bool) -> float:  # fmt: skip
+    """Shortest of REPEATS calls after WARMUP untimed ones, in seconds."""
+    # Plain saved tensors: the hooks of an enclosing torch.utils.checkpoint must not see these
+    # (its recomputation, already decided, measures nothing and would find fewer).
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+        times = [_seconds(run, x, grads_of, backward) for _ in range(WARMUP + REPEATS)]
+    return min(times[WARMUP:])
+
+
+def tuned_impl(
+    impl: str | None,
+    block: tuple,
+    x: torch.Tensor,
+    run: Callable[[torch.Tensor], torch.Tensor],
+    tensors: Sequence[Any],
+    modules: Iterable[nn.Module | None] = (),
+) -> str | None:
+    """``impl`` or ``None`` (the reference), whichever runs this kind of call faster.
+
+    Args:
+        impl: the fast kernels' name for x (``select_impl``); returned as is unless backend
+            ``"auto"`` is active on a device of :data:`TUNED_DEVICES`.
+        block: what is computed, hashable (the block's name and its options).
+        x: the block's input.
+        run: ``run(x)`` calls the block on another x (the same parameters and modules), using
+            whatever backend is active.
+        tensors: the block's parameters (None allowed); gradients flow to those requiring
+            grad.
+        modules: modules the block calls (a BatchNorm before it, its own BatchNorm; None
+            allowed): gradients flow to their parameters too, their buffers are restored.
+    """
+    if impl is None or x.device.type not in TUNED_DEVICES or get_backend() != "auto":
+        return impl
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or isinstance(x, FakeTensor):
+        return None  # nothing to time while tracing: the formulas, for Inductor to fuse
+    modules = [m for m in modules if m is not None]
+    backward = torch.is_grad_enabled() and (
+        x.requires_grad or any(t is not None and t.requires_grad for t in tensors)
+    )
+    key = _key(block, x, tensors, modules, backward)
+    if key in _CHOICES:
+        return _CHOICES[key]
+    if x.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return None  # no synchronising inside a CUDA graph capture
+    grads_of = [t for m in modules for t in m.parameters()] + [t for t in tensors if t is not None]
+    grads_of = list({id(t): t for t in grads_of if t.requires_grad}.values())
+    buffers = [b for m in modules for b in m.buffers()]
+    kept = [b.detach().clone() for b in buffers]
+    times: dict[str | None, float] = {}
+    try:
+        for candidate in (impl, None):
+            with use_backend(_BACKEND_OF[candidate]):
+                try:
+                    times[candidate] = _best_time(run, x, grads_of, backward)
+                except Exception as err:  # the fast kernels only: the reference re-raises
+                    if candidate is None:
+                        raise
+                    warnings.warn(
+                        f"visattn: the {_BACKEND_OF[impl]} kernels failed on {block[0]} of shape "
+                        f"{tuple(x.shape)} ({type(err).__name__}: {err}); using the reference "
+                        "formulas for such calls",
+                        RuntimeWarning,
+                        stacklevel=3,
+                    )
+    finally:
+        with torch.no_grad():
+            for b, k in zip(buffers, kept, strict=True):
+                b.copy_(k)
+    choice = min(times, key=times.__getitem__)
+    _CHOICES[key] = choice
+    _RESULTS.append({
+        "block": block, "shape": tuple(x.shape), "dtype": x.dtype, "device": str(x.device),
+        "channels_last": x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last),
+        "backward": backward, "choice": _BACKEND_OF[choice],
+        "ms": {_BACKEND_OF[c]: t * 1e3 for c, t in times.items()},
+    })  # fmt: skip
+    return choice
+
+
+def tuning_results() -> list[dict[str, Any]]:
+    """What backend ``"auto"`` measured so far, one dict per kind of call: ``block`` (name and
+    options), ``shape``, ``dtype``, ``device``, ``channels_last``, ``backward`` (whether the
+    backward was timed too), ``choice`` (``"triton"`` / ``"cpu"`` / ``"reference"``) and
+    ``ms`` (the best time of each candidate, milliseconds)."""
+    return [dict(r) for r in _RESULTS]
+
+
+def clear_tuning() -> None:
+    """Forget every measured choice: the next call of each kind measures again."""
+    _CHOICES.clear()
+    _RESULTS.clear()

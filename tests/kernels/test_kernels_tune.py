@@ -1,0 +1,213 @@
+"""The measured choice of backend "auto" (``visattn.kernels._tune``): on CUDA it picks, per kind
+of call, the faster of the Triton kernels and the reference formulas.
+
+The logic is the same on every device, so these tests turn it on for CPU tensors (candidates:
+the C++ kernels and the reference) and make one candidate slow, or failing, on purpose.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+
+import pytest
+import torch
+from test_kernels_se_cbam import _close, _close_modules
+from torch import nn
+
+import visattn
+from visattn.kernels import _tune, clear_tuning, tuning_results, use_backend
+from visattn.kernels import cpu as cpu_kernels
+from visattn.kernels._backend import select_impl
+from visattn.layers import batchnorm_attention
+
+pytestmark = pytest.mark.skipif(
+    select_impl(torch.empty(1)) != "c", reason="no C++ kernels on this machine (no compiler)"
+)
+
+
+@pytest.fixture(autouse=True)
+def _tune_on_cpu(monkeypatch):
+    monkeypatch.setattr(_tune, "TUNED_DEVICES", {"cpu"})
+    monkeypatch.setattr(_tune, "WARMUP", 1)
+    monkeypatch.setattr(_tune, "REPEATS", 2)
+    monkeypatch.delenv("VISATTN_BACKEND", raising=False)
+    clear_tuning()
+    yield
+    clear_tuning()
+
+
+SLEEP_MS = 50
+
+
+def _slow(fn):
+    """fn, SLEEP_MS slower: far more than the block takes at these shapes."""
+
+    def wrapper(*args, **kwargs):
+        time.sleep(SLEEP_MS / 1e3)
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _block(kind: str) -> tuple[nn.Module, nn.Module]:
+    """A training-mode BatchNorm and the attention after it, with non-trivial statistics."""
+    norm = nn.BatchNorm2d(16)
+    attention = (
+        visattn.SqueezeExcite(16, reduction=4)
+        if kind == "se"
+        else visattn.CBAM(16, reduction=4, norm=True)
+    )
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.running_mean.uniform_(-1, 1)
+    return norm, attention
+
+
+@pytest.mark.parametrize("kind", ["se", "cbam"])
+@pytest.mark.parametrize("slow", ["fast", "reference"])
+def test_the_faster_candidate_is_chosen(monkeypatch, kind, slow):
+    if slow == "fast":
+        monkeypatch.setattr(cpu_kernels, "apply", _slow(cpu_kernels.apply))
+    else:
+        from visattn.functional import fused
+
+        ref = "squeeze_excite_reference" if kind == "se" else "cbam_reference"
+        monkeypatch.setattr(fused, ref, _slow(getattr(fused, ref)))
+    norm, attention = _block(kind)
+    batchnorm_attention(norm, attention, torch.randn(2, 16, 5, 6)).sum().backward()
+    (result,) = tuning_results()
+    assert result["choice"] == ("reference" if slow == "fast" else "cpu")
+    assert result["block"][0] == ("squeeze_excite" if kind == "se" else "cbam")
+    assert result["backward"] and set(result["ms"]) == {"cpu", "reference"}
+    assert result["ms"][slow.replace("fast", "cpu")] >= SLEEP_MS
+
+
+@pytest.mark.parametrize("kind", ["se", "cbam"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_measuring_changes_nothing(kind, channels_last):
+    """Output, every gradient, running statistics and batch counters as with the chosen backend
+    pinned: measuring leaves no trace in the modules."""
+    norm, attention = _block(kind)
+    twin_norm, twin_attention = copy.deepcopy(norm), copy.deepcopy(attention)
+    c = torch.randn(3, 16, 7, 5)
+    if channels_last:
+        c = c.contiguous(memory_format=torch.channels_last)
+    dy = torch.randn_like(c)
+    c1, c2 = c.clone().requires_grad_(), c.clone().requires_grad_()
+    y1 = batchnorm_attention(norm, attention, c1)
+    assert all(p.grad is None for p in (*norm.parameters(), *attention.parameters()))
+    y1.backward(dy)
+    (result,) = tuning_results()
+    with use_backend(result["choice"]):
+        y2 = batchnorm_attention(twin_norm, twin_attention, c2)
+        y2.backward(dy)
+    torch.testing.assert_close(y1, y2, rtol=0, atol=0)
+    torch.testing.assert_close(c1.grad, c2.grad, rtol=0, atol=0)
+    _close_modules(norm, twin_norm, 0, 0)
+    _close_modules(attention, twin_attention, 0, 0)
+    assert int(norm.num_batches_tracked) == 1
+
+
+def test_each_kind_is_measured_once(monkeypatch):
+    calls = []
+    best_time = _tune._best_time
+    monkeypatch.setattr(_tune, "_best_time", lambda *a: calls.append(1) or best_time(*a))
+    layer = visattn.SqueezeExcite(16, reduction=4)
+    x = torch.randn(2, 16, 5, 6)
+    for _ in range(3):
+        layer(x)
+    assert len(calls) == 2  # the two candidates, once
+    layer(torch.randn(2, 16, 5, 6))  # same kind, other values
+    assert len(calls) == 2
+    layer(x.contiguous(memory_format=torch.channels_last))  # other strides
+    layer(torch.randn(3, 16, 5, 6))  # other shape
+    with torch.no_grad():
+        layer(x)  # forward only
+    layer(x.bfloat16().float().requires_grad_())  # gradients to x as well
+    with torch.autocast("cpu", torch.bfloat16):
+        layer(x)
+    assert len(calls) == 2 * 6 and len(tuning_results()) == 6
+    assert [r["backward"] for r in tuning_results()] == [True, True, True, False, True, True]
+    clear_tuning()
+    layer(x)
+    assert len(calls) == 2 * 7 and len(tuning_results()) == 1
+
+
+def test_pinned_backends_and_float64_do_not_measure():
+    layer = visattn.CBAM(16, reduction=4)
+    x = torch.randn(2, 16, 5, 6)
+    for backend in ("cpu", "reference"):
+        with use_backend(backend):
+            layer(x)
+    layer.double()(x.double())  # no kernel for float64: nothing to choose
+    assert tuning_results() == []
+
+
+def test_nothing_is_measured_while_compiling():
+    """Inside torch.compile the reference formulas run, traced in one graph, and nothing is
+    timed (a tracer's tensors cannot be)."""
+    layer = visattn.SqueezeExcite(16, reduction=4)
+    x = torch.randn(2, 16, 5, 6)
+    compiled = torch.compile(layer, backend="eager", fullgraph=True)
+    y = compiled(x)
+    assert tuning_results() == []
+    with use_backend("reference"):
+        torch.testing.assert_close(y, layer(x))
+
+
+def test_a_failing_fast_kernel_falls_back_to_the_reference(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no kernel image for this device")
+
+    monkeypatch.setattr(cpu_kernels, "apply", broken)
+    layer = visattn.SqueezeExcite(16, reduction=4)
+    x = torch.randn(2, 16, 5, 6)
+    with pytest.warns(RuntimeWarning, match="no kernel image.*reference formulas"):
+        y = layer(x)
+    (result,) = tuning_results()
+    assert result["choice"] == "reference" and set(result["ms"]) == {"reference"}
+    with use_backend("reference"):
+        _close(y, layer(x), 0, "output")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        layer(x)  # decided: no second warning, no kernel call
+
+
+def test_the_benchmark_reports_the_choices(monkeypatch):
+    from visattn import bench
+
+    monkeypatch.setattr(cpu_kernels, "apply", _slow(cpu_kernels.apply))
+    assert bench.tuning_lines() == []
+    visattn.CBAM(16, reduction=4, norm=True)(torch.randn(2, 16, 5, 6).bfloat16().float())
+    header, _, row = bench.tuning_lines()
+    assert "chosen" in header
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:6] == ["cbam", "avg+max, bn", "2x16x5x6", "float32", "NCHW", "True"]
+    assert cells[6].endswith("(cpu)") and cells[8] == "reference"
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_measuring_inside_activation_checkpointing(reentrant):
+    """The first call may come inside torch.utils.checkpoint (timm's grad checkpointing): the
+    measurement's own saved tensors must not enter the checkpoint's bookkeeping, whose
+    recomputation (already decided, nothing measured) must find what the forward saved."""
+    norm, attention = _block("cbam")
+    twin_norm, twin_attention = copy.deepcopy(norm), copy.deepcopy(attention)
+    c = torch.randn(2, 16, 5, 6)
+    dy = torch.randn_like(c)
+    c1, c2 = c.clone().requires_grad_(), c.clone().requires_grad_()
+    y1 = torch.utils.checkpoint.checkpoint(
+        batchnorm_attention, norm, attention, c1, use_reentrant=reentrant
+    )
+    y1.backward(dy)
+    choices = {r["choice"] for r in tuning_results()}
+    assert len(choices) == 1
+    with use_backend(choices.pop()):
+        batchnorm_attention(twin_norm, twin_attention, c2).backward(dy)
+    _close(c1.grad, c2.grad, 1e-6, "grad c")
+    # Parameters only: the recomputation updates the running statistics a second time.
+    for got, want in ((norm, twin_norm), (attention, twin_attention)):
+        for (name, p), q in zip(got.named_parameters(), want.parameters(), strict=True):
+            _close(p.grad, q.grad, 1e-6, f"grad {name}")
