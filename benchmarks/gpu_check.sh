@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # GPU check of issue 6 (fused SE / CBAM / sampler), for one H100 / H200, about 8 minutes:
 #   1. correctness on CUDA: benchmarks/gpu_correctness.py (fast vs reference, fp32 / bf16,
-#      NCHW / channels_last, all gradients, BatchNorm + attention node, sampler determinism)
-#      and, when pytest is installed, the CUDA-parametrised cases of tests/kernels/;
+#      NCHW / channels_last, all gradients, BatchNorm + attention node, sampler determinism,
+#      backend "auto"'s measured choice leaving no trace) and, when pytest is installed, the
+#      CUDA-parametrised cases of tests/kernels/;
 #   2. the benchmark at the GPU shapes (N=128, C=256..2048 ResNet-50 stages, bf16, channels_last,
 #      with the host (launch) time of every row;
 #      sampler 64x64x112x112 fp32 and bf16; whole networks when visattn.models is present, with
-#      SE / CBAM on the default (reference) and on the Triton kernels, which also fuse the
-#      BatchNorm before them), then the torch.compile rows at the first stage;
+#      SE / CBAM on the default ("auto": Triton kernels or formulas, whichever it measured
+#      faster; the report lists what it measured) and on the Triton kernels pinned, which also
+#      fuse the BatchNorm before them), then the torch.compile rows at the first stage;
 #   3. optional (GPU_CHECK_COMPILE_MODELS=1, several more minutes): the networks under torch.compile.
 # Run from the repository (any cwd): bash benchmarks/gpu_check.sh
 # Everything is printed; files go to $OUT (or /tmp/visattn_gpu_check): check.txt (environment and

@@ -32,7 +32,8 @@ TOL = {torch.float32: 2e-4, torch.bfloat16: 3e-2}
 # are that close the max over channels sends its gradient to a different channel (both exact
 # for their own forward). With ~10^5 positions per shape this happens in a few % of runs; a
 # rerun with another seed tells the two apart.
-# The Triton kernels are checked explicitly: "auto" keeps SE / CBAM on the reference on CUDA.
+# The Triton kernels are checked explicitly: on CUDA "auto" runs them or the reference,
+# whichever it measures faster (check_tuning checks that measuring changes nothing).
 FAST = "triton"
 FAILURES: list[str] = []
 
@@ -116,6 +117,43 @@ def check_norm_fusion(dev: str) -> None:
                         check(f"{tag} value {i}", a, b, TOL[dtype])
 
 
+def check_tuning(dev: str) -> None:
+    """Backend "auto" on CUDA: the first call of a kind measures both candidates, then runs the
+    faster; a training step gives what the chosen backend pinned gives (output, gradients,
+    running statistics), bitwise."""
+    import copy
+
+    import visattn
+    from visattn.kernels import clear_tuning, tuning_results
+    from visattn.layers import batchnorm_attention
+
+    for kind in ("se", "cbam"):
+        clear_tuning()
+        norm = torch.nn.BatchNorm2d(256).to(dev)
+        att = (visattn.SqueezeExcite(256) if kind == "se" else visattn.CBAM(256, norm=True)).to(dev)
+        twins = copy.deepcopy((norm, att))
+        c = torch.randn(32, 256, 28, 28, device=dev).contiguous(memory_format=torch.channels_last)
+        grad = torch.randn_like(c)
+
+        def step(bn, block, backend, c=c, grad=grad):
+            ci = c.clone().requires_grad_(True)
+            with torch.autocast(dev, torch.bfloat16), use_backend(backend):
+                y = batchnorm_attention(bn, block, ci)
+            y.backward(grad)
+            return [y, ci.grad, *(p.grad for m in (bn, block) for p in m.parameters()),
+                    *(b.float() for m in (bn, block) for b in m.buffers())]  # fmt: skip
+
+        got = step(norm, att, "auto")
+        (result,) = tuning_results()
+        chosen = result["choice"]
+        print(f"  {kind}: auto measured {result['ms']} ms, chose {chosen}")
+        same = all(torch.equal(a, b) for a, b in zip(got, step(*twins, chosen), strict=True))
+        print(f"  {'ok ' if same else 'FAIL'} BN+{kind} auto = {chosen} pinned, bitwise")
+        if not same:
+            FAILURES.append(f"tuning {kind}")
+    clear_tuning()
+
+
 def main() -> int:
     assert torch.cuda.is_available(), "CUDA is not available"
     dev = "cuda"
@@ -147,6 +185,7 @@ def main() -> int:
                             x, [w1, b1, w2, b2], dtype)  # fmt: skip
                 compare(f"CBAM {tag}", cbam, cbam_reference, x, [w1, b1, w2, b2, cw, cb], dtype)
     check_norm_fusion(dev)
+    check_tuning(dev)
     # Sampler: fast (Triton) vs reference, and bitwise-repeatable backward.
     for n, c, h, o in [(4, 16, 37, 29), (64, 64, 112, 112)]:
         for dtype in (torch.float32, torch.bfloat16):

@@ -254,7 +254,7 @@ def bench_block(ctx: Context, block: str, n: int, c: int, size: int, compile_ref
     candidates: list[tuple[str, Callable[[], None], str]] = []
     candidates.append(("visattn reference", _fwd_bwd(ours, x, dy), "reference"))
     candidates.append(("visattn fast (default)", _fwd_bwd(ours, x, dy), "auto"))
-    if ctx.device.type == "cuda":  # opt-in on CUDA ("auto" keeps the reference there)
+    if ctx.device.type == "cuda":  # "auto" runs whichever of these two it measured faster
         candidates.append(("visattn triton", _fwd_bwd(ours, x, dy), "triton"))
     if compile_ref:
         compiled = torch.compile(ours)
@@ -359,8 +359,10 @@ def bench_models(ctx: Context, batch: int, steps: int, compile_models: bool) -> 
     ]
     from visattn.kernels import use_backend
 
-    # On CUDA the default ("auto") runs SE / CBAM by the reference formulas; the Triton kernels
-    # (and with them the BatchNorm + attention node, docs/kernels.md) are measured alongside.
+    # On CUDA the default ("auto") runs each SE / CBAM call by the Triton kernels or the reference
+    # formulas, whichever it measured faster on its first call of that kind (tuning_lines); the
+    # Triton kernels (and with them the BatchNorm + attention node, docs/kernels.md) are also
+    # measured pinned.
     runs = [("resnet50", "auto"), ("seresnet50", "auto"), ("cbam_resnet50", "auto")]
     if ctx.device.type == "cuda":
         runs[2:2] = [("seresnet50", "triton")]
@@ -400,6 +402,27 @@ def bench_models(ctx: Context, batch: int, steps: int, compile_models: bool) -> 
             print(lines[-1], flush=True)
             del model, run, opt, step, train
     return lines
+
+
+def tuning_lines() -> list[str]:
+    """What backend "auto" measured in this run (CUDA: Triton kernels vs reference formulas, one
+    row per kind of call; visattn.kernels.tuning_results)."""
+    from visattn.kernels import tuning_results
+
+    lines = [
+        "| block | options | shape | dtype | layout | backward | kernels (ms) | reference (ms) | chosen |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in tuning_results():
+        name, *options = r["block"]
+        fast = next((f"{v:.3f} ({k})" for k, v in r["ms"].items() if k != "reference"), "failed")
+        lines.append(
+            f"| {name} | {', '.join(map(str, options))} | {'x'.join(map(str, r['shape']))} "
+            f"| {str(r['dtype']).replace('torch.', '')} "
+            f"| {'channels_last' if r['channels_last'] else 'NCHW'} | {r['backward']} "
+            f"| {fast} | {r['ms']['reference']:.3f} | {r['choice']} |"
+        )
+    return lines if len(lines) > 2 else []
 
 
 def environment(ctx: Context) -> list[str]:
@@ -579,6 +602,9 @@ def main(argv: list[str] | None = None) -> int:
     report = ["## Results", "", *environment(ctx), "", *table(ctx.rows)]
     if model_lines:
         report += ["", "### Whole networks (train, bf16 autocast, channels_last)", "", *model_lines]
+    tuned = tuning_lines()
+    if tuned:
+        report += ["", '### What backend "auto" measured (first call of each kind)', "", *tuned]
     for note in sorted(set(ctx.notes)):
         report.append(f"\nNote: {note}")
     text = "\n".join(report) + "\n"
