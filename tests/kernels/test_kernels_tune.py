@@ -145,6 +145,22 @@ def test_pinned_backends_and_float64_do_not_measure():
     assert tuning_results() == []
 
 
+def test_deterministic_algorithms_take_the_kernels_unmeasured(monkeypatch):
+    """A choice by timing could differ between two runs: with deterministic algorithms on, the
+    kernels (bitwise repeatable) run without measuring, even when they are the slower."""
+    monkeypatch.setattr(cpu_kernels, "apply", _slow(cpu_kernels.apply))
+    layer = visattn.SqueezeExcite(16, reduction=4)
+    before = torch.are_deterministic_algorithms_enabled()
+    with torch.autograd.profiler.profile() as prof:
+        try:
+            torch.use_deterministic_algorithms(True)
+            layer(torch.randn(2, 16, 5, 6))
+        finally:
+            torch.use_deterministic_algorithms(before)
+    assert tuning_results() == []
+    assert any(e.name == "visattn::squeeze_excite" for e in prof.function_events)
+
+
 def test_nothing_is_measured_while_compiling():
     """Inside torch.compile the reference formulas run, traced in one graph, and nothing is
     timed (a tracer's tensors cannot be)."""

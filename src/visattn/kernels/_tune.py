@@ -16,6 +16,8 @@ autograd records, backward, and every later call of that kind uses the faster on
 - Where nothing can be measured the reference formulas run: while ``torch.compile`` /
   ``torch.export`` / ``torch.jit.trace`` trace, and on fake tensors (Inductor fuses the formulas
   into kernels of its own); while a CUDA graph is being captured, for kinds not yet measured.
+- With ``torch.use_deterministic_algorithms(True)`` nothing is measured (the choice could differ
+  from run to run): the kernels run, whose results repeat bitwise (no atomics).
 - If the fast candidate fails while being measured (say a Triton build error on an unusual
   GPU), the reference is chosen for that kind and a warning says why.
 - ``VISATTN_BACKEND=triton`` / ``reference`` (or :func:`use_backend`) pin the choice;
@@ -116,6 +118,8 @@ def tuned_impl(
         return impl
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or isinstance(x, FakeTensor):
         return None  # nothing to time while tracing: the formulas, for Inductor to fuse
+    if torch.are_deterministic_algorithms_enabled():
+        return impl  # a choice by timing could differ between runs; the kernels never do
     modules = [m for m in modules if m is not None]
     backward = torch.is_grad_enabled() and (
         x.requires_grad or any(t is not None and t.requires_grad for t in tensors)
