@@ -416,11 +416,12 @@ def tuning_lines() -> list[str]:
     for r in tuning_results():
         name, *options = r["block"]
         fast = next((f"{v:.3f} ({k})" for k, v in r["ms"].items() if k != "reference"), "failed")
+        ref = f"{r['ms']['reference']:.3f}" if "reference" in r["ms"] else "failed"
         lines.append(
             f"| {name} | {', '.join(map(str, options))} | {'x'.join(map(str, r['shape']))} "
             f"| {str(r['dtype']).replace('torch.', '')} "
             f"| {'channels_last' if r['channels_last'] else 'NCHW'} | {r['backward']} "
-            f"| {fast} | {r['ms']['reference']:.3f} | {r['choice']} |"
+            f"| {fast} | {ref} | {r['choice']} |"
         )
     return lines if len(lines) > 2 else []
 

@@ -180,7 +180,9 @@ def test_a_failing_fast_kernel_falls_back_to_the_reference(monkeypatch):
     monkeypatch.setattr(cpu_kernels, "apply", broken)
     layer = visattn.SqueezeExcite(16, reduction=4)
     x = torch.randn(2, 16, 5, 6)
-    with pytest.warns(RuntimeWarning, match="no kernel image.*reference formulas"):
+    with pytest.warns(
+        RuntimeWarning, match="cpu kernels: RuntimeError: no kernel image.*use the formulas"
+    ):
         y = layer(x)
     (result,) = tuning_results()
     assert result["choice"] == "reference" and set(result["ms"]) == {"reference"}
@@ -227,3 +229,47 @@ def test_measuring_inside_activation_checkpointing(reentrant):
     for got, want in ((norm, twin_norm), (attention, twin_attention)):
         for (name, p), q in zip(got.named_parameters(), want.parameters(), strict=True):
             _close(p.grad, q.grad, 1e-6, f"grad {name}")
+
+
+@pytest.mark.parametrize("both", [False, True])
+def test_running_out_of_memory_while_measuring(monkeypatch, both):
+    """Measuring runs a block while the outer forward holds its tensors: if the formulas run out
+    of memory there, the kernels (which keep less) are chosen, also when neither could be timed.
+    Other errors of the formulas are the caller's and propagate."""
+    from visattn.functional import fused
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("out of memory (test)")
+
+    monkeypatch.setattr(fused, "squeeze_excite_reference", oom)
+    if both:
+        monkeypatch.setattr(cpu_kernels, "apply", _fails_once(cpu_kernels.apply, oom))
+    layer = visattn.SqueezeExcite(16, reduction=4)
+    with pytest.warns(RuntimeWarning, match="formulas: OutOfMemoryError.*use the cpu kernels"):
+        y = layer(torch.randn(2, 16, 5, 6))
+    assert y.shape == (2, 16, 5, 6)
+    (result,) = tuning_results()
+    assert result["choice"] == "cpu" and set(result["ms"]) == ({"cpu"} if not both else set())
+
+
+def _fails_once(fn, failure):
+    """fn, except that its first call runs failure instead (the measurement's first call)."""
+    calls = []
+
+    def wrapper(*args, **kwargs):
+        calls.append(1)
+        return failure() if len(calls) == 1 else fn(*args, **kwargs)
+
+    return wrapper
+
+
+def test_other_errors_of_the_formulas_propagate(monkeypatch):
+    from visattn.functional import fused
+
+    def broken(*args, **kwargs):
+        raise ValueError("a bug in the formulas")
+
+    monkeypatch.setattr(fused, "squeeze_excite_reference", broken)
+    with pytest.raises(ValueError, match="a bug in the formulas"):
+        visattn.SqueezeExcite(16, reduction=4)(torch.randn(2, 16, 5, 6))
+    assert tuning_results() == []

@@ -19,7 +19,9 @@ autograd records, backward, and every later call of that kind uses the faster on
 - With ``torch.use_deterministic_algorithms(True)`` nothing is measured (the choice could differ
   from run to run): the kernels run, whose results repeat bitwise (no atomics).
 - If the fast candidate fails while being measured (say a Triton build error on an unusual
-  GPU), the reference is chosen for that kind and a warning says why.
+  GPU), the reference is chosen for that kind and a warning says why. If the formulas run out
+  of memory while being measured (the outer forward holds its tensors meanwhile), the kernels
+  are chosen, and the same if both do; any other error of the formulas is raised.
 - ``VISATTN_BACKEND=triton`` / ``reference`` (or :func:`use_backend`) pin the choice;
   :func:`tuning_results` lists what was measured, :func:`clear_tuning` forgets it.
 
@@ -134,26 +136,34 @@ def tuned_impl(
     buffers = [b for m in modules for b in m.buffers()]
     kept = [b.detach().clone() for b in buffers]
     times: dict[str | None, float] = {}
+    failed: dict[str | None, Exception] = {}
     try:
         for candidate in (impl, None):
             with use_backend(_BACKEND_OF[candidate]):
                 try:
                     times[candidate] = _best_time(run, x, grads_of, backward)
-                except Exception as err:  # the fast kernels only: the reference re-raises
-                    if candidate is None:
+                except Exception as err:
+                    # The kernels may fail where the formulas work (a Triton build error); the
+                    # formulas' own errors are the caller's, unless memory ran out because of
+                    # the measurement itself (the outer forward holds its tensors meanwhile).
+                    if candidate is None and not isinstance(err, torch.OutOfMemoryError):
                         raise
-                    warnings.warn(
-                        f"visattn: the {_BACKEND_OF[impl]} kernels failed on {block[0]} of shape "
-                        f"{tuple(x.shape)} ({type(err).__name__}: {err}); using the reference "
-                        "formulas for such calls",
-                        RuntimeWarning,
-                        stacklevel=3,
-                    )
+                    failed[candidate] = err
     finally:
         with torch.no_grad():
             for b, k in zip(buffers, kept, strict=True):
                 b.copy_(k)
-    choice = min(times, key=times.__getitem__)
+    # The faster; with nothing measured (both ran out of memory), the kernels, which keep less.
+    choice = min(times, key=times.__getitem__) if times else impl
+    if failed:
+        names = {impl: f"the {_BACKEND_OF[impl]} kernels", None: "the formulas"}
+        why = "; ".join(f"{names[c]}: {type(e).__name__}: {e}" for c, e in failed.items())
+        warnings.warn(
+            f"visattn: backend 'auto' could not measure {block[0]} on shape {tuple(x.shape)} "
+            f"({why}); such calls use {names[choice]}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     _CHOICES[key] = choice
     _RESULTS.append({
         "block": block, "shape": tuple(x.shape), "dtype": x.dtype, "device": str(x.device),
