@@ -112,8 +112,8 @@ def test_measuring_changes_nothing(kind, channels_last):
 
 def test_each_kind_is_measured_once(monkeypatch):
     calls = []
-    best_time = _tune._best_time
-    monkeypatch.setattr(_tune, "_best_time", lambda *a: calls.append(1) or best_time(*a))
+    per_call = _tune._seconds_per_call
+    monkeypatch.setattr(_tune, "_seconds_per_call", lambda *a: calls.append(1) or per_call(*a))
     layer = visattn.SqueezeExcite(16, reduction=4)
     x = torch.randn(2, 16, 5, 6)
     for _ in range(3):

@@ -6,8 +6,9 @@ shape, the dtype and the memory format: on an H200 the first version was slower 
 reference, and the kernels changed since (docs/benchmarks.md). So on the devices of
 :data:`TUNED_DEVICES` (CUDA) backend ``"auto"`` measures, like ``torch.backends.cudnn.benchmark``:
 the first call of each kind (block and options, shape, strides, dtype, device, autocast,
-training or not, whether gradients flow) runs both candidates a few times, forward and, where
-autograd records, backward, and every later call of that kind uses the faster one.
+training or not, whether gradients flow) runs both candidates a few times back to back, forward
+and, where autograd records, backward, and every later call of that kind uses the one with the
+shorter time per call (device or host time, whichever bounds it, as inside a network).
 
 - Measuring changes nothing: it runs on a detached copy of the input, takes gradients with
   ``torch.autograd.grad`` (no ``.grad`` is touched), saves its tensors past the hooks of an
@@ -70,28 +71,34 @@ def _sync(x: torch.Tensor) -> None:
         torch.cuda.synchronize(x.device)
 
 
-def _seconds(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-             grads_of: list[torch.Tensor], backward: bool) -> float:  # fmt: skip
-    """Wall time of one call (forward, and backward when timed), the device synchronised."""
+def _call(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+          grads_of: list[torch.Tensor], backward: bool) -> None:  # fmt: skip
+    """One call of the block on a detached copy of x: forward, and backward when timed."""
     leaf = x.detach().requires_grad_(x.requires_grad and backward)
-    _sync(x)
-    start = time.perf_counter()
     y = run(leaf)
     if backward:
         inputs = ([leaf] if leaf.requires_grad else []) + grads_of
         torch.autograd.grad(y, inputs, torch.ones_like(y), allow_unused=True)
-    _sync(x)
-    return time.perf_counter() - start
 
 
-def _best_time(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-               grads_of: list[torch.Tensor], backward: bool) -> float:  # fmt: skip
-    """Shortest of REPEATS calls after WARMUP untimed ones, in seconds."""
+def _seconds_per_call(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                      grads_of: list[torch.Tensor], backward: bool) -> float:  # fmt: skip
+    """Seconds per call over REPEATS calls back to back, after WARMUP.
+
+    The device is synchronised around the timed calls only, not between them: the host
+    launches ahead as in a training step, so a call costs its device time or its host time,
+    whichever is larger, as it does inside a network."""
     # Plain saved tensors: the hooks of an enclosing torch.utils.checkpoint must not see these
     # (its recomputation, already decided, measures nothing and would find fewer).
     with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
-        times = [_seconds(run, x, grads_of, backward) for _ in range(WARMUP + REPEATS)]
-    return min(times[WARMUP:])
+        for _ in range(WARMUP):
+            _call(run, x, grads_of, backward)
+        _sync(x)
+        start = time.perf_counter()
+        for _ in range(REPEATS):
+            _call(run, x, grads_of, backward)
+        _sync(x)
+    return (time.perf_counter() - start) / REPEATS
 
 
 def tuned_impl(
@@ -141,7 +148,7 @@ def tuned_impl(
         for candidate in (impl, None):
             with use_backend(_BACKEND_OF[candidate]):
                 try:
-                    times[candidate] = _best_time(run, x, grads_of, backward)
+                    times[candidate] = _seconds_per_call(run, x, grads_of, backward)
                 except Exception as err:
                     # The kernels may fail where the formulas work (a Triton build error); the
                     # formulas' own errors are the caller's, unless memory ran out because of
@@ -178,7 +185,7 @@ def tuning_results() -> list[dict[str, Any]]:
     """What backend ``"auto"`` measured so far, one dict per kind of call: ``block`` (name and
     options), ``shape``, ``dtype``, ``device``, ``channels_last``, ``backward`` (whether the
     backward was timed too), ``choice`` (``"triton"`` / ``"cpu"`` / ``"reference"``) and
-    ``ms`` (the best time of each candidate, milliseconds)."""
+    ``ms`` (each candidate's time per call, milliseconds)."""
     return [dict(r) for r in _RESULTS]
 
 
