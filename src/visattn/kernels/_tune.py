@@ -8,7 +8,10 @@ reference, and the kernels changed since (docs/benchmarks.md). So on the devices
 the first call of each kind (block and options, shape, strides, dtype, device, autocast,
 training or not, whether gradients flow) runs both candidates a few times back to back, forward
 and, where autograd records, backward, and every later call of that kind uses the one with the
-shorter time per call (device or host time, whichever bounds it, as inside a network).
+shorter time per call: its device time or its host time, whichever bounds calls that follow one
+another. (Inside a GPU-bound training step a block's host time hides behind other layers' GPU
+work, so this can keep the formulas where the kernels, with more host work, would have been
+faster there; it never picks a path whose host work slows a host-bound run, e.g. small batches.)
 
 - Measuring changes nothing: it runs on a detached copy of the input, takes gradients with
   ``torch.autograd.grad`` (no ``.grad`` is touched), saves its tensors past the hooks of an
@@ -86,8 +89,7 @@ def _seconds_per_call(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
     """Seconds per call over REPEATS calls back to back, after WARMUP.
 
     The device is synchronised around the timed calls only, not between them: the host
-    launches ahead as in a training step, so a call costs its device time or its host time,
-    whichever is larger, as it does inside a network."""
+    launches ahead, so a call costs its device time or its host time, whichever is larger."""
     # Plain saved tensors: the hooks of an enclosing torch.utils.checkpoint must not see these
     # (its recomputation, already decided, measures nothing and would find fewer).
     with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
