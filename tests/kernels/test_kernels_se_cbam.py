@@ -410,3 +410,26 @@ def test_triton_excitation_kernels_match_their_pytorch_formulas(gate, pools):
         want = _excite.excite_wgrad(dl, dh, z, h)
         for name, a, b in zip(("dw1", "db1", "dw2", "db2"), got, want, strict=True):
             _close(a, b, 1e-5, name)
+
+
+@pytest.mark.skipif(not INTERPRETED, reason="run by test_kernels_triton.py (interpreter)")
+@pytest.mark.parametrize("use_max", [False, True])
+@pytest.mark.parametrize("batch", [False, True])
+def test_triton_fold_kernels_match_their_pytorch_formulas(use_max, batch):
+    """visattn.kernels.triton_kernels.fold / fold_backward against visattn.kernels._fold, with
+    sizes that cross every tile (256 channels forward; 16 samples and 64 channels backward),
+    with and without the BatchNorm's affine parameters."""
+    from visattn.kernels import _fold, triton_kernels
+
+    n, c, positions = 37, 300, 29
+    mean, var = torch.randn(c), torch.rand(c) + 0.1
+    for weight, bias in ((torch.randn(c), torch.randn(c)), (None, None)):
+        got = triton_kernels.fold(weight, bias, mean, var, 1e-5)
+        want = _fold.fold(weight, bias, mean, var, 1e-5)
+        _close(got, want, 1e-6, "rows")
+        sums = [torch.randn(n, c) for _ in range(5)]
+        tie = [torch.randn(n, c), torch.randint(1, 4, (n, c)).float(), torch.randn(n, c)]
+        args = (want, batch, *sums, *(tie if use_max else (None, None, None)), positions)
+        got = triton_kernels.fold_backward(*args)
+        for name, a, b in zip(("rows", "dnorm"), got, _fold.fold_backward(*args), strict=True):
+            _close(a, b, 1e-5, name)

@@ -24,7 +24,7 @@ CE = "constexpr"
 
 def _sig(names: str, kinds: dict[str, str], default: str = I32) -> dict[str, str]:
     return {n: kinds.get(n, CE if (n.isupper() and n.startswith(("BLOCK", "HAS", "CBAM", "CNT",
-            "MAXP", "MAXC", "ALIGN", "GATE", "AFF"))) or n == "K" else default) for n in names.split()}  # fmt: skip
+            "MAXP", "MAXC", "ALIGN", "GATE", "AFF", "BATCH"))) or n == "K" else default) for n in names.split()}  # fmt: skip
 
 
 CASES = {
@@ -74,6 +74,14 @@ CASES = {
                      "dw2_ptr db2_ptr N C HID K BLOCK_N BLOCK_H BLOCK_K", dict.fromkeys(["dl_ptr",
                      "dh_ptr", "z_ptr", "h_ptr", "dw1_ptr", "db1_ptr", "dw2_ptr", "db2_ptr"],
                      F32)), {"K": 2}),
+    "fold": (T._fold_kernel, _sig("w_ptr b_ptr mean_ptr var_ptr out_ptr C eps HAS_W HAS_B BLOCK",
+             {"w_ptr": F32, "b_ptr": BF16, "mean_ptr": F32, "var_ptr": F32, "out_ptr": F32,
+             "eps": "fp32"}), {"HAS_W": True, "HAS_B": True, "BLOCK": T._FOLD_BLOCK}),
+    "fold_bwd": (T._fold_bwd_kernel, _sig("nrm_ptr a_ptr t0_ptr t1_ptr cavg_ptr sd_ptr cmax_ptr "
+                 "cnt_ptr td_ptr rows_ptr dnorm_ptr N C P inv_m HAS_MAX BATCH BLOCK_N BLOCK_C",
+                 {**dict.fromkeys(["nrm_ptr", "a_ptr", "t0_ptr", "t1_ptr", "cavg_ptr", "sd_ptr",
+                 "cmax_ptr", "cnt_ptr", "td_ptr", "rows_ptr", "dnorm_ptr"], F32), "P": "fp32",
+                 "inv_m": "fp32"}), {"HAS_MAX": True, "BATCH": True}),
     "sample_fwd": (T._sample_fwd_kernel, _sig("in_ptr grid_ptr out_ptr C H W Q sin sic sih siw son "
                    "soc soq ALIGN BLOCK_Q BLOCK_C", {"in_ptr": BF16, "grid_ptr": F32,
                    "out_ptr": BF16}), {"ALIGN": False}),

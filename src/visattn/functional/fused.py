@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._checks import check_choice, check_tensor
-from ..kernels import ops as _ops  # noqa: F401  (registers torch.ops.visattn.* and their FLOP counts)
+from ..kernels import ops as _ops  # registers torch.ops.visattn.* and their FLOP counts
 from ..kernels._backend import as_dtype, select_impl
 from ..kernels._tune import tuned_impl
 from .attention import GATES, POOLS, channel_pool, channel_scale, gate, global_pool
@@ -281,31 +281,21 @@ def float_batch_stats(c: torch.Tensor, running_mean=None, running_var=None, fact
     return torch.batch_norm_update_stats(c, running_mean, running_var, factor)
 
 
-def _fold(weight, bias, mean, var, eps: float) -> torch.Tensor:
-    """The kernels' rows [al; be; mu; 1/sigma; beta] (5, C) float32 of
-    BN(c) = al c + be = al (c - mu) + beta: 1/sigma = rsqrt(var + eps), al = gamma / sigma,
-    be = beta - mu al (gamma 1, beta 0 without the BatchNorm's affine parameters). Runs inside
-    the autograd function's forward, where nothing is recorded."""
-    mean = as_dtype(mean, torch.float32)
-    inv = torch.rsqrt(as_dtype(var, torch.float32) + eps)
-    al = inv * as_dtype(weight, torch.float32) if weight is not None else inv
-    beta = as_dtype(bias, torch.float32) if bias is not None else torch.zeros_like(inv)
-    return torch.stack([al, torch.addcmul(beta, mean, al, value=-1.0), mean, inv, beta])
-
-
 def _batchnorm_as_folded(norm: nn.BatchNorm2d, c: torch.Tensor) -> torch.Tensor:
     """norm(c) with BatchNorm's own gradient, valued as the folded kernels compute BN(c):
-    fma(c, al, be) with the rows of :func:`_fold` (exact in float64, then rounded once), in c's
-    dtype. For tests and ``benchmarks/gpu_correctness.py``: in bfloat16, BatchNorm's own output
-    rounds some values the other way, which can switch a maximum or a ReLU of the MLP downstream
-    and move whole gradients, so the unfused path is compared on this value."""
+    fma(c, al, be) with the rows of ``fold`` (exact in float64, then rounded once), in c's
+    dtype, al and be from the fast path active for c (:mod:`visattn.kernels._fold`, or its
+    Triton twin). For tests and ``benchmarks/gpu_correctness.py``: in bfloat16, BatchNorm's own
+    output rounds some values the other way, which can switch a maximum or a ReLU of the MLP
+    downstream and move whole gradients, so the unfused path is compared on this value."""
     out = norm(c)
     with torch.no_grad():
         if norm.training or norm.running_mean is None:
             mean, var = float_batch_stats(c)
         else:
             mean, var = norm.running_mean, norm.running_var
-        al, be = _fold(norm.weight, norm.bias, mean, var, norm.eps)[:2, :, None, None].double()
+        fold = _ops._kernels(select_impl(c) or "c").fold
+        al, be = fold(norm.weight, norm.bias, mean, var, norm.eps)[:2, :, None, None].double()
         want = (c.double() * al + be).float().to(c.dtype)
     return (out.float() + (want.float() - out.float()).detach()).to(c.dtype)
 
@@ -347,7 +337,7 @@ class _CBAM:
 
 class _BatchNormThen(torch.autograd.Function):
     """y = block(BN(c)) as one node, the BatchNorm folded into the block's operators: it saves
-    c and the (5, C) rows of :func:`_fold`, never BN(c). Backward: the block's backward operator
+    c and the (5, C) rows of the kernels' ``fold`` (:mod:`visattn.kernels._fold`), never BN(c). Backward: the block's backward operator
     gives dL/dc (through the batch statistics in training mode, as BatchNorm's own backward),
     dL/dgamma, dL/dbeta and the block's parameters' gradients in one go. Outputs: y, then the
     block's extra outputs (non-differentiable).
@@ -355,7 +345,7 @@ class _BatchNormThen(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, c, weight, bias, mean, var, eps, batch_stats, block, options, *params):
-        in_norm = _fold(weight, bias, mean, var, eps)
+        in_norm = _ops._kernels(options[-1]).fold(weight, bias, mean, var, eps)
         y, saved, extra = block.forward(c, params, options, in_norm)
         ctx.save_for_backward(c, in_norm, *saved, *params)
         ctx.set_materialize_grads(False)  # the extra outputs' gradients are never read

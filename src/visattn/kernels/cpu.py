@@ -36,6 +36,7 @@ import torch
 from ._backend import as_dtype, flat_f32
 from ._cpu_source import SOURCE
 from ._excite import excite, excite_backward, excite_wgrad  # the MLP part: PyTorch ops on CPU
+from ._fold import fold, fold_backward  # the folded BatchNorm's (C,)-sized steps: PyTorch ops
 from ._pool import output_pool
 
 __all__ = [
@@ -50,6 +51,8 @@ __all__ = [
     "excite",
     "excite_backward",
     "excite_wgrad",
+    "fold",
+    "fold_backward",
     "stats_c",
     "stats_p",
 ]

@@ -120,19 +120,6 @@ def _shifted(q1: Tensor, q0: Tensor, in_norm: Tensor) -> Tensor:
     return torch.addcmul(in_norm[4] * q0, in_norm[0], q1)
 
 
-def _fold_norm(in_norm: Tensor, batch: bool, g: Tensor, gd: Tensor, count: int) -> tuple:
-    """The folded BatchNorm's backward from G = sum g, GD = sum g d (C,) over its ``count``
-    values per channel: (rows [al; be; mu; v; w] for ``bwd_apply``, [dL/dgamma; dL/dbeta])."""
-    al, _, _, inv, _ = in_norm.unbind(0)
-    gx = inv * gd  # sum g x_hat
-    if batch:
-        scale = al * (-1.0 / count)
-        vw = torch.stack([scale * inv * gx, scale * g])
-    else:
-        vw = in_norm.new_zeros(2, g.shape[0])
-    return torch.cat([in_norm[:3], vw]), torch.stack([gx, g])
-
-
 def _no_norm_autograd(ctx) -> None:
     if ctx.in_norm:
         raise NotImplementedError(
@@ -202,8 +189,7 @@ def squeeze_excite_backward(
     k = _kernels(impl)
     is_max = squeeze == "max"
     zmax = z if is_max else None
-    n, _, hh, ww = x.shape
-    positions = hh * ww
+    positions = x.shape[2] * x.shape[3]
     if in_norm is None:
         q, _, count, _ = k.bwd_reduce(dy, x, s, None, zmax, None)
     else:  # rows: sum dy, sum dy d, sum d[, tie count, sum over ties of d]
@@ -214,12 +200,10 @@ def squeeze_excite_backward(
                                            is_max, gate)  # fmt: skip
     dw1, db1, dw2, db2 = k.excite_wgrad(dl, dh, z.unsqueeze(0), h)
     rows, dnorm = None, x.new_empty(0)
-    if in_norm is not None:  # g = s dy + cavg + [x == zmax] cmax, summed over p with / without d
-        g = torch.addcmul(positions * cavg, s, mom[0])
-        gd = torch.addcmul(cavg * mom[2], s, mom[1])
-        if is_max:
-            g, gd = torch.addcmul(g, count, cmax), torch.addcmul(gd, cmax, mom[4])
-        rows, dnorm = _fold_norm(in_norm, in_norm_batch, g.sum(0), gd.sum(0), n * positions)
+    if in_norm is not None:  # dL/dx = s dy + cavg + [x == zmax] cmax, summed over p (and * d)
+        tied = mom[4] if is_max else None
+        rows, dnorm = k.fold_backward(in_norm, in_norm_batch, s, mom[0], mom[1], cavg, mom[2],
+                                      cmax, count, tied, positions)  # fmt: skip
     if need_dx:
         dx = k.bwd_apply(dy, x, s, None, None, None, None, cavg, cmax, zmax, rows)
     else:
@@ -452,12 +436,10 @@ def cbam_backward(
                                            "sigmoid")  # fmt: skip
     dw1, db1, dw2, db2 = k.excite_wgrad(dl, dh, z, h)
     rows, dnorm = None, x.new_empty(0)
-    if in_norm is not None:  # g = a (dy b + w) + cavg + [x == zmax] cmax, summed over p
-        g = torch.addcmul(p * cavg, a, t0)
-        gd = torch.addcmul(cavg * mom[2], a, t1)
-        if use_max:
-            g, gd = torch.addcmul(g, zcount, cmax), torch.addcmul(gd, cmax, mom[4])
-        rows, dnorm = _fold_norm(in_norm, in_norm_batch, g.sum(0), gd.sum(0), n * p)
+    if in_norm is not None:  # dL/dx = a (dy b + w) + cavg + [x == zmax] cmax, summed over p
+        tied = mom[4] if use_max else None
+        rows, dnorm = k.fold_backward(in_norm, in_norm_batch, a, t0, t1, cavg, mom[2], cmax,
+                                      zcount, tied, p)  # fmt: skip
     if need_dx:
         dx = k.bwd_apply(dy, x, a, b, gavg, gmax, pmax, cavg, cmax, zmax, rows)
     else:
