@@ -337,10 +337,10 @@ class _CBAM:
 
 class _BatchNormThen(torch.autograd.Function):
     """y = block(BN(c)) as one node, the BatchNorm folded into the block's operators: it saves
-    c and the (5, C) rows of the kernels' ``fold`` (:mod:`visattn.kernels._fold`), never BN(c). Backward: the block's backward operator
-    gives dL/dc (through the batch statistics in training mode, as BatchNorm's own backward),
-    dL/dgamma, dL/dbeta and the block's parameters' gradients in one go. Outputs: y, then the
-    block's extra outputs (non-differentiable).
+    c and the (5, C) rows of the kernels' ``fold`` (:mod:`visattn.kernels._fold`), never BN(c).
+    Backward: the block's backward operator gives dL/dc (through the batch statistics in
+    training mode, as BatchNorm's own backward), dL/dgamma, dL/dbeta and the block's parameters'
+    gradients in one go. Outputs: y, then the block's extra outputs (non-differentiable).
     """
 
     @staticmethod

@@ -90,8 +90,8 @@ _FAST_DTYPES = (torch.float32, torch.bfloat16)
 def select_impl(x: torch.Tensor) -> str | None:
     """``"triton"``, ``"c"`` or ``None`` (reference) for the SE / CBAM kernels on ``x``.
 
-    Under backend ``"auto"`` on CUDA this is the candidate that :func:`visattn.kernels._tune.
-    tuned_impl` then measures against the reference formulas."""
+    Under backend ``"auto"`` on CUDA this is the candidate that
+    :func:`visattn.kernels._tune.tuned_impl` then measures against the reference formulas."""
     backend = get_backend()
     if backend == "reference" or torch.onnx.is_in_onnx_export():
         return None  # ONNX has no visattn:: operators: export the plain formulas

@@ -66,7 +66,7 @@ def _key(block: tuple, x: torch.Tensor, tensors: Sequence[Any], modules: Sequenc
     autocast = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
     weight = tensors[0].dtype if tensors else None
     return (block, x.shape, x.stride(), x.dtype, x.device, autocast, backward, x.requires_grad,
-            weight, tuple(m.training for m in modules))  # fmt: skip
+            weight, tuple((type(m), m.training) for m in modules))  # fmt: skip
 
 
 def _sync(x: torch.Tensor) -> None:
