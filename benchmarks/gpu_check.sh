@@ -9,11 +9,13 @@
 #      sampler 64x64x112x112 fp32 and bf16; whole networks when visattn.models is present, with
 #      SE / CBAM on the default ("auto": Triton kernels or formulas, whichever it measured
 #      faster; the report lists what it measured) and on the Triton kernels pinned, which also
-#      fuse the BatchNorm before them), then the torch.compile rows at the first stage;
+#      fuse the BatchNorm before them); then every Triton kernel alone at the four stages (time
+#      and share of the copy bandwidth), then the torch.compile rows at the first stage;
 #   3. optional (GPU_CHECK_COMPILE_MODELS=1, several more minutes): the networks under torch.compile.
 # Run from the repository (any cwd): bash benchmarks/gpu_check.sh
 # Everything is printed; files go to $OUT (or /tmp/visattn_gpu_check): check.txt (environment and
-# correctness), bench.md and bench_compile.md (the tables), log.txt (the whole output).
+# correctness), bench.md, bench_kernels.md and bench_compile.md (the tables), log.txt (the whole
+# output).
 set -u
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
@@ -48,6 +50,10 @@ fi
 echo "== 2. benchmark (bf16, channels_last, N=128) =="
 timeout 260 "$PY" -m visattn.bench --device cuda --dtype bfloat16 --channels-last --batch 128 \
   --repeats 20 --models --model-batch 128 --model-steps 8 --output "$RES/bench.md" 2>&1 \
+  | grep -v '^USDT'
+echo "== 2b. each SE / CBAM kernel alone (four stages) =="
+timeout 90 "$PY" -m visattn.bench --device cuda --dtype bfloat16 --channels-last --batch 128 \
+  --repeats 20 --blocks "" --kernels --no-models --output "$RES/bench_kernels.md" 2>&1 \
   | grep -v '^USDT'
 echo "== 3. torch.compile rows (first stage) =="
 timeout 150 "$PY" -m visattn.bench --device cuda --dtype bfloat16 --channels-last --batch 128 \

@@ -29,6 +29,23 @@ def test_bench_quick_cpu_writes_markdown(tmp_path, capsys):
     assert "visattn fast" in capsys.readouterr().out
 
 
+def test_bench_times_each_kernel_alone(tmp_path):
+    out = tmp_path / "kernels.md"
+    code = main(
+        ["--device", "cpu", "--quick", "--batch", "1", "--repeats", "1", "--warmup", "0",
+         "--blocks", "", "--kernels", "--no-models", "--output", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    text = out.read_text()
+    assert "### Each kernel alone" in text and "| block | shape |" not in text
+    rows = [line.split("|")[1:-1] for line in text.splitlines() if "| 1x256x56x56 |" in line]
+    names = [r[0].strip() for r in rows]
+    assert "bwd_apply (CBAM), folded BN" in names and "fold_backward" in names and len(rows) == 15
+    for name, _, ms, passes, share in rows:
+        assert float(ms) > 0, name
+        assert (passes.strip() == "-") == (share.strip() == "-"), name
+
+
 def test_bench_rejects_unknown_block(capsys):
     assert main(["--device", "cpu", "--blocks", "se,nope"]) == 2
     assert "nope" in capsys.readouterr().err
