@@ -79,7 +79,16 @@ class TestIdentity:
             transform, in_channels=2, input_size=(11, 14), align_corners=align_corners
         )
         x = torch.randn(3, 2, 11, 14)
-        assert (st(x) - x).abs().max() <= 1e-5
+        y = st(x)
+        theta = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]).expand(3, 2, 3)
+        identity = torch.nn.functional.affine_grid(
+            theta, (3, 2, 11, 14), align_corners=align_corners
+        )
+        # float32 roundoff only: the thin-plate spline's grid comes from a linear solve (off by
+        # ~1e-7), which moves each sample by that much times half the image width; the output
+        # error is that shift times the local slope of x (differences of up to a few units).
+        assert (st.last_grid - identity).abs().max() <= 1e-6
+        assert (y - x).abs().max() <= 1e-5 * (1 + x.abs().max())
 
 
 class TestTrainingSignal:
