@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._checks import check_choice, check_tensor
+from ..kernels import _fold
 from ..kernels import ops as _ops  # registers torch.ops.visattn.* and their FLOP counts
 from ..kernels._backend import as_dtype, select_impl
 from ..kernels._tune import tuned_impl
@@ -345,7 +346,10 @@ class _BatchNormThen(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, c, weight, bias, mean, var, eps, batch_stats, block, options, *params):
-        in_norm = _ops._kernels(options[-1]).fold(weight, bias, mean, var, eps)
+        # Traced by torch.compile, the fold's few PyTorch ops (Inductor fuses them); else the
+        # kernels' own (one launch with the Triton kernels).
+        fold = _fold.fold if torch.compiler.is_compiling() else _ops._kernels(options[-1]).fold
+        in_norm = fold(weight, bias, mean, var, eps)
         y, saved, extra = block.forward(c, params, options, in_norm)
         ctx.save_for_backward(c, in_norm, *saved, *params)
         ctx.set_materialize_grads(False)  # the extra outputs' gradients are never read
