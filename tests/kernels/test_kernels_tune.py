@@ -273,3 +273,55 @@ def test_other_errors_of_the_formulas_propagate(monkeypatch):
     with pytest.raises(ValueError, match="a bug in the formulas"):
         visattn.SqueezeExcite(16, reduction=4)(torch.randn(2, 16, 5, 6))
     assert tuning_results() == []
+
+
+def _ddp_worker(rank: int, init: str, out: str) -> None:
+    """One of two gloo processes: a residual BatchNorm + CBAM branch under DDP, measured by
+    backend "auto" inside the first forward, against the same step without DDP (gradients
+    averaged by hand) on the backend this process chose."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    _tune.TUNED_DEVICES = {"cpu"}
+    _tune.WARMUP, _tune.REPEATS = 1, 2
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        torch.manual_seed(0)
+        block = nn.ModuleDict({"bn": nn.BatchNorm2d(16), "att": visattn.CBAM(16, reduction=4)})
+        twin = copy.deepcopy(block)
+        ddp = nn.parallel.DistributedDataParallel(_Branch(block))
+        torch.manual_seed(1 + rank)
+        c = torch.randn(2, 16, 5, 6)
+        ddp(c).square().sum().backward()
+        (result,) = tuning_results()
+        with use_backend(result["choice"]):
+            _Branch(twin)(c).square().sum().backward()
+        worst = 0.0
+        for p, q in zip(block.parameters(), twin.parameters(), strict=True):
+            dist.all_reduce(q.grad)
+            worst = max(worst, (p.grad - q.grad / 2).abs().max().item())
+        torch.save({"worst": worst, "choice": result["choice"]}, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+class _Branch(nn.Module):
+    def __init__(self, block: nn.ModuleDict) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, c: torch.Tensor) -> torch.Tensor:
+        return c + batchnorm_attention(self.block["bn"], self.block["att"], c)
+
+
+def test_measuring_inside_distributed_data_parallel(tmp_path):
+    """Measuring calls autograd.grad inside DDP's forward: DDP's gradient hooks must see only
+    the step's own backward, and every process ends with the average of the two processes'
+    gradients."""
+    import torch.multiprocessing as mp
+
+    out = str(tmp_path / "result")
+    mp.spawn(_ddp_worker, args=(f"file://{tmp_path / 'init'}", out), nprocs=2, join=True)
+    for rank in (0, 1):
+        result = torch.load(f"{out}.{rank}")
+        assert result["worst"] <= 1e-6, result
