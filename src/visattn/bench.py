@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from .kernels._backend import synchronize
+
 __all__ = ["main"]
 
 RESNET50_STAGES = [(256, 56), (512, 28), (1024, 14), (2048, 7)]
@@ -86,21 +88,16 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(m_mmap_threshold, 1 << 30)) and bool(mallopt(m_trim_threshold, 1 << 31))
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _time(fn: Callable[[], object], ctx: Context, repeats: int | None = None) -> float:
     """Median seconds of ``fn`` over the repeats (after warm-up); the minimum goes to ``ctx.best``."""
     for _ in range(ctx.warmup):
         fn()
-    _sync(ctx.device)
+    synchronize(ctx.device)
     times = []
     for _ in range(repeats or ctx.repeats):
         start = time.perf_counter()
         fn()
-        _sync(ctx.device)
+        synchronize(ctx.device)
         times.append(time.perf_counter() - start)
     ctx.best = min(times)
     return statistics.median(times)
@@ -125,7 +122,7 @@ def _time_interleaved(
             with use_backend(backend):
                 for _ in range(max(1, ctx.warmup)):
                     step()
-            _sync(ctx.device)
+            synchronize(ctx.device)
         except Exception as err:  # a measuring tool: report and go on
             print(f"  {label} {name}: failed ({type(err).__name__}: {err})", flush=True)
             continue
@@ -138,7 +135,7 @@ def _time_interleaved(
                 start = time.perf_counter()
                 step()
                 launched = time.perf_counter()
-                _sync(ctx.device)
+                synchronize(ctx.device)
                 times[name].append(time.perf_counter() - start)
                 hosts[name].append(launched - start)
     return [

@@ -34,6 +34,7 @@ __all__ = [
     "flat_f32",
     "get_backend",
     "select_impl",
+    "synchronize",
     "triton_available",
     "use_backend",
 ]
@@ -119,6 +120,13 @@ def cpu_kernels_available() -> bool:
     from . import cpu
 
     return cpu.available()
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); a no-op on CPU, where work is synchronous. For
+    timing: ``visattn.kernels._tune`` and ``visattn.bench``."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

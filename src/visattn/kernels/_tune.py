@@ -45,7 +45,7 @@ import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensor
 
-from ._backend import get_backend, use_backend
+from ._backend import get_backend, synchronize, use_backend
 
 __all__ = ["TUNED_DEVICES", "clear_tuning", "tuned_impl", "tuning_results"]
 
@@ -69,11 +69,6 @@ def _key(block: tuple, x: torch.Tensor, tensors: Sequence[Any], modules: Sequenc
             weight, tuple((type(m), m.training) for m in modules))  # fmt: skip
 
 
-def _sync(x: torch.Tensor) -> None:
-    if x.device.type == "cuda":
-        torch.cuda.synchronize(x.device)
-
-
 def _call(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
           grads_of: list[torch.Tensor], backward: bool) -> None:  # fmt: skip
     """One call of the block on a detached copy of x: forward, and backward when timed."""
@@ -95,11 +90,11 @@ def _seconds_per_call(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
     with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
         for _ in range(WARMUP):
             _call(run, x, grads_of, backward)
-        _sync(x)
+        synchronize(x.device)
         start = time.perf_counter()
         for _ in range(REPEATS):
             _call(run, x, grads_of, backward)
-        _sync(x)
+        synchronize(x.device)
     return (time.perf_counter() - start) / REPEATS
 
 
