@@ -1,0 +1,50 @@
+"""Named modes shared by every layer of the package: the one definition of each choice list.
+
+The formulas (:mod:`visattn.functional`), the layers and the kernels (:mod:`visattn.kernels`)
+all take their gate names, pool names and BatchNorm modes from here, so a list is written once
+and every other form of it (the Triton kernels' integer ids, the error messages' choices) is
+derived from it. Like :mod:`visattn._checks`, this module imports nothing from visattn: it sits
+below the kernels in the import order (``docs/architecture.md``).
+
+Tests: ``tests/kernels/test_kernels_layering.py`` (the import rule),
+``tests/functional/test_functional_attention.py`` (the gates).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["GATES", "GATE_FUNCTIONS", "GATE_IDS", "POOLS", "BnMode"]
+
+#: Gate functions sigma of the excitation s = sigma(W_2 ReLU(W_1 z)): SE's sigmoid and the
+#: alternatives of its Table 12 ablation (arXiv:1709.01507).
+GATE_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "sigmoid": torch.sigmoid,
+    "hard_sigmoid": F.hardsigmoid,
+    "tanh": torch.tanh,
+    "relu": torch.relu,
+}
+
+#: The gate names, in the order of their kernel ids.
+GATES: tuple[str, ...] = tuple(GATE_FUNCTIONS)
+
+#: Integer id of each gate, the ``GATE`` compile-time constant of the Triton kernels.
+GATE_IDS: dict[str, int] = {name: i for i, name in enumerate(GATES)}
+
+#: Global / channel pools of SE's squeeze and CBAM's maps.
+POOLS: tuple[str, ...] = ("avg", "max")
+
+
+class BnMode(enum.IntEnum):
+    """How the BatchNorm after CBAM's spatial convolution (``norm=True``) normalises the map.
+
+    An ``int`` for the ``torch.library`` operators' schemas, with a name everywhere else.
+    """
+
+    NONE = 0  #: no BatchNorm after the convolution
+    BATCH = 1  #: the batch's statistics (training mode, or no running statistics)
+    RUNNING = 2  #: the running statistics (evaluation mode)
