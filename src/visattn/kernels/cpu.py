@@ -1,7 +1,7 @@
 """Fused CPU kernels for SE (arXiv:1709.01507) and CBAM (arXiv:1807.06521): build, load, call.
 
-The C++ source (:mod:`visattn.kernels._cpu_source`, formulas listed there) has no PyTorch
-headers, so ``g++ -O3 -fopenmp`` builds it in a few seconds (about 6 s here) on first use; the shared library is
+The C++ source (``csrc/visattn_cpu.cpp`` next to this file, shipped as package data; formulas
+listed at its top) has no PyTorch headers, so ``g++ -O3 -fopenmp`` builds it in a few seconds (about 6 s here) on first use; the shared library is
 cached in ``$VISATTN_CACHE_DIR`` (default ``~/.cache/visattn``) under a hash of the source,
 the compiler flags and the CPU, and loaded with :mod:`ctypes` (which releases the GIL during
 calls). The OpenMP runtime is the one PyTorch has already loaded (same ``libgomp.so.1``), so
@@ -34,7 +34,6 @@ from pathlib import Path
 import torch
 
 from ._backend import as_dtype, flat_f32
-from ._cpu_source import SOURCE
 from ._excite import excite, excite_backward, excite_wgrad  # the MLP part: PyTorch ops on CPU
 from ._fold import fold, fold_backward  # the folded BatchNorm's (C,)-sized steps: PyTorch ops
 from ._pool import output_pool
@@ -59,6 +58,12 @@ __all__ = [
 
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared", "-fPIC"]
 _STATE: dict[str, object] = {}
+SOURCE_PATH = Path(__file__).resolve().parent / "csrc" / "visattn_cpu.cpp"
+
+
+def source() -> str:
+    """The C++ source of the kernels (``csrc/visattn_cpu.cpp``)."""
+    return SOURCE_PATH.read_text(encoding="utf-8")
 
 
 def _cache_dir() -> Path:
@@ -84,8 +89,9 @@ def build() -> Path:
     compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if compiler is None:
         raise RuntimeError("no C++ compiler (g++ / c++ / $CXX) found")
+    text = source()
     key = hashlib.sha256(
-        "\0".join([SOURCE, compiler, *_FLAGS, _cpu_id(), platform.machine()]).encode()
+        "\0".join([text, compiler, *_FLAGS, _cpu_id(), platform.machine()]).encode()
     ).hexdigest()[:20]
     target = _cache_dir() / f"visattn_cpu_{key}.so"
     if target.exists():
@@ -93,7 +99,7 @@ def build() -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         src = Path(tmp) / "visattn_cpu.cpp"
-        src.write_text(SOURCE)
+        src.write_text(text, encoding="utf-8")
         out = Path(tmp) / "lib.so"
         proc = subprocess.run(
             [compiler, *_FLAGS, str(src), "-o", str(out)], capture_output=True, text=True

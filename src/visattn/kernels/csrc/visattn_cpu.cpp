@@ -1,39 +1,34 @@
-"""C++ source of the fused CPU kernels for SE (arXiv:1709.01507) and CBAM (arXiv:1807.06521).
-
-The tensor x is viewed as (N, C, P) with P = H W, either NCHW-contiguous (``cl = 0``: p is the
-fastest index) or channels_last (``cl = 1``: c is the fastest index). Per-channel vectors
-(``a``: SE's s or CBAM's M_c, ``zmax``, ``cavg``, ``cmax``) are float32 (N, C); per-position
-vectors (``b``: CBAM's M_s, ``gavg``, ``gmax``, ``pmax``) are float32 (N, P). Element types are
-float32 (``dt = 0``) or bfloat16 (``dt = 1``); all arithmetic is float32.
-
-Kernels (each one pass over its full-size operands):
-
-- ``va_stats_c``  sum_p x and max_p x per (n, c)                         (SE squeeze / CBAM AvgPool, MaxPool)
-- ``va_apply``    y = (x * a_c) * b_p  (b optional)                        (SE eq. 4 / CBAM eq. 1)
-- ``va_stats_p``  sum_c a_c x and max_c a_c x per (n, p)                 (CBAM AvgPool_c, MaxPool_c of F')
-- ``va_bwd_reduce``  q_c = sum_p dy x b_p, db_p = sum_c dy a_c x, tie counts of both maxima
-- ``va_bwd_channel`` out_c = sum_p x (gavg_p + [a_c x == pmax_p] gmax_p)
-- ``va_bwd_apply``   dx = a_c (dy b_p + gavg_p + [a_c x == pmax_p] gmax_p) + cavg_c + [x == zmax_c] cmax_c
-
-With a folded BatchNorm (``nrm`` rows al, be[, mu, v, w], float32 (K, C); see
-:mod:`visattn.kernels.ops`) the input is the BatchNorm's input c and x = fma(c, al, be), rounded
-to c's type, is computed on load: ``va_stats_c``, ``va_apply``, ``va_stats_p`` and
-``va_bwd_apply`` take ``nrm`` (the last one then writes dL/dc = al r + v (c - mu) + w for the r
-above), and two reductions replace ``va_bwd_reduce`` / ``va_bwd_channel``:
-
-- ``va_bwd_reduce_norm``   per (n, c): sum_p dy b_p, sum_p dy b_p d, sum_p d and, over the ties
-  [x == zmax_c], their count and sum of d (d = c - mu_c); per (n, p): db_p and tie counts as above
-- ``va_bwd_channel_norm``  per (n, c): sum_p [a_c x == pmax_p] gmax_p and sum_p d (gavg_p + that)
-
-Work is split into (n, block of positions) tiles that OpenMP threads take dynamically; partial
-per-channel sums of the tiles are added in a fixed tile order afterwards, so every result is
-deterministic (independent of which thread ran which tile).
-Built and loaded by :mod:`visattn.kernels.cpu`; tested in ``tests/kernels/test_kernels_se_cbam.py``.
-"""
-
-__all__ = ["SOURCE"]
-
-SOURCE = r"""
+// C++ source of the fused CPU kernels for SE (arXiv:1709.01507) and CBAM (arXiv:1807.06521).
+//
+// The tensor x is viewed as (N, C, P) with P = H W, either NCHW-contiguous (`cl = 0`: p is the
+// fastest index) or channels_last (`cl = 1`: c is the fastest index). Per-channel vectors
+// (`a`: SE's s or CBAM's M_c, `zmax`, `cavg`, `cmax`) are float32 (N, C); per-position
+// vectors (`b`: CBAM's M_s, `gavg`, `gmax`, `pmax`) are float32 (N, P). Element types are
+// float32 (`dt = 0`) or bfloat16 (`dt = 1`); all arithmetic is float32.
+//
+// Kernels (each one pass over its full-size operands):
+//
+// - `va_stats_c`  sum_p x and max_p x per (n, c)                         (SE squeeze / CBAM AvgPool, MaxPool)
+// - `va_apply`    y = (x * a_c) * b_p  (b optional)                        (SE eq. 4 / CBAM eq. 1)
+// - `va_stats_p`  sum_c a_c x and max_c a_c x per (n, p)                 (CBAM AvgPool_c, MaxPool_c of F')
+// - `va_bwd_reduce`  q_c = sum_p dy x b_p, db_p = sum_c dy a_c x, tie counts of both maxima
+// - `va_bwd_channel` out_c = sum_p x (gavg_p + [a_c x == pmax_p] gmax_p)
+// - `va_bwd_apply`   dx = a_c (dy b_p + gavg_p + [a_c x == pmax_p] gmax_p) + cavg_c + [x == zmax_c] cmax_c
+//
+// With a folded BatchNorm (`nrm` rows al, be[, mu, v, w], float32 (K, C); see
+// visattn/kernels/ops.py) the input is the BatchNorm's input c and x = fma(c, al, be), rounded
+// to c's type, is computed on load: `va_stats_c`, `va_apply`, `va_stats_p` and
+// `va_bwd_apply` take `nrm` (the last one then writes dL/dc = al r + v (c - mu) + w for the r
+// above), and two reductions replace `va_bwd_reduce` / `va_bwd_channel`:
+//
+// - `va_bwd_reduce_norm`   per (n, c): sum_p dy b_p, sum_p dy b_p d, sum_p d and, over the ties
+//   [x == zmax_c], their count and sum of d (d = c - mu_c); per (n, p): db_p and tie counts as above
+// - `va_bwd_channel_norm`  per (n, c): sum_p [a_c x == pmax_p] gmax_p and sum_p d (gavg_p + that)
+//
+// Work is split into (n, block of positions) tiles that OpenMP threads take dynamically; partial
+// per-channel sums of the tiles are added in a fixed tile order afterwards, so every result is
+// deterministic (independent of which thread ran which tile).
+// Built and loaded by visattn/kernels/cpu.py; tested in `tests/kernels/test_kernels_se_cbam.py`.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -926,4 +921,3 @@ void va_bwd_apply(int dt, int cl, const void* dy, const void* x, const float* a,
 
 #undef VA_AFF
 }  // extern "C"
-"""
