@@ -25,6 +25,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
@@ -84,14 +85,26 @@ def _cpu_id() -> str:
     return platform.processor() or platform.machine()
 
 
-def build() -> Path:
-    """Compile the kernels (or find them in the cache) and return the library's path."""
-    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    if compiler is None:
+def compiler() -> str | None:
+    """The C++ compiler :func:`build` uses: ``$CXX``, else ``g++``, else ``c++`` (None if none)."""
+    return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+
+
+def compile_command(cxx: str, src: Path, out: Path, extra: tuple[str, ...] = ()) -> list[str]:
+    """The command line that compiles ``src`` into the shared library ``out`` (``extra`` flags
+    appended: the tests add ``-Wall -Wextra -Werror``)."""
+    return [cxx, *_FLAGS, *extra, str(src), "-o", str(out)]
+
+
+def build(text: str | None = None) -> Path:
+    """Compile the kernels (``text``, default :func:`source`) or find them in the cache, and
+    return the library's path."""
+    cxx = compiler()
+    if cxx is None:
         raise RuntimeError("no C++ compiler (g++ / c++ / $CXX) found")
-    text = source()
+    text = source() if text is None else text
     key = hashlib.sha256(
-        "\0".join([text, compiler, *_FLAGS, _cpu_id(), platform.machine()]).encode()
+        "\0".join([text, cxx, *_FLAGS, _cpu_id(), platform.machine()]).encode()
     ).hexdigest()[:20]
     target = _cache_dir() / f"visattn_cpu_{key}.so"
     if target.exists():
@@ -101,9 +114,7 @@ def build() -> Path:
         src = Path(tmp) / "visattn_cpu.cpp"
         src.write_text(text, encoding="utf-8")
         out = Path(tmp) / "lib.so"
-        proc = subprocess.run(
-            [compiler, *_FLAGS, str(src), "-o", str(out)], capture_output=True, text=True
-        )
+        proc = subprocess.run(compile_command(cxx, src, out), capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"compiling the CPU kernels failed:\n{proc.stderr[-2000:]}")
         os.replace(out, target)  # atomic: concurrent builders never see a half-written file
@@ -115,8 +126,9 @@ def _lib() -> ctypes.CDLL | None:
         lib = None
         if os.environ.get("VISATTN_DISABLE_CPU_KERNELS", "0") in ("", "0"):
             try:
-                lib = ctypes.CDLL(str(build()))
-                _declare(lib)
+                text = source()
+                lib = ctypes.CDLL(str(build(text)))
+                _declare(lib, text)
             except (OSError, RuntimeError) as err:  # pragma: no cover - depends on the machine
                 warnings.warn(
                     f"visattn: CPU kernels unavailable, using the reference formulas ({err})",
@@ -133,22 +145,67 @@ def available() -> bool:
     return _lib() is not None
 
 
-def _declare(lib: ctypes.CDLL) -> None:
-    P, I, L = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
-    sigs = {
-        "va_stats_c": [I, I, P, L, L, L, I, P, P, P],
-        "va_apply": [I, I, P, P, P, P, L, L, L, I, P],
-        "va_stats_p": [I, I, P, P, P, P, L, L, L, I, P],
-        "va_bwd_reduce": [I, I, P, P, P, P, P, P, P, P, P, P, L, L, L, I],
-        "va_bwd_channel": [I, I, P, P, P, P, P, P, L, L, L, I],
-        "va_bwd_reduce_norm": [I, I, *[P] * 10, L, L, L, I],
-        "va_bwd_channel_norm": [I, I, *[P] * 7, L, L, L, I],
-        "va_bwd_apply": [I, I, P, P, P, P, P, P, P, P, P, P, P, L, L, L, I, P],
-    }
-    for name, args in sigs.items():
+# ----------------------------------------------------------------------------- ctypes signatures
+# Read from the extern "C" definitions of the source, so that they cannot drift from it. Only the
+# C types the kernels use are known; any other is an error, not a guess.
+
+_SCALARS = {
+    "int": ctypes.c_int,
+    "int64_t": ctypes.c_int64,
+    "float": ctypes.c_float,
+    "double": ctypes.c_double,
+    "bool": ctypes.c_bool,
+}
+_POINTEES = {"void", *_SCALARS}  # any pointer to these is passed as an address (c_void_p)
+_DEFINITION = re.compile(r"^([A-Za-z_]\w*)[ \t]+([A-Za-z_]\w*)[ \t]*\(", re.M)
+_PARAM = re.compile(r"(const\s+)?([A-Za-z_]\w*)\s*(\*?)\s*([A-Za-z_]\w*)")
+
+Signature = tuple[type | None, list[type]]
+
+
+def _c_type(decl: str, where: str, pointer: bool) -> type:
+    if pointer:
+        if decl in _POINTEES:
+            return ctypes.c_void_p
+    elif decl in _SCALARS:
+        return _SCALARS[decl]
+    raise ValueError(f"unsupported C type {decl + '*' * pointer!r} in {where}")
+
+
+def prototypes(text: str) -> dict[str, Signature]:
+    """``{name: (restype, argtypes)}`` of every function defined at the top level of the
+    ``extern "C" { ... }`` block of ``text``. Raises ValueError on a C type outside
+    ``_SCALARS`` / pointers to them, or on a definition it cannot read."""
+    parts = text.split('extern "C" {')
+    if len(parts) != 2:
+        raise ValueError('expected exactly one extern "C" { ... } block in the C++ source')
+    sigs: dict[str, Signature] = {}
+    for m in _DEFINITION.finditer(parts[1]):
+        ret, name = m.group(1), m.group(2)
+        close = parts[1].find(")", m.end())
+        params = parts[1][m.end() : close].strip()
+        if close < 0 or not parts[1][close + 1 :].lstrip().startswith("{"):
+            raise ValueError(f"cannot read the definition of {name}")
+        args = []
+        for param in [] if params in ("", "void") else params.split(","):
+            pm = _PARAM.fullmatch(param.strip())
+            if pm is None:
+                raise ValueError(f"cannot read parameter {param.strip()!r} of {name}")
+            args.append(
+                _c_type(pm.group(2), f"parameter {pm.group(4)} of {name}", bool(pm.group(3)))
+            )
+        restype = None if ret == "void" else _c_type(ret, f"the result of {name}", False)
+        sigs[name] = (restype, args)
+    if not sigs:
+        raise ValueError('no function definitions found in the extern "C" block')
+    return sigs
+
+
+def _declare(lib: ctypes.CDLL, text: str) -> None:
+    for name, (restype, argtypes) in prototypes(text).items():
         fn = getattr(lib, name)
-        fn.argtypes = args
-        fn.restype = None
+        fn.argtypes = argtypes
+        fn.restype = restype
 
 
 # ----------------------------------------------------------------------------- helpers
