@@ -318,6 +318,23 @@ def stats_p(
     return s, m
 
 
+def _reduce(dy, x, a, b, zmax, pmax, norm):
+    """The C++ bwd_reduce: (mom, db, pcnt), mom float32 (K, N, C) with K = 1 + [zmax] rows
+    (q, zcnt), or with ``norm`` 3 + 2 [zmax] rows (see :func:`bwd_reduce_norm`)."""
+    x, cl, dt, n, c, p = _prep(x)
+    dy = as_layout(as_dtype(dy, x.dtype), cl)
+    a, b, zmax, pmax, norm = map(flat_f32, (a, b, zmax, pmax, norm))
+    k = (1 if norm is None else 3) + (0 if zmax is None else 1 if norm is None else 2)
+    mom = torch.empty(k, n, c, dtype=torch.float32)
+    db = torch.empty(n, p, dtype=torch.float32) if b is not None else None
+    pc = torch.empty(n, p, dtype=torch.float32) if (zmax is not None and b is not None) else None
+    _lib().va_bwd_reduce(
+        dt, int(cl), dy.data_ptr(), x.data_ptr(), a.data_ptr(), _ptr(b), _ptr(zmax), _ptr(pmax),
+        _ptr(norm), mom.data_ptr(), _ptr(db), _ptr(pc), n, c, p, _nt(),
+    )  # fmt: skip
+    return mom, db, pc
+
+
 def bwd_reduce(
     dy: torch.Tensor,
     x: torch.Tensor,
@@ -328,36 +345,8 @@ def bwd_reduce(
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """q_c = sum_p dy x b_p; with b also db_p = sum_c dy a_c x; with zmax the tie counts
     sum_p [x == zmax_c] and (with b) sum_c [a_c x == pmax_p]."""
-    x, cl, dt, n, c, p = _prep(x)
-    dy = as_layout(as_dtype(dy, x.dtype), cl)
-    a, b, zmax, pmax = map(flat_f32, (a, b, zmax, pmax))
-    q = torch.empty(n, c, dtype=torch.float32)
-    db = torch.empty(n, p, dtype=torch.float32) if b is not None else None
-    zc = torch.empty(n, c, dtype=torch.float32) if zmax is not None else None
-    pc = torch.empty(n, p, dtype=torch.float32) if (zmax is not None and b is not None) else None
-    _lib().va_bwd_reduce(
-        dt, int(cl), dy.data_ptr(), x.data_ptr(), a.data_ptr(), _ptr(b), _ptr(zmax), _ptr(pmax),
-        q.data_ptr(), _ptr(db), _ptr(zc), _ptr(pc), n, c, p, _nt(),
-    )  # fmt: skip
-    return q, db, zc, pc
-
-
-def bwd_channel(
-    x: torch.Tensor,
-    a: torch.Tensor,
-    gavg: torch.Tensor,
-    gmax: torch.Tensor | None = None,
-    pmax: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """out_c = sum_p x (gavg_p + [a_c x == pmax_p] gmax_p), float32 (N, C)."""
-    x, cl, dt, n, c, p = _prep(x)
-    a, gavg, gmax, pmax = map(flat_f32, (a, gavg, gmax, pmax))
-    out = torch.empty(n, c, dtype=torch.float32)
-    _lib().va_bwd_channel(
-        dt, int(cl), x.data_ptr(), a.data_ptr(), gavg.data_ptr(), _ptr(gmax), _ptr(pmax),
-        out.data_ptr(), n, c, p, _nt(),
-    )  # fmt: skip
-    return out
+    mom, db, pc = _reduce(dy, x, a, b, zmax, pmax, None)
+    return mom[0], db, (mom[1] if zmax is not None else None), pc
 
 
 def bwd_reduce_norm(
@@ -372,17 +361,30 @@ def bwd_reduce_norm(
     """:func:`bwd_reduce` for x~ = x al + be (``norm`` rows al, be, mu), as sums on d = x - mu:
     (mom, db, pcnt), mom float32 (K, N, C) with rows sum_p dy b, sum_p dy b d, sum_p d and, with
     zmax, sum_p [x~ == zmax_c] and sum_p [x~ == zmax_c] d (K = 5, else 3)."""
+    return _reduce(dy, x, a, b, zmax, pmax, norm)
+
+
+def _channel(x, a, gavg, gmax, pmax, norm):
+    """The C++ bwd_channel: float32 (1, N, C), or (2, N, C) with ``norm``."""
     x, cl, dt, n, c, p = _prep(x)
-    dy = as_layout(as_dtype(dy, x.dtype), cl)
-    a, b, zmax, pmax, norm = map(flat_f32, (a, b, zmax, pmax, norm))
-    mom = torch.empty(5 if zmax is not None else 3, n, c, dtype=torch.float32)
-    db = torch.empty(n, p, dtype=torch.float32) if b is not None else None
-    pc = torch.empty(n, p, dtype=torch.float32) if (zmax is not None and b is not None) else None
-    _lib().va_bwd_reduce_norm(
-        dt, int(cl), dy.data_ptr(), x.data_ptr(), a.data_ptr(), _ptr(b), _ptr(zmax), _ptr(pmax),
-        _ptr(norm), mom.data_ptr(), _ptr(db), _ptr(pc), n, c, p, _nt(),
+    a, gavg, gmax, pmax, norm = map(flat_f32, (a, gavg, gmax, pmax, norm))
+    mom = torch.empty(1 if norm is None else 2, n, c, dtype=torch.float32)
+    _lib().va_bwd_channel(
+        dt, int(cl), x.data_ptr(), a.data_ptr(), gavg.data_ptr(), _ptr(gmax), _ptr(pmax),
+        _ptr(norm), mom.data_ptr(), n, c, p, _nt(),
     )  # fmt: skip
-    return mom, db, pc
+    return mom
+
+
+def bwd_channel(
+    x: torch.Tensor,
+    a: torch.Tensor,
+    gavg: torch.Tensor,
+    gmax: torch.Tensor | None = None,
+    pmax: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """out_c = sum_p x (gavg_p + [a_c x == pmax_p] gmax_p), float32 (N, C)."""
+    return _channel(x, a, gavg, gmax, pmax, None)[0]
 
 
 def bwd_channel_norm(
@@ -396,14 +398,7 @@ def bwd_channel_norm(
     """:func:`bwd_channel` for x~ = x al + be (``norm`` rows al, be, mu): float32 (2, N, C) with
     rows sum_p [a_c x~ == pmax_p] gmax_p (zeros without gmax) and sum_p d w_p, d = x - mu,
     w_p = gavg_p + [a_c x~ == pmax_p] gmax_p."""
-    x, cl, dt, n, c, p = _prep(x)
-    a, gavg, gmax, pmax, norm = map(flat_f32, (a, gavg, gmax, pmax, norm))
-    mom = torch.empty(2, n, c, dtype=torch.float32)
-    _lib().va_bwd_channel_norm(
-        dt, int(cl), x.data_ptr(), a.data_ptr(), gavg.data_ptr(), _ptr(gmax), _ptr(pmax),
-        _ptr(norm), mom.data_ptr(), n, c, p, _nt(),
-    )  # fmt: skip
-    return mom
+    return _channel(x, a, gavg, gmax, pmax, norm)
 
 
 def bwd_apply(

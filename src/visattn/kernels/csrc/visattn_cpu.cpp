@@ -1,4 +1,4 @@
-// C++ source of the fused CPU kernels for SE (arXiv:1709.01507) and CBAM (arXiv:1807.06521).
+// The fused CPU kernels for SE (arXiv:1709.01507) and CBAM (arXiv:1807.06521).
 //
 // The tensor x is viewed as (N, C, P) with P = H W, either NCHW-contiguous (`cl = 0`: p is the
 // fastest index) or channels_last (`cl = 1`: c is the fastest index). Per-channel vectors
@@ -8,27 +8,33 @@
 //
 // Kernels (each one pass over its full-size operands):
 //
-// - `va_stats_c`  sum_p x and max_p x per (n, c)                         (SE squeeze / CBAM AvgPool, MaxPool)
-// - `va_apply`    y = (x * a_c) * b_p  (b optional)                        (SE eq. 4 / CBAM eq. 1)
-// - `va_stats_p`  sum_c a_c x and max_c a_c x per (n, p)                 (CBAM AvgPool_c, MaxPool_c of F')
+// - `va_stats_c`  sum_p x and max_p x per (n, c)                (SE squeeze / CBAM AvgPool, MaxPool)
+// - `va_apply`    y = (x * a_c) * b_p  (b optional)               (SE eq. 4 / CBAM eq. 1)
+// - `va_stats_p`  sum_c a_c x and max_c a_c x per (n, p)          (CBAM AvgPool_c, MaxPool_c of F')
 // - `va_bwd_reduce`  q_c = sum_p dy x b_p, db_p = sum_c dy a_c x, tie counts of both maxima
 // - `va_bwd_channel` out_c = sum_p x (gavg_p + [a_c x == pmax_p] gmax_p)
 // - `va_bwd_apply`   dx = a_c (dy b_p + gavg_p + [a_c x == pmax_p] gmax_p) + cavg_c + [x == zmax_c] cmax_c
 //
 // With a folded BatchNorm (`nrm` rows al, be[, mu, v, w], float32 (K, C); see
 // visattn/kernels/ops.py) the input is the BatchNorm's input c and x = fma(c, al, be), rounded
-// to c's type, is computed on load: `va_stats_c`, `va_apply`, `va_stats_p` and
-// `va_bwd_apply` take `nrm` (the last one then writes dL/dc = al r + v (c - mu) + w for the r
-// above), and two reductions replace `va_bwd_reduce` / `va_bwd_channel`:
+// to c's type, is computed on load. Every kernel takes `nrm` (nullptr: none); each is one
+// template whose bool parameter AFF says whether it is given, so that both cases compile to
+// their own loops. `va_bwd_apply` then writes dL/dc = al r + v (c - mu) + w for the r above, and
+// the two reductions return sums on d = c - mu_c instead (rows of `mom`, see bwd_reduce and
+// bwd_channel below):
 //
-// - `va_bwd_reduce_norm`   per (n, c): sum_p dy b_p, sum_p dy b_p d, sum_p d and, over the ties
-//   [x == zmax_c], their count and sum of d (d = c - mu_c); per (n, p): db_p and tie counts as above
-// - `va_bwd_channel_norm`  per (n, c): sum_p [a_c x == pmax_p] gmax_p and sum_p d (gavg_p + that)
+// - `va_bwd_reduce`   per (n, c): sum_p dy b_p, sum_p dy b_p d, sum_p d and, over the ties
+//   [x == zmax_c], their count and sum of d; per (n, p): db_p and tie counts as above
+// - `va_bwd_channel`  per (n, c): sum_p [a_c x == pmax_p] gmax_p and sum_p d (gavg_p + that)
 //
 // Work is split into (n, block of positions) tiles that OpenMP threads take dynamically; partial
 // per-channel sums of the tiles are added in a fixed tile order afterwards, so every result is
 // deterministic (independent of which thread ran which tile).
-// Built and loaded by visattn/kernels/cpu.py; tested in `tests/kernels/test_kernels_se_cbam.py`.
+//
+// Built and loaded by visattn/kernels/cpu.py, which reads the ctypes signatures from the
+// extern "C" definitions at the end of this file (only the C types listed in cpu._SCALARS, and
+// pointers to them). Tests: tests/kernels/test_kernels_se_cbam.py and test_kernels_norm_fusion.py
+// (values), tests/kernels/test_kernels_cpu_source.py (builds with -Wall -Wextra -Werror, bindings).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -107,6 +113,25 @@ static inline float xin(const T* p, int64_t i, float al, float be) {
 template <bool AFF, typename T>
 static inline float xin_unrounded(const T* p, int64_t i, float al, float be) {
   return AFF ? std::fma(ld(p, i), al, be) : ld(p, i);
+}
+// The same for a value already loaded (raw: the element of x, or of c with AFF).
+template <bool AFF, typename T>
+static inline float xval(float raw, float al, float be, const T* type) {
+  return AFF ? bn_x(raw, al, be, type) : raw;
+}
+
+// The reductions' per-tile partial sums part[(k nblk + tile) C + c] (K rows, nblk = N nb tiles)
+// added in tile order: mom[(k N + n) C + c] = sum over the tiles of sample n. A fixed order, so
+// the result does not depend on which thread ran which tile.
+static void sum_tiles(const float* part, int64_t K, const Geo& g, float* mom) {
+  const int64_t C = g.C, N = g.N, nblk = N * g.nb;
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t c = 0; c < C; ++c) {
+        float acc = 0.f;
+        for (int64_t bb = 0; bb < g.nb; ++bb) acc += part[(k * nblk + n * g.nb + bb) * C + c];
+        mom[(k * N + n) * C + c] = acc;
+      }
 }
 
 // ---------------------------------------------------------------- sum_p x, max_p x
@@ -274,46 +299,86 @@ static void stats_p(const T* x, const float* a, float* psum, float* pmax, const 
   }
 }
 
-// ------------------------------------- q_c = sum_p dy x b_p, db_p = sum_c dy a x, tie counts
-template <typename T, bool CL, bool CBAM, bool CNT>
+// ------------------------------------------------------------- backward reductions of y = (x a_c) b_p
+// Per (n, c), rows of mom (each N C). Without a folded BatchNorm (AFF false):
+//   0: q_c = sum_p dy x b_p   1 (CNT): sum_p [x == zmax_c]
+// With one (AFF; x~ = c al_c + be_c, nrm rows al, be, mu): sums on d = c - mu_c, from which the
+// operators get both the block's and the BatchNorm's gradients (visattn/kernels/ops.py):
+//   0: sum_p dy b_p   1: sum_p dy b_p d   2: sum_p d   3 (CNT): sum_p [x~ == zmax_c]   4: same sum of d
+// Per (n, p), both: db_p = sum_c dy a_c x, pcnt_p = sum_c [a_c x == pmax_p] (x~ with AFF).
+template <typename T, bool CL, bool CBAM, bool CNT, bool AFF>
 static void bwd_reduce(const T* dy, const T* x, const float* a, const float* b,
-                       const float* zmax, const float* pmax, float* q, float* db, float* zcnt,
-                       float* pcnt, const Geo& g, int nt) {
-  const int64_t C = g.C, P = g.P, nblk = g.N * g.nb;
-  std::vector<float> pq(nblk * C), pz(CNT ? nblk * C : 0);
+                       const float* zmax, const float* pmax, const float* nrm, float* mom,
+                       float* db, float* pcnt, const Geo& g, int nt) {
+  constexpr int64_t K = AFF ? (CNT ? 5 : 3) : (CNT ? 2 : 1), ZROW = AFF ? 3 : 1;
+  const int64_t C = g.C, P = g.P, N = g.N, nblk = N * g.nb;
+  const float* nal = AFF ? nrm : nullptr;
+  const float* nbe = AFF ? nrm + C : nullptr;
+  const float* nmu = AFF ? nrm + 2 * C : nullptr;
+  std::vector<float> part(K * nblk * C);  // part[(k nblk + blk) C + c]
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
   for (int64_t blk = 0; blk < nblk; ++blk) {
     const int64_t n = blk / g.nb, p0 = (blk % g.nb) * g.pb, p1 = std::min(P, p0 + g.pb);
     const float* an = a + n * C;
     const float* zn = CNT ? zmax + n * C : nullptr;
-    float* qb = &pq[blk * C];
-    float* zb = CNT ? &pz[blk * C] : nullptr;
+    float* s0 = &part[blk * C];  // row 0: q_c, or sum_p dy b_p with AFF
+    float* s1 = AFF ? s0 + nblk * C : nullptr;
+    float* s2 = AFF ? s1 + nblk * C : nullptr;
+    float* sz = CNT ? s0 + ZROW * nblk * C : nullptr;  // the tie counts of zmax
+    float* s4 = (AFF && CNT) ? sz + nblk * C : nullptr;
     if (CL) {
-      for (int64_t c = 0; c < C; ++c) { qb[c] = 0.f; if (CNT) zb[c] = 0.f; }
+      for (int64_t c = 0; c < C; ++c) {
+        s0[c] = 0.f;
+        if constexpr (AFF) { s1[c] = 0.f; s2[c] = 0.f; }
+        if (CNT) sz[c] = 0.f;
+        if (AFF && CNT) s4[c] = 0.f;
+      }
       int64_t p = p0;
       for (; p + 4 <= p1; p += 4) {  // 4 rows per update of the per-channel accumulators
         const int64_t o0 = (n * P + p) * C, o1 = o0 + C, o2 = o1 + C, o3 = o2 + C;
         const float* bq = CBAM ? b + n * P + p : nullptr;
-        const float* pq4 = (CBAM && CNT) ? pmax + n * P + p : nullptr;
+        const float* mq = (CBAM && CNT) ? pmax + n * P + p : nullptr;
         const float b0 = CBAM ? bq[0] : 1.f, b1 = CBAM ? bq[1] : 1.f;
         const float b2 = CBAM ? bq[2] : 1.f, b3 = CBAM ? bq[3] : 1.f;
-        const float m0 = pq4 ? pq4[0] : 0.f, m1 = pq4 ? pq4[1] : 0.f;
-        const float m2 = pq4 ? pq4[2] : 0.f, m3 = pq4 ? pq4[3] : 0.f;
-        float d0 = 0.f, d1 = 0.f, d2 = 0.f, d3 = 0.f, k0 = 0.f, k1 = 0.f, k2 = 0.f, k3 = 0.f;
-#pragma omp simd reduction(+ : d0, d1, d2, d3, k0, k1, k2, k3)
+        const float m0 = mq ? mq[0] : 0.f, m1 = mq ? mq[1] : 0.f;
+        const float m2 = mq ? mq[2] : 0.f, m3 = mq ? mq[3] : 0.f;
+        float q0 = 0.f, q1 = 0.f, q2 = 0.f, q3 = 0.f, k0 = 0.f, k1 = 0.f, k2 = 0.f, k3 = 0.f;
+#pragma omp simd reduction(+ : q0, q1, q2, q3, k0, k1, k2, k3)
         for (int64_t c = 0; c < C; ++c) {
-          float v0 = ld(x + o0, c), v1 = ld(x + o1, c), v2 = ld(x + o2, c), v3 = ld(x + o3, c);
-          float t0 = ld(dy + o0, c) * v0, t1 = ld(dy + o1, c) * v1;
-          float t2 = ld(dy + o2, c) * v2, t3 = ld(dy + o3, c) * v3;
-          qb[c] += CBAM ? (t0 * b0 + t1 * b1) + (t2 * b2 + t3 * b3) : (t0 + t1) + (t2 + t3);
+          float v0, v1, v2, v3, t0, t1, t2, t3;  // x (x~ with AFF) and dy x
+          float d0 = 0.f, d1 = 0.f, d2 = 0.f, d3 = 0.f;
+          if constexpr (AFF) {
+            const float al = nal[c], be = nbe[c], mu = nmu[c];
+            const float r0 = ld(x + o0, c), r1 = ld(x + o1, c), r2 = ld(x + o2, c), r3 = ld(x + o3, c);
+            const float e0 = ld(dy + o0, c), e1 = ld(dy + o1, c);
+            const float e2 = ld(dy + o2, c), e3 = ld(dy + o3, c);
+            v0 = bn_x(r0, al, be, x); v1 = bn_x(r1, al, be, x);
+            v2 = bn_x(r2, al, be, x); v3 = bn_x(r3, al, be, x);
+            d0 = r0 - mu; d1 = r1 - mu; d2 = r2 - mu; d3 = r3 - mu;
+            const float f0 = e0 * b0, f1 = e1 * b1, f2 = e2 * b2, f3 = e3 * b3;
+            s0[c] += (f0 + f1) + (f2 + f3);
+            s1[c] += (f0 * d0 + f1 * d1) + (f2 * d2 + f3 * d3);
+            s2[c] += (d0 + d1) + (d2 + d3);
+            t0 = e0 * v0; t1 = e1 * v1; t2 = e2 * v2; t3 = e3 * v3;
+          } else {
+            v0 = ld(x + o0, c); v1 = ld(x + o1, c); v2 = ld(x + o2, c); v3 = ld(x + o3, c);
+            t0 = ld(dy + o0, c) * v0; t1 = ld(dy + o1, c) * v1;
+            t2 = ld(dy + o2, c) * v2; t3 = ld(dy + o3, c) * v3;
+            s0[c] += CBAM ? (t0 * b0 + t1 * b1) + (t2 * b2 + t3 * b3) : (t0 + t1) + (t2 + t3);
+          }
           if (CBAM) {
             const float ac = an[c];
-            d0 += t0 * ac; d1 += t1 * ac; d2 += t2 * ac; d3 += t3 * ac;
+            q0 += t0 * ac; q1 += t1 * ac; q2 += t2 * ac; q3 += t3 * ac;
           }
           if (CNT) {
             const float zc = zn[c];
-            zb[c] += ((v0 == zc) ? 1.f : 0.f) + ((v1 == zc) ? 1.f : 0.f) +
-                     ((v2 == zc) ? 1.f : 0.f) + ((v3 == zc) ? 1.f : 0.f);
+            const bool h0 = v0 == zc, h1 = v1 == zc, h2 = v2 == zc, h3 = v3 == zc;
+            if constexpr (AFF) {
+              sz[c] += ((h0 ? 1.f : 0.f) + (h1 ? 1.f : 0.f)) + ((h2 ? 1.f : 0.f) + (h3 ? 1.f : 0.f));
+              s4[c] += ((h0 ? d0 : 0.f) + (h1 ? d1 : 0.f)) + ((h2 ? d2 : 0.f) + (h3 ? d3 : 0.f));
+            } else {
+              sz[c] += (h0 ? 1.f : 0.f) + (h1 ? 1.f : 0.f) + (h2 ? 1.f : 0.f) + (h3 ? 1.f : 0.f);
+            }
           }
           if (CBAM && CNT) {
             const float ac = an[c];
@@ -323,7 +388,7 @@ static void bwd_reduce(const T* dy, const T* x, const float* a, const float* b,
         }
         if (CBAM) {
           float* dq = db + n * P + p;
-          dq[0] = d0; dq[1] = d1; dq[2] = d2; dq[3] = d3;
+          dq[0] = q0; dq[1] = q1; dq[2] = q2; dq[3] = q3;
         }
         if (CBAM && CNT) {
           float* kq = pcnt + n * P + p;
@@ -337,11 +402,27 @@ static void bwd_reduce(const T* dy, const T* x, const float* a, const float* b,
         float dacc = 0.f, cacc = 0.f;
 #pragma omp simd reduction(+ : dacc, cacc)
         for (int64_t c = 0; c < C; ++c) {
-          float v = ld(x + o, c);
-          float t = ld(dy + o, c) * v;
-          qb[c] += CBAM ? t * bp : t;
+          float v, t, d = 0.f;
+          if constexpr (AFF) {
+            const float raw = ld(x + o, c), e = ld(dy + o, c);
+            v = bn_x(raw, nal[c], nbe[c], x);
+            d = raw - nmu[c];
+            const float eb = CBAM ? e * bp : e;
+            s0[c] += eb;
+            s1[c] += eb * d;
+            s2[c] += d;
+            t = e * v;
+          } else {
+            v = ld(x + o, c);
+            t = ld(dy + o, c) * v;
+            s0[c] += CBAM ? t * bp : t;
+          }
           if (CBAM) dacc += t * an[c];
-          if (CNT) zb[c] += (v == zn[c]) ? 1.f : 0.f;
+          if (CNT) {
+            const bool hit = v == zn[c];
+            sz[c] += hit ? 1.f : 0.f;
+            if (AFF) s4[c] += hit ? d : 0.f;
+          }
           if (CBAM && CNT) cacc += (an[c] * v == pm) ? 1.f : 0.f;
         }
         if (CBAM) db[n * P + p] = dacc;
@@ -355,7 +436,7 @@ static void bwd_reduce(const T* dy, const T* x, const float* a, const float* b,
       if (CBAM)
         for (int64_t p = p0; p < p1; ++p) { dbn[p] = 0.f; if (CNT) pcn[p] = 0.f; }
       int64_t c = 0;
-      for (; CBAM && c + 4 <= C; c += 4) {  // 4 channels per update of db_p and the tie counts
+      for (; CBAM && !AFF && c + 4 <= C; c += 4) {  // 4 channels per update of db_p and the counts
         const int64_t o0 = (n * C + c) * P, o1 = o0 + P, o2 = o1 + P, o3 = o2 + P;
         const float a0 = an[c], a1 = an[c + 1], a2 = an[c + 2], a3 = an[c + 3];
         const float z0 = CNT ? zn[c] : 0.f, z1 = CNT ? zn[c + 1] : 0.f;
@@ -377,53 +458,71 @@ static void bwd_reduce(const T* dy, const T* x, const float* a, const float* b,
                       ((a2 * v2 == pm) ? 1.f : 0.f) + ((a3 * v3 == pm) ? 1.f : 0.f);
           }
         }
-        qb[c] = q0; qb[c + 1] = q1; qb[c + 2] = q2; qb[c + 3] = q3;
-        if (CNT) { zb[c] = y0; zb[c + 1] = y1; zb[c + 2] = y2; zb[c + 3] = y3; }
+        s0[c] = q0; s0[c + 1] = q1; s0[c + 2] = q2; s0[c + 3] = q3;
+        if (CNT) { sz[c] = y0; sz[c + 1] = y1; sz[c + 2] = y2; sz[c + 3] = y3; }
       }
       for (; c < C; ++c) {
         const int64_t o = (n * C + c) * P;
         const float ac = an[c];
+        const float al = AFF ? nal[c] : 1.f, be = AFF ? nbe[c] : 0.f, mu = AFF ? nmu[c] : 0.f;
         const float zc = CNT ? zn[c] : 0.f;
-        float qacc = 0.f, zacc = 0.f;
-#pragma omp simd reduction(+ : qacc, zacc)
+        float t0 = 0.f, t1 = 0.f, t2 = 0.f, t3 = 0.f, t4 = 0.f;  // rows 0-2 and the zmax ties
+#pragma omp simd reduction(+ : t0, t1, t2, t3, t4)
         for (int64_t p = p0; p < p1; ++p) {
-          float v = ld(x + o, p);
-          float t = ld(dy + o, p) * v;
-          qacc += CBAM ? t * bn[p] : t;
+          float v, t, d = 0.f;
+          if constexpr (AFF) {
+            const float raw = ld(x + o, p), e = ld(dy + o, p);
+            v = bn_x(raw, al, be, x);
+            d = raw - mu;
+            const float eb = CBAM ? e * bn[p] : e;
+            t0 += eb;
+            t1 += eb * d;
+            t2 += d;
+            t = e * v;
+          } else {
+            v = ld(x + o, p);
+            t = ld(dy + o, p) * v;
+            t0 += CBAM ? t * bn[p] : t;
+          }
           if (CBAM) dbn[p] += t * ac;
-          if (CNT) zacc += (v == zc) ? 1.f : 0.f;
+          if (CNT) {
+            const bool hit = v == zc;
+            t3 += hit ? 1.f : 0.f;
+            if (AFF) t4 += hit ? d : 0.f;
+          }
           if (CBAM && CNT) pcn[p] += (ac * v == pmn[p]) ? 1.f : 0.f;
         }
-        qb[c] = qacc;
-        if (CNT) zb[c] = zacc;
+        s0[c] = t0;
+        if constexpr (AFF) { s1[c] = t1; s2[c] = t2; }
+        if (CNT) sz[c] = t3;
+        if (AFF && CNT) s4[c] = t4;
       }
     }
   }
-  for (int64_t n = 0; n < g.N; ++n)
-    for (int64_t c = 0; c < C; ++c) {
-      float acc = 0.f, zacc = 0.f;
-      for (int64_t bb = 0; bb < g.nb; ++bb) {
-        acc += pq[(n * g.nb + bb) * C + c];
-        if (CNT) zacc += pz[(n * g.nb + bb) * C + c];
-      }
-      q[n * C + c] = acc;
-      if (CNT) zcnt[n * C + c] = zacc;
-    }
+  sum_tiles(part.data(), K, g, mom);
 }
 
 // ------------------------------------- out_c = sum_p x (gavg_p + [a x == pmax_p] gmax_p)
-template <typename T, bool CL, bool MAXP>
+// Rows of mom (each N C): without a folded BatchNorm (AFF false) 0: out_c. With one (AFF, nrm
+// rows al, be, mu): 0: sum_p [a_c x~ == pmax_p] gmax_p (MAXP), 1: sum_p d (gavg_p + that),
+// d = c - mu_c; so that out_c = al_c row1 + (be_c + al_c mu_c) (sum_p gavg_p + row0).
+template <typename T, bool CL, bool MAXP, bool AFF>
 static void bwd_channel(const T* x, const float* a, const float* gavg, const float* gmax,
-                        const float* pmax, float* out, const Geo& g, int nt) {
-  const int64_t C = g.C, P = g.P, nblk = g.N * g.nb;
-  std::vector<float> pq(nblk * C);
+                        const float* pmax, const float* nrm, float* mom, const Geo& g, int nt) {
+  constexpr int64_t K = AFF ? 2 : 1;
+  const int64_t C = g.C, P = g.P, N = g.N, nblk = N * g.nb;
+  const float* nal = AFF ? nrm : nullptr;
+  const float* nbe = AFF ? nrm + C : nullptr;
+  const float* nmu = AFF ? nrm + 2 * C : nullptr;
+  std::vector<float> part(K * nblk * C);  // part[(k nblk + blk) C + c]
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
   for (int64_t blk = 0; blk < nblk; ++blk) {
     const int64_t n = blk / g.nb, p0 = (blk % g.nb) * g.pb, p1 = std::min(P, p0 + g.pb);
     const float* an = a + n * C;
-    float* qb = &pq[blk * C];
+    float* sh = &part[blk * C];              // AFF: the row of the maxima's share
+    float* sw = AFF ? sh + nblk * C : sh;    // the row of sum_p x w_p (d w_p with AFF)
     if (CL) {
-      for (int64_t c = 0; c < C; ++c) qb[c] = 0.f;
+      for (int64_t c = 0; c < C; ++c) { sh[c] = 0.f; if (AFF) sw[c] = 0.f; }
       int64_t p = p0;
       for (; p + 4 <= p1; p += 4) {  // 4 rows per update of the per-channel accumulators
         const int64_t o0 = (n * P + p) * C, o1 = o0 + C, o2 = o1 + C, o3 = o2 + C;
@@ -431,20 +530,30 @@ static void bwd_channel(const T* x, const float* a, const float* gavg, const flo
         const float* hq = MAXP ? gmax + n * P + p : nullptr;
         const float* mq = MAXP ? pmax + n * P + p : nullptr;
         const float w0 = gq[0], w1 = gq[1], w2 = gq[2], w3 = gq[3];
-        const float h0 = MAXP ? hq[0] : 0.f, h1 = MAXP ? hq[1] : 0.f;
-        const float h2 = MAXP ? hq[2] : 0.f, h3 = MAXP ? hq[3] : 0.f;
+        const float g0 = MAXP ? hq[0] : 0.f, g1 = MAXP ? hq[1] : 0.f;
+        const float g2 = MAXP ? hq[2] : 0.f, g3 = MAXP ? hq[3] : 0.f;
         const float m0 = MAXP ? mq[0] : 0.f, m1 = MAXP ? mq[1] : 0.f;
         const float m2 = MAXP ? mq[2] : 0.f, m3 = MAXP ? mq[3] : 0.f;
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) {
-          float v0 = ld(x + o0, c), v1 = ld(x + o1, c), v2 = ld(x + o2, c), v3 = ld(x + o3, c);
-          float u0 = w0, u1 = w1, u2 = w2, u3 = w3;
+          const float mu = AFF ? nmu[c] : 0.f;
+          const float r0 = ld(x + o0, c), r1 = ld(x + o1, c), r2 = ld(x + o2, c), r3 = ld(x + o3, c);
+          float h0 = 0.f, h1 = 0.f, h2 = 0.f, h3 = 0.f;  // [a_c x == pmax_p] gmax_p
           if (MAXP) {
-            const float ac = an[c];
-            u0 += (ac * v0 == m0) ? h0 : 0.f; u1 += (ac * v1 == m1) ? h1 : 0.f;
-            u2 += (ac * v2 == m2) ? h2 : 0.f; u3 += (ac * v3 == m3) ? h3 : 0.f;
+            const float ac = an[c], al = AFF ? nal[c] : 1.f, be = AFF ? nbe[c] : 0.f;
+            h0 = (ac * xval<AFF>(r0, al, be, x) == m0) ? g0 : 0.f;
+            h1 = (ac * xval<AFF>(r1, al, be, x) == m1) ? g1 : 0.f;
+            h2 = (ac * xval<AFF>(r2, al, be, x) == m2) ? g2 : 0.f;
+            h3 = (ac * xval<AFF>(r3, al, be, x) == m3) ? g3 : 0.f;
           }
-          qb[c] += (v0 * u0 + v1 * u1) + (v2 * u2 + v3 * u3);
+          float u0 = w0, u1 = w1, u2 = w2, u3 = w3;  // w_p
+          if (MAXP || AFF) { u0 += h0; u1 += h1; u2 += h2; u3 += h3; }
+          if constexpr (AFF) {
+            sh[c] += (h0 + h1) + (h2 + h3);
+            sw[c] += ((r0 - mu) * u0 + (r1 - mu) * u1) + ((r2 - mu) * u2 + (r3 - mu) * u3);
+          } else {
+            sw[c] += (r0 * u0 + r1 * u1) + (r2 * u2 + r3 * u3);
+          }
         }
       }
       for (; p < p1; ++p) {
@@ -454,10 +563,18 @@ static void bwd_channel(const T* x, const float* a, const float* gavg, const flo
         const float pm = MAXP ? pmax[n * P + p] : 0.f;
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) {
-          float v = ld(x + o, c);
+          const float raw = ld(x + o, c);
+          float h = 0.f;
+          if (MAXP)
+            h = (an[c] * xval<AFF>(raw, AFF ? nal[c] : 1.f, AFF ? nbe[c] : 0.f, x) == pm) ? gm : 0.f;
           float w = ga;
-          if (MAXP) w += (an[c] * v == pm) ? gm : 0.f;
-          qb[c] += v * w;
+          if (MAXP || AFF) w += h;
+          if constexpr (AFF) {
+            sh[c] += h;
+            sw[c] += (raw - nmu[c]) * w;
+          } else {
+            sw[c] += raw * w;
+          }
         }
       }
     } else {
@@ -467,24 +584,28 @@ static void bwd_channel(const T* x, const float* a, const float* gavg, const flo
       for (int64_t c = 0; c < C; ++c) {
         const int64_t o = (n * C + c) * P;
         const float ac = an[c];
-        float acc = 0.f;
-#pragma omp simd reduction(+ : acc)
+        const float al = AFF ? nal[c] : 1.f, be = AFF ? nbe[c] : 0.f, mu = AFF ? nmu[c] : 0.f;
+        float t0 = 0.f, t1 = 0.f;
+#pragma omp simd reduction(+ : t0, t1)
         for (int64_t p = p0; p < p1; ++p) {
-          float v = ld(x + o, p);
+          const float raw = ld(x + o, p);
+          float h = 0.f;
+          if (MAXP) h = (ac * xval<AFF>(raw, al, be, x) == pmn[p]) ? gmn[p] : 0.f;
           float w = gan[p];
-          if (MAXP) w += (ac * v == pmn[p]) ? gmn[p] : 0.f;
-          acc += v * w;
+          if (MAXP || AFF) w += h;
+          if constexpr (AFF) {
+            t0 += h;
+            t1 += (raw - mu) * w;
+          } else {
+            t1 += raw * w;
+          }
         }
-        qb[c] = acc;
+        if (AFF) sh[c] = t0;
+        sw[c] = t1;
       }
     }
   }
-  for (int64_t n = 0; n < g.N; ++n)
-    for (int64_t c = 0; c < C; ++c) {
-      float acc = 0.f;
-      for (int64_t bb = 0; bb < g.nb; ++bb) acc += pq[(n * g.nb + bb) * C + c];
-      out[n * C + c] = acc;
-    }
+  sum_tiles(part.data(), K, g, mom);
 }
 
 // --------- dx = a_c (dy b_p + gavg_p + [a x == pmax_p] gmax_p) + cavg_c + [x == zmax_c] cmax_c
@@ -581,237 +702,6 @@ static void bwd_apply(const T* dy, const T* x, const float* a, const float* b, c
   }
 }
 
-// ---------------------------------------------------------------- with a folded BatchNorm
-// The backward reductions when the block's input is x~ = c al_c + be_c (rows al, be, mu of nrm):
-// sums on d = c - mu_c, from which the operators get both the block's and the BatchNorm's
-// gradients (visattn.kernels.ops). Per (n, c), rows of mom (each N C):
-//   0: sum_p dy b_p   1: sum_p dy b_p d   2: sum_p d   3: sum_p [x~ == zmax_c]   4: same sum of d
-// per (n, p): db_p = sum_c dy a_c x~, pcnt_p = sum_c [a_c x~ == pmax_p] (as bwd_reduce).
-template <typename T, bool CL, bool CBAM, bool CNT>
-static void bwd_reduce_norm(const T* dy, const T* x, const float* a, const float* b,
-                            const float* zmax, const float* pmax, const float* nrm, float* mom,
-                            float* db, float* pcnt, const Geo& g, int nt) {
-  const int64_t C = g.C, P = g.P, N = g.N, nblk = N * g.nb, K = CNT ? 5 : 3;
-  const float *nal = nrm, *nbe = nrm + C, *nmu = nrm + 2 * C;
-  std::vector<float> part(K * nblk * C);  // part[(k nblk + blk) C + c]
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
-  for (int64_t blk = 0; blk < nblk; ++blk) {
-    const int64_t n = blk / g.nb, p0 = (blk % g.nb) * g.pb, p1 = std::min(P, p0 + g.pb);
-    const float* an = a + n * C;
-    const float* zn = CNT ? zmax + n * C : nullptr;
-    float* s0 = &part[blk * C];
-    float* s1 = s0 + nblk * C;
-    float* s2 = s1 + nblk * C;
-    float* s3 = CNT ? s2 + nblk * C : nullptr;
-    float* s4 = CNT ? s3 + nblk * C : nullptr;
-    if (CL) {
-      for (int64_t c = 0; c < C; ++c) {
-        s0[c] = 0.f; s1[c] = 0.f; s2[c] = 0.f;
-        if (CNT) { s3[c] = 0.f; s4[c] = 0.f; }
-      }
-      int64_t p = p0;
-      for (; p + 4 <= p1; p += 4) {  // 4 rows per update of the per-channel accumulators
-        const int64_t o0 = (n * P + p) * C, o1 = o0 + C, o2 = o1 + C, o3 = o2 + C;
-        const float* bq = CBAM ? b + n * P + p : nullptr;
-        const float* mq = (CBAM && CNT) ? pmax + n * P + p : nullptr;
-        const float b0 = CBAM ? bq[0] : 1.f, b1 = CBAM ? bq[1] : 1.f;
-        const float b2 = CBAM ? bq[2] : 1.f, b3 = CBAM ? bq[3] : 1.f;
-        const float m0 = mq ? mq[0] : 0.f, m1 = mq ? mq[1] : 0.f;
-        const float m2 = mq ? mq[2] : 0.f, m3 = mq ? mq[3] : 0.f;
-        float q0 = 0.f, q1 = 0.f, q2 = 0.f, q3 = 0.f, k0 = 0.f, k1 = 0.f, k2 = 0.f, k3 = 0.f;
-#pragma omp simd reduction(+ : q0, q1, q2, q3, k0, k1, k2, k3)
-        for (int64_t c = 0; c < C; ++c) {
-          const float al = nal[c], be = nbe[c], mu = nmu[c];
-          const float r0 = ld(x + o0, c), r1 = ld(x + o1, c), r2 = ld(x + o2, c), r3 = ld(x + o3, c);
-          const float e0 = ld(dy + o0, c), e1 = ld(dy + o1, c);
-          const float e2 = ld(dy + o2, c), e3 = ld(dy + o3, c);
-          const float v0 = bn_x(r0, al, be, x), v1 = bn_x(r1, al, be, x);
-          const float v2 = bn_x(r2, al, be, x), v3 = bn_x(r3, al, be, x);
-          const float d0 = r0 - mu, d1 = r1 - mu, d2 = r2 - mu, d3 = r3 - mu;
-          const float f0 = e0 * b0, f1 = e1 * b1, f2 = e2 * b2, f3 = e3 * b3;
-          s0[c] += (f0 + f1) + (f2 + f3);
-          s1[c] += (f0 * d0 + f1 * d1) + (f2 * d2 + f3 * d3);
-          s2[c] += (d0 + d1) + (d2 + d3);
-          if (CBAM) {
-            const float ac = an[c];
-            q0 += (e0 * v0) * ac; q1 += (e1 * v1) * ac; q2 += (e2 * v2) * ac; q3 += (e3 * v3) * ac;
-          }
-          if (CNT) {
-            const float zc = zn[c];
-            const bool h0 = v0 == zc, h1 = v1 == zc, h2 = v2 == zc, h3 = v3 == zc;
-            s3[c] += ((h0 ? 1.f : 0.f) + (h1 ? 1.f : 0.f)) + ((h2 ? 1.f : 0.f) + (h3 ? 1.f : 0.f));
-            s4[c] += ((h0 ? d0 : 0.f) + (h1 ? d1 : 0.f)) + ((h2 ? d2 : 0.f) + (h3 ? d3 : 0.f));
-          }
-          if (CBAM && CNT) {
-            const float ac = an[c];
-            k0 += (ac * v0 == m0) ? 1.f : 0.f; k1 += (ac * v1 == m1) ? 1.f : 0.f;
-            k2 += (ac * v2 == m2) ? 1.f : 0.f; k3 += (ac * v3 == m3) ? 1.f : 0.f;
-          }
-        }
-        if (CBAM) {
-          float* dq = db + n * P + p;
-          dq[0] = q0; dq[1] = q1; dq[2] = q2; dq[3] = q3;
-        }
-        if (CBAM && CNT) {
-          float* kq = pcnt + n * P + p;
-          kq[0] = k0; kq[1] = k1; kq[2] = k2; kq[3] = k3;
-        }
-      }
-      for (; p < p1; ++p) {
-        const int64_t o = (n * P + p) * C;
-        const float bp = CBAM ? b[n * P + p] : 1.f;
-        const float pm = (CBAM && CNT) ? pmax[n * P + p] : 0.f;
-        float dacc = 0.f, cacc = 0.f;
-#pragma omp simd reduction(+ : dacc, cacc)
-        for (int64_t c = 0; c < C; ++c) {
-          const float raw = ld(x + o, c), e = ld(dy + o, c);
-          const float v = bn_x(raw, nal[c], nbe[c], x), d = raw - nmu[c];
-          const float eb = CBAM ? e * bp : e;
-          s0[c] += eb;
-          s1[c] += eb * d;
-          s2[c] += d;
-          if (CBAM) dacc += (e * v) * an[c];
-          if (CNT) {
-            const bool hit = v == zn[c];
-            s3[c] += hit ? 1.f : 0.f;
-            s4[c] += hit ? d : 0.f;
-          }
-          if (CBAM && CNT) cacc += (an[c] * v == pm) ? 1.f : 0.f;
-        }
-        if (CBAM) db[n * P + p] = dacc;
-        if (CBAM && CNT) pcnt[n * P + p] = cacc;
-      }
-    } else {
-      float* dbn = CBAM ? db + n * P : nullptr;
-      float* pcn = (CBAM && CNT) ? pcnt + n * P : nullptr;
-      const float* bn = CBAM ? b + n * P : nullptr;
-      const float* pmn = (CBAM && CNT) ? pmax + n * P : nullptr;
-      if (CBAM)
-        for (int64_t p = p0; p < p1; ++p) { dbn[p] = 0.f; if (CNT) pcn[p] = 0.f; }
-      for (int64_t c = 0; c < C; ++c) {
-        const int64_t o = (n * C + c) * P;
-        const float ac = an[c], al = nal[c], be = nbe[c], mu = nmu[c];
-        const float zc = CNT ? zn[c] : 0.f;
-        float t0 = 0.f, t1 = 0.f, t2 = 0.f, t3 = 0.f, t4 = 0.f;
-#pragma omp simd reduction(+ : t0, t1, t2, t3, t4)
-        for (int64_t p = p0; p < p1; ++p) {
-          const float raw = ld(x + o, p), e = ld(dy + o, p);
-          const float v = bn_x(raw, al, be, x), d = raw - mu;
-          const float eb = CBAM ? e * bn[p] : e;
-          t0 += eb;
-          t1 += eb * d;
-          t2 += d;
-          if (CBAM) dbn[p] += (e * v) * ac;
-          if (CNT) {
-            const bool hit = v == zc;
-            t3 += hit ? 1.f : 0.f;
-            t4 += hit ? d : 0.f;
-          }
-          if (CBAM && CNT) pcn[p] += (ac * v == pmn[p]) ? 1.f : 0.f;
-        }
-        s0[c] = t0; s1[c] = t1; s2[c] = t2;
-        if (CNT) { s3[c] = t3; s4[c] = t4; }
-      }
-    }
-  }
-  for (int64_t k = 0; k < K; ++k)
-    for (int64_t n = 0; n < N; ++n)
-      for (int64_t c = 0; c < C; ++c) {
-        float acc = 0.f;
-        for (int64_t bb = 0; bb < g.nb; ++bb) acc += part[(k * nblk + n * g.nb + bb) * C + c];
-        mom[(k * N + n) * C + c] = acc;
-      }
-}
-
-// Per (n, c), rows of mom: 0: sum_p [a_c x~ == pmax_p] gmax_p (MAXP), 1: sum_p d (gavg_p + that),
-// d = c - mu_c; so that bwd_channel's out_c = al_c row1 + (be_c + al_c mu_c) (sum_p gavg_p + row0).
-template <typename T, bool CL, bool MAXP>
-static void bwd_channel_norm(const T* x, const float* a, const float* gavg, const float* gmax,
-                             const float* pmax, const float* nrm, float* mom, const Geo& g,
-                             int nt) {
-  const int64_t C = g.C, P = g.P, N = g.N, nblk = N * g.nb;
-  const float *nal = nrm, *nbe = nrm + C, *nmu = nrm + 2 * C;
-  std::vector<float> part(2 * nblk * C);
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
-  for (int64_t blk = 0; blk < nblk; ++blk) {
-    const int64_t n = blk / g.nb, p0 = (blk % g.nb) * g.pb, p1 = std::min(P, p0 + g.pb);
-    const float* an = a + n * C;
-    float* s0 = &part[blk * C];
-    float* s1 = s0 + nblk * C;
-    if (CL) {
-      for (int64_t c = 0; c < C; ++c) { s0[c] = 0.f; s1[c] = 0.f; }
-      int64_t p = p0;
-      for (; p + 4 <= p1; p += 4) {  // 4 rows per update of the per-channel accumulators
-        const int64_t o0 = (n * P + p) * C, o1 = o0 + C, o2 = o1 + C, o3 = o2 + C;
-        const float* gq = gavg + n * P + p;
-        const float* hq = MAXP ? gmax + n * P + p : nullptr;
-        const float* mq = MAXP ? pmax + n * P + p : nullptr;
-        const float w0 = gq[0], w1 = gq[1], w2 = gq[2], w3 = gq[3];
-        const float g0 = MAXP ? hq[0] : 0.f, g1 = MAXP ? hq[1] : 0.f;
-        const float g2 = MAXP ? hq[2] : 0.f, g3 = MAXP ? hq[3] : 0.f;
-        const float m0 = MAXP ? mq[0] : 0.f, m1 = MAXP ? mq[1] : 0.f;
-        const float m2 = MAXP ? mq[2] : 0.f, m3 = MAXP ? mq[3] : 0.f;
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) {
-          const float mu = nmu[c];
-          const float r0 = ld(x + o0, c), r1 = ld(x + o1, c), r2 = ld(x + o2, c), r3 = ld(x + o3, c);
-          float h0 = 0.f, h1 = 0.f, h2 = 0.f, h3 = 0.f;
-          if (MAXP) {
-            const float ac = an[c], al = nal[c], be = nbe[c];
-            h0 = (ac * bn_x(r0, al, be, x) == m0) ? g0 : 0.f;
-            h1 = (ac * bn_x(r1, al, be, x) == m1) ? g1 : 0.f;
-            h2 = (ac * bn_x(r2, al, be, x) == m2) ? g2 : 0.f;
-            h3 = (ac * bn_x(r3, al, be, x) == m3) ? g3 : 0.f;
-          }
-          s0[c] += (h0 + h1) + (h2 + h3);
-          s1[c] += ((r0 - mu) * (w0 + h0) + (r1 - mu) * (w1 + h1)) +
-                   ((r2 - mu) * (w2 + h2) + (r3 - mu) * (w3 + h3));
-        }
-      }
-      for (; p < p1; ++p) {
-        const int64_t o = (n * P + p) * C;
-        const float ga = gavg[n * P + p];
-        const float gm = MAXP ? gmax[n * P + p] : 0.f;
-        const float pm = MAXP ? pmax[n * P + p] : 0.f;
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) {
-          const float raw = ld(x + o, c);
-          const float d = raw - nmu[c];
-          float h = 0.f;
-          if (MAXP) h = (an[c] * bn_x(raw, nal[c], nbe[c], x) == pm) ? gm : 0.f;
-          s0[c] += h;
-          s1[c] += d * (ga + h);
-        }
-      }
-    } else {
-      const float* gan = gavg + n * P;
-      const float* gmn = MAXP ? gmax + n * P : nullptr;
-      const float* pmn = MAXP ? pmax + n * P : nullptr;
-      for (int64_t c = 0; c < C; ++c) {
-        const int64_t o = (n * C + c) * P;
-        const float ac = an[c], al = nal[c], be = nbe[c], mu = nmu[c];
-        float t0 = 0.f, t1 = 0.f;
-#pragma omp simd reduction(+ : t0, t1)
-        for (int64_t p = p0; p < p1; ++p) {
-          const float raw = ld(x + o, p);
-          float h = 0.f;
-          if (MAXP) h = (ac * bn_x(raw, al, be, x) == pmn[p]) ? gmn[p] : 0.f;
-          t0 += h;
-          t1 += (raw - mu) * (gan[p] + h);
-        }
-        s0[c] = t0; s1[c] = t1;
-      }
-    }
-  }
-  for (int64_t k = 0; k < 2; ++k)
-    for (int64_t n = 0; n < N; ++n)
-      for (int64_t c = 0; c < C; ++c) {
-        float acc = 0.f;
-        for (int64_t bb = 0; bb < g.nb; ++bb) acc += part[(k * nblk + n * g.nb + bb) * C + c];
-        mom[(k * N + n) * C + c] = acc;
-      }
-}
-
 #define DISPATCH_T_CL(dt, cl, CALL)                          \
   do {                                                       \
     if (dt == 0) {                                           \
@@ -827,7 +717,7 @@ static void bwd_channel_norm(const T* x, const float* a, const float* gavg, cons
 
 extern "C" {
 
-int va_version() { return 2; }
+int va_version() { return 3; }
 
 // nrm: nullptr, or the folded BatchNorm's rows (al, be[, mu, v, w]) of C floats each.
 #define VA_AFF(NRM, CALL) \
@@ -857,49 +747,28 @@ void va_stats_p(int dt, int cl, const void* x, const float* a, float* psum, floa
   VA_AFF(nrm, DISPATCH_T_CL(dt, cl, (stats_p<T, CLV, AFFV>((const T*)x, a, psum, pmax, g, nt, nrm, nbe))));
 }
 
+// mom: float32 (K, N, C), the rows of bwd_reduce above (K = 1 or 2, with nrm 3 or 5).
 void va_bwd_reduce(int dt, int cl, const void* dy, const void* x, const float* a,
-                   const float* b, const float* zmax, const float* pmax, float* q, float* db,
-                   float* zcnt, float* pcnt, int64_t N, int64_t C, int64_t P, int nt) {
+                   const float* b, const float* zmax, const float* pmax, const float* nrm,
+                   float* mom, float* db, float* pcnt, int64_t N, int64_t C, int64_t P, int nt) {
   Geo g = make_geo(N, C, P, nt);
-  const bool cbam = b != nullptr, cnt = zcnt != nullptr;
+  const bool cbam = b != nullptr, cnt = zmax != nullptr;
 #define VA_BR(CB, CN) \
-  DISPATCH_T_CL(dt, cl, (bwd_reduce<T, CLV, CB, CN>((const T*)dy, (const T*)x, a, b, zmax, pmax, q, db, zcnt, pcnt, g, nt)))
+  VA_AFF(nrm, DISPATCH_T_CL(dt, cl, (bwd_reduce<T, CLV, CB, CN, AFFV>((const T*)dy, (const T*)x, a, b, zmax, pmax, nrm, mom, db, pcnt, g, nt))))
   if (cbam) { if (cnt) VA_BR(true, true); else VA_BR(true, false); }
   else { if (cnt) VA_BR(false, true); else VA_BR(false, false); }
 #undef VA_BR
 }
 
+// mom: float32 (K, N, C), the rows of bwd_channel above (K = 1, with nrm 2).
 void va_bwd_channel(int dt, int cl, const void* x, const float* a, const float* gavg,
-                    const float* gmax, const float* pmax, float* out, int64_t N, int64_t C,
-                    int64_t P, int nt) {
+                    const float* gmax, const float* pmax, const float* nrm, float* mom,
+                    int64_t N, int64_t C, int64_t P, int nt) {
   Geo g = make_geo(N, C, P, nt);
-  if (gmax)
-    DISPATCH_T_CL(dt, cl, (bwd_channel<T, CLV, true>((const T*)x, a, gavg, gmax, pmax, out, g, nt)));
-  else
-    DISPATCH_T_CL(dt, cl, (bwd_channel<T, CLV, false>((const T*)x, a, gavg, gmax, pmax, out, g, nt)));
-}
-
-void va_bwd_reduce_norm(int dt, int cl, const void* dy, const void* x, const float* a,
-                        const float* b, const float* zmax, const float* pmax, const float* nrm,
-                        float* mom, float* db, float* pcnt, int64_t N, int64_t C, int64_t P,
-                        int nt) {
-  Geo g = make_geo(N, C, P, nt);
-  const bool cbam = b != nullptr, cnt = zmax != nullptr;
-#define VA_BRN(CB, CN) \
-  DISPATCH_T_CL(dt, cl, (bwd_reduce_norm<T, CLV, CB, CN>((const T*)dy, (const T*)x, a, b, zmax, pmax, nrm, mom, db, pcnt, g, nt)))
-  if (cbam) { if (cnt) VA_BRN(true, true); else VA_BRN(true, false); }
-  else { if (cnt) VA_BRN(false, true); else VA_BRN(false, false); }
-#undef VA_BRN
-}
-
-void va_bwd_channel_norm(int dt, int cl, const void* x, const float* a, const float* gavg,
-                         const float* gmax, const float* pmax, const float* nrm, float* mom,
-                         int64_t N, int64_t C, int64_t P, int nt) {
-  Geo g = make_geo(N, C, P, nt);
-  if (gmax)
-    DISPATCH_T_CL(dt, cl, (bwd_channel_norm<T, CLV, true>((const T*)x, a, gavg, gmax, pmax, nrm, mom, g, nt)));
-  else
-    DISPATCH_T_CL(dt, cl, (bwd_channel_norm<T, CLV, false>((const T*)x, a, gavg, gmax, pmax, nrm, mom, g, nt)));
+#define VA_BC(MP) \
+  VA_AFF(nrm, DISPATCH_T_CL(dt, cl, (bwd_channel<T, CLV, MP, AFFV>((const T*)x, a, gavg, gmax, pmax, nrm, mom, g, nt))))
+  if (gmax) VA_BC(true); else VA_BC(false);
+#undef VA_BC
 }
 
 void va_bwd_apply(int dt, int cl, const void* dy, const void* x, const float* a, const float* b,
