@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import shutil
 import subprocess
+import warnings
 
 import pytest
 import torch
@@ -157,3 +158,16 @@ def test_wrappers_pass_the_prototype_argument_count(monkeypatch):
         _calls(2, 5, 3, 4, cl)
     kernels = set(cpu.prototypes(cpu.source())) - {"va_version"}
     assert counting.called == kernels
+
+
+def test_is_channels_last():
+    x = torch.randn(2, 3, 4, 5)
+    assert cpu.is_channels_last(x) is False
+    assert cpu.is_channels_last(x.contiguous(memory_format=torch.channels_last)) is True
+    assert cpu.is_channels_last(torch.randn(2, 3, 1, 1)) is False  # both layouts at once: NCHW
+    with pytest.warns(DeprecationWarning, match="is_channels_last"):
+        old = cpu.layout_of
+    assert old(x.contiguous(memory_format=torch.channels_last)) is True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cpu.is_channels_last(x)  # the new name does not warn

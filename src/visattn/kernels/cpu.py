@@ -1,9 +1,9 @@
 """Fused CPU kernels for SE (arXiv:1709.01507) and CBAM (arXiv:1807.06521): build, load, call.
 
 The C++ source (``csrc/visattn_cpu.cpp`` next to this file, shipped as package data; formulas
-listed at its top) has no PyTorch headers, so ``g++ -O3 -fopenmp`` builds it in a few seconds (about 6 s here) on first use; the shared library is
-cached in ``$VISATTN_CACHE_DIR`` (default ``~/.cache/visattn``) under a hash of the source,
-the compiler flags and the CPU, and loaded with :mod:`ctypes` (which releases the GIL during
+listed at its top) has no PyTorch headers, so ``g++ -O3 -fopenmp`` builds it in a few seconds
+(about 6 s here) on first use; the shared library is cached in ``$VISATTN_CACHE_DIR`` (default
+``~/.cache/visattn``) under a hash of the source, the compiler flags and the CPU, and loaded with :mod:`ctypes` (which releases the GIL during
 calls). The OpenMP runtime is the one PyTorch has already loaded (same ``libgomp.so.1``), so
 both share one thread pool setting; the kernels use ``torch.get_num_threads()`` threads.
 Without a working compiler :func:`available` is False and the layers use the reference formulas.
@@ -14,9 +14,15 @@ and the first-touch page faults (the kernel zeroes every new page) cost more tha
 kernel itself on small CPUs. New large outputs are advised to use transparent huge pages
 (``madvise(MADV_HUGEPAGE)`` before the first write), which cuts the first-touch cost about 3x.
 
+The ctypes signatures are read from the ``extern "C"`` definitions of the source
+(:func:`prototypes`), so that they cannot drift from it.
+
 Every function takes x of shape (N, C, H, W) in NCHW or channels_last layout (other strides are
 made contiguous first) and float32 / bfloat16; per-channel vectors are float32 (N, C), per
-position vectors float32 (N, H W). Tests: ``tests/kernels/test_kernels_se_cbam.py``.
+position vectors float32 (N, H W). Tests: ``tests/kernels/test_kernels_se_cbam.py`` and
+``tests/kernels/test_kernels_norm_fusion.py`` (values against the formulas),
+``tests/kernels/test_kernels_cpu_source.py`` (the -Werror build, the signatures, the wrappers'
+argument counts).
 """
 
 from __future__ import annotations
@@ -211,9 +217,25 @@ def _declare(lib: ctypes.CDLL, text: str) -> None:
 # ----------------------------------------------------------------------------- helpers
 
 
-def layout_of(x: torch.Tensor) -> bool:
+def is_channels_last(x: torch.Tensor) -> bool:
     """True when x is channels_last-contiguous (and not also NCHW-contiguous)."""
     return (not x.is_contiguous()) and x.is_contiguous(memory_format=torch.channels_last)
+
+
+_DEPRECATED = {"layout_of": "is_channels_last"}
+
+
+def __getattr__(name: str) -> object:
+    """The old names of :data:`_DEPRECATED`, with a DeprecationWarning."""
+    if name in _DEPRECATED:
+        new = _DEPRECATED[name]
+        warnings.warn(
+            f"visattn.kernels.cpu.{name} is deprecated; use {new}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return globals()[new]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _fmt(cl: bool) -> torch.memory_format:
@@ -268,7 +290,7 @@ def _ptr(t: torch.Tensor | None) -> int | None:
 
 
 def _prep(x: torch.Tensor) -> tuple[torch.Tensor, bool, int, int, int, int]:
-    cl = layout_of(x)
+    cl = is_channels_last(x)
     x = as_layout(x, cl)
     n, c, h, w = x.shape
     return x, cl, 0 if x.dtype == torch.float32 else 1, n, c, h * w
