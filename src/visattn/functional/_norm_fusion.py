@@ -27,16 +27,8 @@ from ..kernels import _fold
 from ..kernels import ops as _ops  # registers torch.ops.visattn.* and their FLOP counts
 from ..kernels._backend import as_dtype
 
-__all__ = [
-    "CBAMOperators",
-    "SEOperators",
-    "float_batch_stats",
-    "fuses_norm",
-    "has_hooks",
-    "norm_inputs",
-    "spatial_norm_args",
-    "update_running_stats",
-]
+__all__ = ["CBAMOperators", "SEOperators", "float_batch_stats", "fuses_norm", "has_hooks",
+           "norm_inputs", "spatial_norm_args", "update_running_stats"]  # fmt: skip
 
 
 def has_hooks(module: nn.Module) -> bool:

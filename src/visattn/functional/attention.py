@@ -24,20 +24,13 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from .. import _modes
 from .._checks import check_choice, check_tensor
 
-__all__ = [
-    "GATES",
-    "POOLS",
-    "apply_gate",
-    "bottleneck_mlp",
-    "channel_pool",
-    "channel_scale",
-    "gate",
-    "global_pool",
-]
+__all__ = ["GATES", "POOLS", "apply_gate", "bottleneck_mlp", "channel_pool", "channel_scale",
+           "gate", "global_pool"]  # fmt: skip
 
 #: Pool names of SE's squeeze and CBAM's maps (:data:`visattn._modes.POOLS`).
 POOLS: tuple[str, ...] = _modes.POOLS
@@ -190,13 +183,8 @@ def channel_pool(x: torch.Tensor, modes: Sequence[str] = ("avg", "max")) -> torc
     return _channel_pool(x, modes)
 
 
-def bottleneck_mlp(
-    z: torch.Tensor,
-    w1: torch.Tensor,
-    b1: torch.Tensor | None,
-    w2: torch.Tensor,
-    b2: torch.Tensor | None,
-) -> torch.Tensor:
+def bottleneck_mlp(z: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor,
+                   b2: Tensor | None) -> Tensor:  # fmt: skip
     """The two-layer bottleneck W_2 ReLU(W_1 z + b_1) + b_2 of SE (eq. 3) and CBAM (eq. 2).
 
     Args:

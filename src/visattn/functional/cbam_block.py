@@ -27,18 +27,13 @@ from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from .._checks import check_choice, check_tensor
 from .attention import _channel_pool, _check_mlp, _check_pool, _check_x, _global_pool, _mlp
 
-__all__ = [
-    "ORDERS",
-    "cbam_arrange",
-    "cbam_reference",
-    "channel_attention_map",
-    "spatial_attention_map",
-]
+__all__ = ["ORDERS", "cbam_arrange", "cbam_reference", "channel_attention_map",
+           "spatial_attention_map"]  # fmt: skip
 
 #: CBAM's arrangements of its two maps (the paper's Table 3); the first is eq. 1.
 ORDERS: tuple[str, ...] = ("channel_first", "spatial_first", "parallel")
@@ -110,15 +105,8 @@ def _arrange(x: torch.Tensor, channel_map: Map, spatial_map: Map, order: str):
     return f1 * m_c, m_c, m_s
 
 
-def channel_attention_map(
-    x: torch.Tensor,
-    w1: torch.Tensor,
-    b1: torch.Tensor | None,
-    w2: torch.Tensor,
-    b2: torch.Tensor | None,
-    *,
-    pool: Sequence[str] = ("avg", "max"),
-) -> torch.Tensor:
+def channel_attention_map(x: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None,
+                          *, pool: Sequence[str] = ("avg", "max")) -> Tensor:  # fmt: skip
     """CBAM's channel attention M_c(F) = sigma(sum_k MLP(pool_k(F))) (arXiv:1807.06521, eq. 2).
 
     Args:
@@ -135,14 +123,9 @@ def channel_attention_map(
     return _channel_map(x, w1, b1, w2, b2, _check_pool(pool))
 
 
-def spatial_attention_map(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    *,
-    pool: Sequence[str] = ("avg", "max"),
-    norm: nn.Module | None = None,
-) -> torch.Tensor:
+def spatial_attention_map(x: Tensor, weight: Tensor, bias: Tensor | None, *,
+                          pool: Sequence[str] = ("avg", "max"),
+                          norm: nn.Module | None = None) -> Tensor:  # fmt: skip
     """CBAM's spatial attention M_s(F) = sigma(f^{k x k}([AvgPool_c(F); MaxPool_c(F)]))
     (arXiv:1807.06521, eq. 3).
 
@@ -211,18 +194,10 @@ def _cbam(x, w1, b1, w2, b2, conv_weight, conv_bias, pool, norm) -> torch.Tensor
 CBAM_NAMES = ("fc1_weight", "fc1_bias", "fc2_weight", "fc2_bias", "conv_weight", "conv_bias")
 
 
-def cbam_reference(
-    x: torch.Tensor,
-    fc1_weight: torch.Tensor,
-    fc1_bias: torch.Tensor | None,
-    fc2_weight: torch.Tensor,
-    fc2_bias: torch.Tensor | None,
-    conv_weight: torch.Tensor,
-    conv_bias: torch.Tensor | None,
-    *,
-    pool: Sequence[str] = ("avg", "max"),
-    norm: nn.Module | None = None,
-) -> torch.Tensor:
+def cbam_reference(x: Tensor, fc1_weight: Tensor, fc1_bias: Tensor | None, fc2_weight: Tensor,
+                   fc2_bias: Tensor | None, conv_weight: Tensor, conv_bias: Tensor | None, *,
+                   pool: Sequence[str] = ("avg", "max"),
+                   norm: nn.Module | None = None) -> Tensor:  # fmt: skip
     """The plain CBAM block, channel first (eq. 1-3), op by op: :func:`cbam_arrange` of
     :func:`channel_attention_map` and :func:`spatial_attention_map` (``norm`` after f^{k x k}).
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ..kernels._backend import select_impl
 from ..kernels._tune import tuned_impl
@@ -40,17 +40,9 @@ from .se_block import FC_NAMES, check_squeeze_excite, squeeze_excite_reference
 __all__ = ["cbam", "cbam_reference", "squeeze_excite", "squeeze_excite_reference"]
 
 
-def squeeze_excite(
-    x: torch.Tensor,
-    fc1_weight: torch.Tensor,
-    fc1_bias: torch.Tensor | None,
-    fc2_weight: torch.Tensor,
-    fc2_bias: torch.Tensor | None,
-    *,
-    squeeze: str = "avg",
-    gate: str = "sigmoid",
-    input_norm: nn.Module | None = None,
-) -> torch.Tensor:
+def squeeze_excite(x: Tensor, fc1_weight: Tensor, fc1_bias: Tensor | None, fc2_weight: Tensor,
+                   fc2_bias: Tensor | None, *, squeeze: str = "avg", gate: str = "sigmoid",
+                   input_norm: nn.Module | None = None) -> Tensor:  # fmt: skip
     """Squeeze-and-Excitation (Hu et al., arXiv:1709.01507, eq. 2-4) of x, fused where possible:
     x~ = x * sigma(W_2 ReLU(W_1 pool(x) + b_1) + b_2), (N, C, H, W) -> (N, C, H, W).
 
@@ -90,19 +82,10 @@ def squeeze_excite(
     return torch.ops.visattn.squeeze_excite(x, *params, None, squeeze, gate, impl)[0]
 
 
-def cbam(
-    x: torch.Tensor,
-    fc1_weight: torch.Tensor,
-    fc1_bias: torch.Tensor | None,
-    fc2_weight: torch.Tensor,
-    fc2_bias: torch.Tensor | None,
-    conv_weight: torch.Tensor,
-    conv_bias: torch.Tensor | None,
-    *,
-    pool: Sequence[str] = ("avg", "max"),
-    norm: nn.Module | None = None,
-    input_norm: nn.Module | None = None,
-) -> torch.Tensor:
+def cbam(x: Tensor, fc1_weight: Tensor, fc1_bias: Tensor | None, fc2_weight: Tensor,
+         fc2_bias: Tensor | None, conv_weight: Tensor, conv_bias: Tensor | None, *,
+         pool: Sequence[str] = ("avg", "max"), norm: nn.Module | None = None,
+         input_norm: nn.Module | None = None) -> Tensor:  # fmt: skip
     """CBAM (Woo et al., arXiv:1807.06521, eq. 1-3), channel attention then spatial attention,
     of x (N, C, H, W) -> (N, C, H, W), fused where possible.
 

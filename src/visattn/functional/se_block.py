@@ -16,6 +16,7 @@ Tests: ``tests/functional/test_functional_blocks.py``, ``tests/kernels/test_kern
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from .._checks import check_choice
 from .attention import (
@@ -53,15 +54,8 @@ def check_squeeze_excite(x, w1, b1, w2, b2, squeeze: str, gate: str, names=None)
     check_choice(gate, "gate", GATES)
 
 
-def excitation(
-    z: torch.Tensor,
-    w1: torch.Tensor,
-    b1: torch.Tensor | None,
-    w2: torch.Tensor,
-    b2: torch.Tensor | None,
-    *,
-    gate: str = "sigmoid",
-) -> torch.Tensor:
+def excitation(z: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None, *,
+               gate: str = "sigmoid") -> Tensor:  # fmt: skip
     """SE's excitation s = sigma(W_2 ReLU(W_1 z + b_1) + b_2) (arXiv:1709.01507, eq. 3).
 
     Args:
@@ -78,17 +72,9 @@ def excitation(
     return _excitation(z, w1, b1, w2, b2, gate)
 
 
-def squeeze_excite_reference(
-    x: torch.Tensor,
-    fc1_weight: torch.Tensor,
-    fc1_bias: torch.Tensor | None,
-    fc2_weight: torch.Tensor,
-    fc2_bias: torch.Tensor | None,
-    *,
-    squeeze: str = "avg",
-    gate: str = "sigmoid",
-    **deprecated,
-) -> torch.Tensor:
+def squeeze_excite_reference(x: Tensor, fc1_weight: Tensor, fc1_bias: Tensor | None,
+                             fc2_weight: Tensor, fc2_bias: Tensor | None, *, squeeze: str = "avg",
+                             gate: str = "sigmoid", **deprecated) -> Tensor:  # fmt: skip
     """The plain SE block x~ = x * sigma(W_2 ReLU(W_1 pool(x) + b_1) + b_2) (eq. 2-4), op by op.
 
     Args:

@@ -44,12 +44,22 @@ from ..functional.cbam_block import (
     spatial_attention_map,
 )
 from ..functional.fused import cbam
-from .squeeze_excite import check_channels, reduced_channels
+from .squeeze_excite import add_bottleneck, bottleneck_weights, check_channels, reduced_channels
 
 __all__ = ["CBAM", "ChannelAttention", "SpatialAttention"]
 
 
-class ChannelAttention(nn.Module):
+class _MapAttention(nn.Module):
+    """A CBAM part: F' = M(F) * F, with M(F) the subclass's ``attention(x)`` (broadcast)."""
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.attention(x)
+
+
+class ChannelAttention(_MapAttention):
     """CBAM channel attention: F' = M_c(F) * F, M_c(F) = sigma(sum_p MLP(pool_p(F))) (eq. 2).
 
     Args:
@@ -76,30 +86,22 @@ class ChannelAttention(nn.Module):
         hidden = reduced_channels(channels, reduction, divisor=divisor)
         self.channels = channels
         self.pool = _check_pool(pool, distinct=True)
-        factory = {"device": device, "dtype": dtype}
-        self.fc1 = nn.Conv2d(channels, hidden, 1, bias=bias, **factory)
-        self.fc2 = nn.Conv2d(hidden, channels, 1, bias=bias, **factory)
-
-    def _weights(self) -> tuple:
-        return (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
+        add_bottleneck(self, channels, hidden, bias, {"device": device, "dtype": dtype})
 
     def _attention(self, x: torch.Tensor) -> torch.Tensor:
         """M_c(F), x unchecked (the caller checked it)."""
-        return _channel_map(x, *self._weights(), self.pool)
+        return _channel_map(x, *bottleneck_weights(self), self.pool)
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """M_c(F), shape (N, C, 1, 1) (:func:`visattn.functional.channel_attention_map`)."""
         check_channels(x, self.channels)
-        return channel_attention_map(x, *self._weights(), pool=self.pool)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.attention(x)
+        return channel_attention_map(x, *bottleneck_weights(self), pool=self.pool)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, pool={self.pool}"
 
 
-class SpatialAttention(nn.Module):
+class SpatialAttention(_MapAttention):
     """CBAM spatial attention: F'' = M_s(F) * F, M_s(F) = sigma(f^{k x k}([pool_c(F) ...])) (eq. 3).
 
     Args:
@@ -148,9 +150,6 @@ class SpatialAttention(nn.Module):
             x, self.conv.weight, self.conv.bias, pool=self.pool, norm=self.norm
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.attention(x)
-
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, pool={self.pool}"
 
@@ -160,11 +159,11 @@ class CBAM(nn.Module):
 
     Args:
         channels: C.
-        reduction: r of the channel attention's MLP.
+        reduction, bias, divisor: the channel attention's MLP (r, biases, rounding of C/r).
         kernel_size: k of the spatial attention's convolution (odd).
-        order: ``"channel_first"`` (the paper), ``"spatial_first"`` or ``"parallel"``.
         norm: BatchNorm after the spatial convolution.
         pool: pools of both parts (``("avg", "max")``).
+        order: ``"channel_first"`` (the paper), ``"spatial_first"`` or ``"parallel"``.
 
     Shape: (N, C, H, W) -> (N, C, H, W).
     """
@@ -174,12 +173,12 @@ class CBAM(nn.Module):
         channels: int,
         *,
         reduction: float = 16,
-        kernel_size: int = 7,
-        order: str = "channel_first",
-        norm: bool = False,
-        pool: Sequence[str] = ("avg", "max"),
         bias: bool = True,
         divisor: int = 1,
+        kernel_size: int = 7,
+        norm: bool = False,
+        pool: Sequence[str] = ("avg", "max"),
+        order: str = "channel_first",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -201,7 +200,7 @@ class CBAM(nn.Module):
         ch, sp = self.channel, self.spatial
         if self.order == "channel_first" and set(ch.pool) == set(sp.pool):
             return cbam(
-                x, *ch._weights(), sp.conv.weight, sp.conv.bias, pool=sp.pool, norm=sp.norm,
+                x, *bottleneck_weights(ch), sp.conv.weight, sp.conv.bias, pool=sp.pool, norm=sp.norm,
                 input_norm=input_norm,
             )  # fmt: skip
         if input_norm is not None:

@@ -56,6 +56,18 @@ def reduced_channels(
     return rounded
 
 
+def add_bottleneck(layer: nn.Module, channels: int, hidden: int, bias: bool, factory: dict) -> None:
+    """Give ``layer`` the bottleneck MLP of SE / CBAM as 1 x 1 convolutions (timm's layout, the
+    state_dict keys ``fc1.*`` / ``fc2.*``): ``fc1`` is W_1, b_1 (C -> C/r), ``fc2`` W_2, b_2."""
+    layer.fc1 = nn.Conv2d(channels, hidden, 1, bias=bias, **factory)
+    layer.fc2 = nn.Conv2d(hidden, channels, 1, bias=bias, **factory)
+
+
+def bottleneck_weights(layer: nn.Module) -> tuple:
+    """(W_1, b_1, W_2, b_2) of a layer built by :func:`add_bottleneck` (biases may be None)."""
+    return (layer.fc1.weight, layer.fc1.bias, layer.fc2.weight, layer.fc2.bias)
+
+
 def check_channels(x: torch.Tensor, channels: int) -> None:
     """The one check of a layer's input that the functions cannot make: x (N, C, H, W) has the
     layer's C channels (everything else is checked by :mod:`visattn.functional`, once)."""
@@ -98,19 +110,14 @@ class SqueezeExcite(nn.Module):
         self.channels = channels
         self.squeeze = check_choice(squeeze, "squeeze", POOLS)
         self.gate = check_choice(gate, "gate", GATES)
-        factory = {"device": device, "dtype": dtype}
-        self.fc1 = nn.Conv2d(channels, hidden, 1, bias=bias, **factory)
-        self.fc2 = nn.Conv2d(hidden, channels, 1, bias=bias, **factory)
-
-    def _weights(self) -> tuple:
-        return (self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
+        add_bottleneck(self, channels, hidden, bias, {"device": device, "dtype": dtype})
 
     def excitation(self, x: torch.Tensor) -> torch.Tensor:
         """The per-channel weights s = sigma(W_2 ReLU(W_1 z + b_1) + b_2) (eq. 3) of the squeezed
         x, shape (N, C, 1, 1)."""
         check_channels(x, self.channels)
-        check_squeeze_excite(x, *self._weights(), self.squeeze, self.gate, FC_NAMES)
-        return _excitation(_global_pool(x, self.squeeze), *self._weights(), self.gate)
+        check_squeeze_excite(x, *bottleneck_weights(self), self.squeeze, self.gate, FC_NAMES)
+        return _excitation(_global_pool(x, self.squeeze), *bottleneck_weights(self), self.gate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._attend(x)
@@ -119,7 +126,11 @@ class SqueezeExcite(nn.Module):
         """SE(x), or SE(input_norm(x)) fused (:func:`visattn.layers.batchnorm_attention`)."""
         check_channels(x, self.channels)
         return squeeze_excite(
-            x, *self._weights(), squeeze=self.squeeze, gate=self.gate, input_norm=input_norm
+            x,
+            *bottleneck_weights(self),
+            squeeze=self.squeeze,
+            gate=self.gate,
+            input_norm=input_norm,
         )
 
     def extra_repr(self) -> str:
