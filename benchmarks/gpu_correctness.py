@@ -1,4 +1,4 @@
-"""GPU correctness check of the fused SE / CBAM / sampler kernels at realistic sizes (issue 6).
+"""GPU correctness check of the fused SE / CBAM / sampler kernels at realistic sizes.
 
 Fast path vs the reference formulas (arXiv:1709.01507, 1807.06521, 1506.02025) on CUDA for
 float32 and bfloat16, NCHW and channels_last, forward and every gradient, plus the bitwise
@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "kernels"))  # folded.py
 
 import torch
 import torch.nn.functional as F
@@ -73,12 +74,13 @@ def check_norm_fusion(dev: str) -> None:
     """BatchNorm then SE / CBAM as one node (visattn.layers.batchnorm_attention) on the Triton
     kernels vs the two modules: float32 against the reference formulas, bfloat16 (autocast)
     against the unfused Triton path fed with the folded kernels' rounding of BN(c) (see
-    ``_batchnorm_as_folded``); training mode, output, grad c, every parameter, running
+    ``tests/kernels/folded.py``); training mode, output, grad c, every parameter, running
     statistics."""
     import copy
 
+    from folded import batchnorm_as_folded
+
     import visattn
-    from visattn.functional.fused import _batchnorm_as_folded
     from visattn.layers import batchnorm_attention
 
     for n, c, s in [(8, 256, 56), (2, 2048, 7)]:
@@ -105,7 +107,7 @@ def check_norm_fusion(dev: str) -> None:
                             if fused:
                                 y = batchnorm_attention(*mods, xi)
                             elif dtype == torch.bfloat16:
-                                y = mods[1](_batchnorm_as_folded(mods[0], xi))
+                                y = mods[1](batchnorm_as_folded(mods[0], xi))
                             else:
                                 y = mods[1](mods[0](xi))
                         y.backward(grad)

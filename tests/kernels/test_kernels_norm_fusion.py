@@ -13,6 +13,7 @@ import copy
 
 import pytest
 import torch
+from folded import batchnorm_as_folded
 from test_kernels_se_cbam import (
     DEVICES,
     FAST,
@@ -25,7 +26,7 @@ from test_kernels_se_cbam import (
 from torch import nn
 
 import visattn
-from visattn.functional.fused import _batchnorm_as_folded, float_batch_stats
+from visattn.functional._norm_fusion import float_batch_stats
 from visattn.kernels import use_backend
 from visattn.kernels._backend import select_impl
 from visattn.layers import batchnorm_attention
@@ -92,7 +93,7 @@ def _pair(kind: str, device: str, **bn_kw) -> tuple[nn.Module, nn.Module]:
 def _check_same(fused_mods, plain_mods, c, dtype, channels_last, training):
     """Run both and compare everything: in float32 the plain modules on the reference backend;
     in bfloat16 the plain modules on the fast backend (the path the fused node replaces) fed
-    with the folded kernels' rounding of bn(c) (``_batchnorm_as_folded``): with a differently
+    with the folded kernels' rounding of bn(c) (``folded.batchnorm_as_folded``): with a differently
     rounded bn(c) a ReLU of the MLP or a maximum can switch, which moves gradients."""
     for m in (*fused_mods, *plain_mods):
         m.train(training)
@@ -104,9 +105,7 @@ def _check_same(fused_mods, plain_mods, c, dtype, channels_last, training):
         y1 = batchnorm_attention(*fused_mods, c1)
     with use_backend(FAST if dtype == torch.bfloat16 else "reference"), autocast:
         bn_out = (
-            _batchnorm_as_folded(plain_mods[0], c2)
-            if dtype == torch.bfloat16
-            else plain_mods[0](c2)
+            batchnorm_as_folded(plain_mods[0], c2) if dtype == torch.bfloat16 else plain_mods[0](c2)
         )
         y2 = plain_mods[1](bn_out)
     assert type(y1.grad_fn).__name__ == FUSED_NODE

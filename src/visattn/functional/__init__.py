@@ -1,52 +1,75 @@
-"""Pure tensor functions: grid generators, the bilinear sampler, pooling and gates.
+"""Pure tensor functions, one home per formula: the attention mechanisms' maths, written once.
 
-Every function here follows a formula of ``DESIGN.md`` §1 and names it in its docstring.
+The layers (:mod:`visattn.layers`), the fused blocks' reference branches and the visualisation
+(:mod:`visattn.viz.capture`) call these functions; each docstring names its paper, equation and
+shapes (``docs/core.md`` maps them to the tests).
+
+- Spatial Transformer (arXiv:1506.02025): grid generators (:mod:`.grids`) and the bilinear
+  sampler (:mod:`.sampling`).
+- Shared pieces (:mod:`.attention`): pools, gates (:func:`apply_gate`), the bottleneck MLP and
+  the channel reweighting.
+- Squeeze-and-Excitation (arXiv:1709.01507, :mod:`.se_block`): :func:`excitation`,
+  :func:`squeeze_excite_reference`.
+- CBAM (arXiv:1807.06521, :mod:`.cbam_block`): :func:`channel_attention_map`,
+  :func:`spatial_attention_map`, :func:`cbam_arrange`, :func:`cbam_reference`.
+- The fused blocks (:mod:`.fused`): :func:`squeeze_excite` and :func:`cbam` choose the reference
+  or the kernels of :mod:`visattn.kernels` and are what the layers run.
+
+Symbols of the bottleneck MLP, in every docstring of the package: W_1, b_1 are ``fc1``'s weight
+and bias (C -> C/r), W_2, b_2 are ``fc2``'s (C/r -> C), r the reduction ratio, so the MLP is
+W_2 ReLU(W_1 z + b_1) + b_2 (SE eq. 3 writes it without biases). CBAM's paper names the same two
+layers W_0 and W_1 (eq. 2): its W_0 is our W_1 (``fc1``), its W_1 our W_2 (``fc2``).
+
+Every public function validates its arguments once (errors name the argument, what was expected
+and what came) and then calls unvalidated private helpers.
+
+To add a mechanism: a module ``<name>_block.py`` with its formula functions (validated public
+ones over private ones, built from :mod:`.attention`'s pieces), exported here, with its tests.
 """
 
-from .attention import GATES, POOLS, channel_pool, channel_scale, gate, global_pool
-from .fused import cbam, cbam_reference, squeeze_excite, squeeze_excite_reference
-from .grids import (
-    TRANSFORMS,
-    affine_grid,
-    identity_params,
-    num_params,
-    params_to_grid,
-    params_to_matrix,
-    projective_grid,
-    rts_matrix,
-    scale_translation_matrix,
-    tps_control_points,
-    tps_grid,
-    tps_weights,
-    translation_matrix,
+from .attention import (
+    GATES,
+    POOLS,
+    apply_gate,
+    bottleneck_mlp,
+    channel_pool,
+    channel_scale,
+    gate,
+    global_pool,
 )
+from .cbam_block import (
+    ORDERS,
+    cbam_arrange,
+    cbam_reference,
+    channel_attention_map,
+    spatial_attention_map,
+)
+from .fused import cbam, squeeze_excite
+from .grids import *  # noqa: F403 (the grid generators: grids.__all__)
+from .grids import __all__ as _grid_names
 from .sampling import PADDING_MODES, bilinear_sample, bilinear_sample_reference
+from .se_block import excitation, squeeze_excite_reference
 
 __all__ = [
     "GATES",
+    "ORDERS",
     "PADDING_MODES",
     "POOLS",
-    "TRANSFORMS",
-    "affine_grid",
+    *_grid_names,  # the grid generators
+    "apply_gate",
     "bilinear_sample",
     "bilinear_sample_reference",
+    "bottleneck_mlp",
     "cbam",
+    "cbam_arrange",
     "cbam_reference",
+    "channel_attention_map",
     "channel_pool",
     "channel_scale",
+    "excitation",
     "gate",
     "global_pool",
-    "identity_params",
-    "num_params",
-    "params_to_grid",
-    "params_to_matrix",
-    "projective_grid",
-    "rts_matrix",
-    "scale_translation_matrix",
+    "spatial_attention_map",
     "squeeze_excite",
     "squeeze_excite_reference",
-    "tps_control_points",
-    "tps_grid",
-    "tps_weights",
-    "translation_matrix",
 ]

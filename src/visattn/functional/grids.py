@@ -41,21 +41,9 @@ import torch
 
 from .._checks import check_choice, check_pair, check_tensor, describe
 
-__all__ = [
-    "TRANSFORMS",
-    "affine_grid",
-    "identity_params",
-    "num_params",
-    "params_to_grid",
-    "params_to_matrix",
-    "projective_grid",
-    "rts_matrix",
-    "scale_translation_matrix",
-    "tps_control_points",
-    "tps_grid",
-    "tps_weights",
-    "translation_matrix",
-]
+__all__ = ["TRANSFORMS", "affine_grid", "identity_params", "num_params", "params_to_grid",
+           "params_to_matrix", "projective_grid", "rts_matrix", "scale_translation_matrix",
+           "tps_control_points", "tps_grid", "tps_weights", "translation_matrix"]  # fmt: skip
 
 TRANSFORMS = ("translation", "scale_translation", "rts", "affine", "projective", "tps")
 _MATRIX_PARAMS = {"translation": 2, "scale_translation": 3, "rts": 4, "affine": 6, "projective": 8}

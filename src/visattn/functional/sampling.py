@@ -192,13 +192,8 @@ def _check_sample_args(input, grid, align_corners, padding_mode) -> None:
     check_choice(padding_mode, "padding_mode", PADDING_MODES)
 
 
-def bilinear_sample_reference(
-    input: torch.Tensor,
-    grid: torch.Tensor,
-    *,
-    align_corners: bool = False,
-    padding_mode: str = "zeros",
-) -> torch.Tensor:
+def bilinear_sample_reference(input: torch.Tensor, grid: torch.Tensor, *, align_corners: bool = False,
+                              padding_mode: str = "zeros") -> torch.Tensor:  # fmt: skip
     """The reference sampler (eq. 5-7 as written) without any fast-path dispatch.
 
     Same contract as :func:`bilinear_sample`; the fast kernels are tested against this function.

@@ -1,12 +1,13 @@
 """Convolutional Block Attention Module (Woo et al., ECCV 2018, arXiv:1807.06521).
 
     channel attention  M_c(F) = sigma(MLP(AvgPool(F)) + MLP(MaxPool(F)))      (eq. 2)
-                       MLP(z) = W_1 ReLU(W_0 z),  W_0: C -> C/r,  W_1: C/r -> C (shared)
+                       MLP(z) = W_2 ReLU(W_1 z + b_1) + b_2  (the paper's W_1 ReLU(W_0 z))
     spatial attention  M_s(F) = sigma(f^{k x k}([AvgPool_c(F); MaxPool_c(F)]))   (eq. 3)
     CBAM               F' = M_c(F) * F,   F'' = M_s(F') * F'                      (eq. 1)
 
-Code symbols: ``ChannelAttention.fc1`` / ``fc2`` are W_0 / W_1 (1 x 1 convolutions, with
-biases like the official code's ``nn.Linear``), ``SpatialAttention.conv`` is f^{k x k}
+Code symbols (as in :mod:`visattn.functional`): ``ChannelAttention.fc1`` is W_1, b_1 (the
+paper's W_0, C -> C/r) and ``fc2`` is W_2, b_2 (the paper's W_1, C/r -> C), 1 x 1 convolutions
+with biases like the official code's ``nn.Linear``; ``SpatialAttention.conv`` is f^{k x k}
 (k = ``kernel_size``, 7 by default, padding k // 2), ``SpatialAttention.bn`` the optional
 BatchNorm after it (``norm=True``, as in the official code). Pooled maps are concatenated in
 the order of ``pool`` (average first by default, as in eq. 3).
@@ -15,10 +16,12 @@ the order of ``pool`` (average first by default, as in eq. 3).
 ``"spatial_first"`` applies M_s first then M_c, and ``"parallel"`` computes both maps from the
 same F and applies them together: F'' = M_c(F) * M_s(F) * F.
 
-The block (order ``"channel_first"``, with or without ``norm``) runs
-:func:`visattn.functional.cbam`: fused kernels by default (:mod:`visattn.kernels`), the plain
-formula under ``VISATTN_BACKEND=reference``; the other orders and the standalone
-``ChannelAttention`` / ``SpatialAttention`` use the formulas below.
+The formulas are :mod:`visattn.functional.cbam_block`'s. The block (order
+``"channel_first"``, with or without ``norm``) runs :func:`visattn.functional.cbam`: fused
+kernels by default (:mod:`visattn.kernels`), the plain formula under
+``VISATTN_BACKEND=reference``; the other orders are :func:`visattn.functional.cbam_arrange` of
+the two parts' maps (:func:`visattn.functional.channel_attention_map`,
+:func:`visattn.functional.spatial_attention_map`).
 
 Tests: ``tests/layers/test_cbam.py``, ``tests/kernels/test_kernels_se_cbam.py``.
 """
@@ -30,35 +33,34 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .._checks import check_choice, check_int, check_tensor
-from ..functional.attention import POOLS, channel_pool, channel_scale, global_pool
+from .._checks import check_choice, check_int
+from ..functional.attention import _check_pool
+from ..functional.cbam_block import (
+    ORDERS,
+    _channel_map,
+    _spatial_map,
+    cbam_arrange,
+    channel_attention_map,
+    spatial_attention_map,
+)
 from ..functional.fused import cbam
-from .squeeze_excite import reduced_channels
+from .squeeze_excite import add_bottleneck, bottleneck_weights, check_channels, reduced_channels
 
 __all__ = ["CBAM", "ChannelAttention", "SpatialAttention"]
 
-ORDERS = ("channel_first", "spatial_first", "parallel")
+
+class _MapAttention(nn.Module):
+    """A CBAM part: F' = M(F) * F, with M(F) the subclass's ``attention(x)`` (broadcast)."""
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.attention(x)
 
 
-def _check_pool(pool: Sequence[str]) -> tuple[str, ...]:
-    if isinstance(pool, str):
-        pool = (pool,)
-    pool = tuple(pool)
-    if not pool or len(set(pool)) != len(pool):
-        raise ValueError(f"pool: expected a non-empty tuple of distinct names, got {pool!r}")
-    for p in pool:
-        check_choice(p, "pool", POOLS)
-    return pool
-
-
-def _check_input(x: torch.Tensor, channels: int | None) -> None:
-    check_tensor(x, "x", ndim=4, layout="(N, C, H, W)")
-    if channels is not None and x.shape[1] != channels:
-        raise ValueError(f"x: expected {channels} channels, got shape {tuple(x.shape)}")
-
-
-class ChannelAttention(nn.Module):
-    """CBAM channel attention: F' = sigma(sum_p MLP(pool_p(F))) * F (eq. 2).
+class ChannelAttention(_MapAttention):
+    """CBAM channel attention: F' = M_c(F) * F, M_c(F) = sigma(sum_p MLP(pool_p(F))) (eq. 2).
 
     Args:
         channels: C.
@@ -83,30 +85,24 @@ class ChannelAttention(nn.Module):
         super().__init__()
         hidden = reduced_channels(channels, reduction, divisor=divisor)
         self.channels = channels
-        self.pool = _check_pool(pool)
-        factory = {"device": device, "dtype": dtype}
-        self.fc1 = nn.Conv2d(channels, hidden, 1, bias=bias, **factory)
-        self.act = nn.ReLU(inplace=True)
-        self.fc2 = nn.Conv2d(hidden, channels, 1, bias=bias, **factory)
+        self.pool = _check_pool(pool, distinct=True)
+        add_bottleneck(self, channels, hidden, bias, {"device": device, "dtype": dtype})
+
+    def _attention(self, x: torch.Tensor) -> torch.Tensor:
+        """M_c(F), x unchecked (the caller checked it)."""
+        return _channel_map(x, *bottleneck_weights(self), self.pool)
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
-        """M_c(F), shape (N, C, 1, 1)."""
-        logits = None
-        for p in self.pool:
-            out = self.fc2(self.act(self.fc1(global_pool(x, p))))
-            logits = out if logits is None else logits + out
-        return torch.sigmoid(logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, self.channels)
-        return channel_scale(x, self.attention(x))
+        """M_c(F), shape (N, C, 1, 1) (:func:`visattn.functional.channel_attention_map`)."""
+        check_channels(x, self.channels)
+        return channel_attention_map(x, *bottleneck_weights(self), pool=self.pool)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, pool={self.pool}"
 
 
-class SpatialAttention(nn.Module):
-    """CBAM spatial attention: F'' = sigma(f^{k x k}([pool_c(F) ...])) * F (eq. 3).
+class SpatialAttention(_MapAttention):
+    """CBAM spatial attention: F'' = M_s(F) * F, M_s(F) = sigma(f^{k x k}([pool_c(F) ...])) (eq. 3).
 
     Args:
         kernel_size: k, odd (7 in the paper, 3 in its ablation).
@@ -131,7 +127,7 @@ class SpatialAttention(nn.Module):
             raise ValueError(
                 f"kernel_size: expected an odd size so the map keeps its position, got {kernel_size}"
             )
-        self.pool = _check_pool(pool)
+        self.pool = _check_pool(pool, distinct=True)
         self.kernel_size = kernel_size
         factory = {"device": device, "dtype": dtype}
         self.conv = nn.Conv2d(
@@ -139,13 +135,20 @@ class SpatialAttention(nn.Module):
         )
         self.bn = nn.BatchNorm2d(1, **factory) if norm else nn.Identity()
 
-    def attention(self, x: torch.Tensor) -> torch.Tensor:
-        """M_s(F), shape (N, 1, H, W)."""
-        return torch.sigmoid(self.bn(self.conv(channel_pool(x, self.pool))))
+    @property
+    def norm(self) -> nn.BatchNorm2d | None:
+        """The BatchNorm after f^{k x k}, or None (``norm=False``: ``bn`` is an Identity)."""
+        return None if isinstance(self.bn, nn.Identity) else self.bn
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, None)
-        return x * self.attention(x)
+    def _attention(self, x: torch.Tensor) -> torch.Tensor:
+        """M_s(F), x unchecked (the caller checked it)."""
+        return _spatial_map(x, self.conv.weight, self.conv.bias, self.pool, self.norm)
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        """M_s(F), shape (N, 1, H, W) (:func:`visattn.functional.spatial_attention_map`)."""
+        return spatial_attention_map(
+            x, self.conv.weight, self.conv.bias, pool=self.pool, norm=self.norm
+        )
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, pool={self.pool}"
@@ -156,11 +159,11 @@ class CBAM(nn.Module):
 
     Args:
         channels: C.
-        reduction: r of the channel attention's MLP.
+        reduction, bias, divisor: the channel attention's MLP (r, biases, rounding of C/r).
         kernel_size: k of the spatial attention's convolution (odd).
-        order: ``"channel_first"`` (the paper), ``"spatial_first"`` or ``"parallel"``.
         norm: BatchNorm after the spatial convolution.
         pool: pools of both parts (``("avg", "max")``).
+        order: ``"channel_first"`` (the paper), ``"spatial_first"`` or ``"parallel"``.
 
     Shape: (N, C, H, W) -> (N, C, H, W).
     """
@@ -170,12 +173,12 @@ class CBAM(nn.Module):
         channels: int,
         *,
         reduction: float = 16,
-        kernel_size: int = 7,
-        order: str = "channel_first",
-        norm: bool = False,
-        pool: Sequence[str] = ("avg", "max"),
         bias: bool = True,
         divisor: int = 1,
+        kernel_size: int = 7,
+        norm: bool = False,
+        pool: Sequence[str] = ("avg", "max"),
+        order: str = "channel_first",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -193,21 +196,16 @@ class CBAM(nn.Module):
 
     def _attend(self, x: torch.Tensor, input_norm: nn.Module | None = None) -> torch.Tensor:
         """CBAM(x), or CBAM(input_norm(x)) fused (:func:`visattn.layers.batchnorm_attention`)."""
-        _check_input(x, self.channels)
-        if self.order == "channel_first" and set(self.channel.pool) == set(self.spatial.pool):
-            ch, sp = self.channel, self.spatial
-            norm = None if isinstance(sp.bn, nn.Identity) else sp.bn
+        check_channels(x, self.channels)
+        ch, sp = self.channel, self.spatial
+        if self.order == "channel_first" and set(ch.pool) == set(sp.pool):
             return cbam(
-                x, ch.fc1.weight, ch.fc1.bias, ch.fc2.weight, ch.fc2.bias, sp.conv.weight,
-                sp.conv.bias, pool=sp.pool, norm=norm, input_norm=input_norm,
+                x, *bottleneck_weights(ch), sp.conv.weight, sp.conv.bias, pool=sp.pool, norm=sp.norm,
+                input_norm=input_norm,
             )  # fmt: skip
         if input_norm is not None:
             x = input_norm(x)
-        if self.order == "channel_first":
-            return self.spatial(self.channel(x))
-        if self.order == "spatial_first":
-            return self.channel(self.spatial(x))
-        return x * self.channel.attention(x) * self.spatial.attention(x)
+        return cbam_arrange(x, ch._attention, sp._attention, self.order)
 
     def extra_repr(self) -> str:
         return f"order={self.order!r}"

@@ -1,4 +1,4 @@
-"""A BatchNorm followed by SE or CBAM as one autograd node (issue 6, the peak-memory target).
+"""A BatchNorm followed by SE or CBAM as one autograd node (the peak-memory target).
 
 In a residual branch ``attention(bn(c))`` keeps two full-size tensors for backward: c, which the
 BatchNorm needs, and x = bn(c), which SE / CBAM need (y = x * s reads x in backward). Plain
@@ -6,7 +6,8 @@ ResNet keeps only c there (the residual sum saves nothing). :func:`batchnorm_att
 alone and recomputes x = gamma (c - mu) / sqrt(var + eps) + beta in backward: one read and one
 write of the block's tensor more, one full-size tensor less per block for the whole step. The
 formulas and the statistics are BatchNorm's own (``input_norm=`` of
-:func:`visattn.functional.squeeze_excite` / :func:`visattn.functional.cbam`).
+:func:`visattn.functional.squeeze_excite` / :func:`visattn.functional.cbam`, the node in
+:mod:`visattn.functional._norm_fusion`).
 
 Tests: ``tests/kernels/test_kernels_norm_fusion.py``.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..functional.fused import _has_hooks
+from ..functional._norm_fusion import has_hooks
 from .cbam import CBAM
 from .squeeze_excite import SqueezeExcite
 
@@ -41,6 +42,6 @@ def batchnorm_attention(norm: nn.Module, attention: nn.Module, x: torch.Tensor) 
     neither module has hooks (forward hooks, e.g. :class:`visattn.viz.AttentionRecorder`'s, must
     see ``attention`` called with ``norm(x)``); everywhere else it is ``attention(norm(x))``.
     """
-    if type(attention) in (SqueezeExcite, CBAM) and not _has_hooks(attention):
+    if type(attention) in (SqueezeExcite, CBAM) and not has_hooks(attention):
         return attention._attend(x, input_norm=norm)
     return attention(norm(x))

@@ -1,15 +1,18 @@
 """Squeeze-and-Excitation block (Hu et al., CVPR 2018, arXiv:1709.01507).
 
     squeeze     z_c = 1 / (H W) sum_i sum_j u_c(i, j)              (eq. 2; ``squeeze="max"``: max)
-    excitation  s = gate(W_2 ReLU(W_1 z)),  W_1: C -> C/r,  W_2: C/r -> C        (eq. 3)
+    excitation  s = sigma(W_2 ReLU(W_1 z + b_1) + b_2),  W_1: C -> C/r,  W_2: C/r -> C  (eq. 3)
     reweight    x~_c = s_c * u_c                                                 (eq. 4)
 
-Code symbols: ``fc1`` is W_1 (with bias b_1 when ``bias=True``), ``fc2`` is W_2, ``reduction``
-is r. W_1 and W_2 are stored as 1 x 1 convolutions, the layout of timm's ``SEModule``
-(``se.fc1`` / ``se.fc2``), so its checkpoints load unchanged.
+Code symbols (as in :mod:`visattn.functional`): ``fc1`` is W_1, b_1 (biases when
+``bias=True``), ``fc2`` is W_2, b_2, ``reduction`` is r, ``gate`` names sigma. W_1 and W_2 are
+stored as 1 x 1 convolutions, the layout of timm's ``SEModule`` (``se.fc1`` / ``se.fc2``), so
+its checkpoints load unchanged.
 
-``forward`` runs :func:`visattn.functional.squeeze_excite`: the fused kernels of
-:mod:`visattn.kernels` by default, the plain formula under ``VISATTN_BACKEND=reference``.
+The formulas are :mod:`visattn.functional.se_block`'s: ``forward`` runs
+:func:`visattn.functional.squeeze_excite` (the fused kernels of :mod:`visattn.kernels` by
+default, the plain formula under ``VISATTN_BACKEND=reference``), ``excitation`` is
+:func:`visattn.functional.excitation` of the squeezed input.
 
 Tests: ``tests/layers/test_squeeze_excite.py``, ``tests/kernels/test_kernels_se_cbam.py``.
 """
@@ -19,9 +22,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._checks import check_choice, check_int, check_tensor
-from ..functional.attention import GATES, POOLS, gate, global_pool
+from .._checks import check_choice, check_int
+from ..functional.attention import GATES, POOLS, _global_pool
 from ..functional.fused import squeeze_excite
+from ..functional.se_block import FC_NAMES, _excitation, check_squeeze_excite
 
 __all__ = ["SqueezeExcite", "reduced_channels"]
 
@@ -52,8 +56,27 @@ def reduced_channels(
     return rounded
 
 
+def add_bottleneck(layer: nn.Module, channels: int, hidden: int, bias: bool, factory: dict) -> None:
+    """Give ``layer`` the bottleneck MLP of SE / CBAM as 1 x 1 convolutions (timm's layout, the
+    state_dict keys ``fc1.*`` / ``fc2.*``): ``fc1`` is W_1, b_1 (C -> C/r), ``fc2`` W_2, b_2."""
+    layer.fc1 = nn.Conv2d(channels, hidden, 1, bias=bias, **factory)
+    layer.fc2 = nn.Conv2d(hidden, channels, 1, bias=bias, **factory)
+
+
+def bottleneck_weights(layer: nn.Module) -> tuple:
+    """(W_1, b_1, W_2, b_2) of a layer built by :func:`add_bottleneck` (biases may be None)."""
+    return (layer.fc1.weight, layer.fc1.bias, layer.fc2.weight, layer.fc2.bias)
+
+
+def check_channels(x: torch.Tensor, channels: int) -> None:
+    """The one check of a layer's input that the functions cannot make: x (N, C, H, W) has the
+    layer's C channels (everything else is checked by :mod:`visattn.functional`, once)."""
+    if isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[1] != channels:
+        raise ValueError(f"x: expected {channels} channels, got shape {tuple(x.shape)}")
+
+
 class SqueezeExcite(nn.Module):
-    """Squeeze-and-Excitation: x~ = x * gate(W_2 ReLU(W_1 pool(x))).
+    """Squeeze-and-Excitation: x~ = x * sigma(W_2 ReLU(W_1 pool(x) + b_1) + b_2).
 
     Args:
         channels: C, the number of input (and output) channels.
@@ -87,28 +110,28 @@ class SqueezeExcite(nn.Module):
         self.channels = channels
         self.squeeze = check_choice(squeeze, "squeeze", POOLS)
         self.gate = check_choice(gate, "gate", GATES)
-        factory = {"device": device, "dtype": dtype}
-        self.fc1 = nn.Conv2d(channels, hidden, 1, bias=bias, **factory)
-        self.act = nn.ReLU(inplace=True)
-        self.fc2 = nn.Conv2d(hidden, channels, 1, bias=bias, **factory)
+        add_bottleneck(self, channels, hidden, bias, {"device": device, "dtype": dtype})
 
     def excitation(self, x: torch.Tensor) -> torch.Tensor:
-        """The per-channel weights s, shape (N, C, 1, 1)."""
-        z = global_pool(x, self.squeeze)
-        return gate(self.gate, self.fc2(self.act(self.fc1(z))))
+        """The per-channel weights s = sigma(W_2 ReLU(W_1 z + b_1) + b_2) (eq. 3) of the squeezed
+        x, shape (N, C, 1, 1)."""
+        check_channels(x, self.channels)
+        check_squeeze_excite(x, *bottleneck_weights(self), self.squeeze, self.gate, FC_NAMES)
+        return _excitation(_global_pool(x, self.squeeze), *bottleneck_weights(self), self.gate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._attend(x)
 
     def _attend(self, x: torch.Tensor, input_norm: nn.Module | None = None) -> torch.Tensor:
         """SE(x), or SE(input_norm(x)) fused (:func:`visattn.layers.batchnorm_attention`)."""
-        check_tensor(x, "x", ndim=4, layout="(N, C, H, W)")
-        if x.shape[1] != self.channels:
-            raise ValueError(f"x: expected {self.channels} channels, got shape {tuple(x.shape)}")
+        check_channels(x, self.channels)
         return squeeze_excite(
-            x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias,
-            squeeze=self.squeeze, gate=self.gate, input_norm=input_norm,
-        )  # fmt: skip
+            x,
+            *bottleneck_weights(self),
+            squeeze=self.squeeze,
+            gate=self.gate,
+            input_norm=input_norm,
+        )
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, squeeze={self.squeeze!r}, gate={self.gate!r}"

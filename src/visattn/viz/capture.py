@@ -2,21 +2,25 @@
 
 What is recorded, per layer (keyed by the layer's qualified name in ``model.named_modules()``):
 
-- ``SqueezeExcite`` (Hu et al., arXiv:1709.01507, eq. 3): the excitation s = gate(W_2 ReLU(W_1 z)),
-  shape (N, C). Observed as the output of the layer's ``fc2`` (W_2 ...) passed through its gate.
+- ``SqueezeExcite`` (Hu et al., arXiv:1709.01507, eq. 3): the excitation
+  s = sigma(W_2 ReLU(W_1 z + b_1) + b_2), shape (N, C): the layer's ``excitation``.
 - CBAM ``ChannelAttention`` (Woo et al., arXiv:1807.06521, eq. 2): M_c = sigma(sum_p MLP(pool_p F)),
-  shape (N, C). Observed as the sum of the ``fc2`` outputs of one call (one per pool), then sigma.
-- CBAM ``SpatialAttention`` (eq. 3): M_s = sigma(f^{k x k}([...])), shape (N, 1, H, W). Observed as
-  the output of the layer's ``bn`` (BatchNorm or Identity, after the convolution), then sigma.
+  shape (N, C): the layer's ``attention``.
+- CBAM ``SpatialAttention`` (eq. 3): M_s = sigma(f^{k x k}([...])), shape (N, 1, H, W): the
+  layer's ``attention``.
+- ``CBAM``: M_c and M_s as its order applies them (eq. 1, Table 3), from
+  :func:`visattn.functional.cbam_arrange` with ``return_maps=True``, recorded under the names of
+  its ``channel`` and ``spatial`` parts (unless a subclass called the parts, which record
+  themselves).
 - ``SpatialTransformer`` (Jaderberg et al., arXiv:1506.02025, §3.2): theta (N, P) and the sampling
   grid (N, H_out, W_out, 2) in normalised [-1, 1] (x, y) coordinates: input and output of the
   layer's ``grid_generator``; also the layer's input U and output V, to draw them.
 
-If a fast implementation of a layer bypasses the observed sub-module, a hook on the layer itself
-recomputes the value from the layer's input (``excitation`` / ``attention``), so capture never
-silently misses a layer. The fused CBAM (``visattn.kernels``) calls neither of its two parts: a
-hook on the ``CBAM`` module then recomputes M_c and M_s from its input in the layer's order
-(eq. 1), restoring any BatchNorm running statistics the recomputation touched. No global state: all hooks are removed when the recorder closes.
+The fused SE / CBAM kernels (:mod:`visattn.kernels`) never materialise the maps, so a forward
+hook on each SE / CBAM layer recomputes them from the layer's input with the formula functions
+of :mod:`visattn.functional` (through the layers' methods: no formula is written here), without
+autograd and restoring any BatchNorm running statistics the recomputation touched. No global
+state: all hooks are removed when the recorder closes.
 
 Tests: ``tests/viz/test_viz_capture.py``.
 """
@@ -32,7 +36,7 @@ import torch
 from torch import nn
 
 from .._checks import check_tensor
-from ..functional.attention import gate as apply_gate
+from ..functional import cbam_arrange
 from ..layers import CBAM, ChannelAttention, SpatialAttention, SpatialTransformer, SqueezeExcite
 
 __all__ = ["AttentionMaps", "AttentionRecorder", "attention_layers", "capture"]
@@ -121,15 +125,10 @@ class AttentionRecorder:
             return
         modules = dict(self.model.named_modules())
         for name, kind in self.kinds.items():
-            layer = modules[name]
-            if kind == "se":
-                self._hook_gate(name, layer, "se", _se_value(layer))
-            elif kind == "channel":
-                self._hook_gate(name, layer, "channel", _channel_value(layer))
-            elif kind == "spatial":
-                self._hook_spatial(name, layer)
+            if kind == "stn":
+                self._hook_stn(name, modules[name])
             else:
-                self._hook_stn(name, layer)
+                self._hook_map(name, modules[name], kind)
         for name, layer in modules.items():
             if isinstance(layer, CBAM):
                 self._hook_cbam(name, layer)
@@ -140,26 +139,19 @@ class AttentionRecorder:
             h.remove()
         self._handles.clear()
 
-    def _guard(self, name: str, layer: nn.Module, store: str, recompute: Callable) -> None:
-        """Layer-level fallback: if the sub-module hook saw nothing during a call, recompute."""
-        count = {"before": 0}
-        records = self._store[store][name]
-
-        def pre(_m: nn.Module, _args: tuple) -> None:
-            count["before"] = len(records)
+    def _hook_map(self, name: str, layer: nn.Module, kind: str) -> None:
+        """Record the map of an SE layer or of a CBAM part called as a module."""
+        records = self._store[kind][name]
+        value = _MAPS[kind]
 
         def post(_m: nn.Module, args: tuple, _out: Any) -> None:
-            if len(records) == count["before"] and args and isinstance(args[0], torch.Tensor):
-                with torch.no_grad():
-                    value = _cpu(recompute(args[0]))
-                del records[count["before"] :]  # what sub-module hooks saw while recomputing
-                records.append(value)
+            if args and isinstance(args[0], torch.Tensor):
+                records.append(_cpu(_recompute(layer, lambda x: value(layer, x), args[0])))
 
-        self._handles.append(layer.register_forward_pre_hook(pre))
         self._handles.append(layer.register_forward_hook(post))
 
     def _hook_cbam(self, name: str, layer: CBAM) -> None:
-        """Fallback for the fused CBAM, which runs neither ``layer.channel`` nor ``layer.spatial``."""
+        """M_c and M_s of a CBAM block, which calls neither part as a module."""
         prefix = f"{name}." if name else ""
         channel = self._store["channel"][prefix + "channel"]
         spatial = self._store["spatial"][prefix + "spatial"]
@@ -168,54 +160,20 @@ class AttentionRecorder:
         def pre(_m: nn.Module, _args: tuple) -> None:
             count.update(channel=len(channel), spatial=len(spatial))
 
+        def maps(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            parts = (layer.channel.attention, layer.spatial.attention)
+            return cbam_arrange(x, *parts, layer.order, return_maps=True)
+
         def post(_m: nn.Module, args: tuple, _out: Any) -> None:
             if len(channel) != count["channel"] or len(spatial) != count["spatial"]:
-                return  # the parts ran and were recorded by their own hooks
-            if not (args and isinstance(args[0], torch.Tensor)):
-                return
-            x = args[0]
-            buffers = {k: b.clone() for k, b in layer.named_buffers()}
-            with torch.no_grad():
-                if layer.order == "spatial_first":
-                    ms = layer.spatial.attention(x)
-                    mc = layer.channel.attention(ms * x)
-                elif layer.order == "channel_first":
-                    mc = layer.channel.attention(x)
-                    ms = layer.spatial.attention(mc * x)
-                else:
-                    mc, ms = layer.channel.attention(x), layer.spatial.attention(x)
-                for k, b in layer.named_buffers():
-                    b.copy_(buffers[k])
-            del channel[count["channel"] :], spatial[count["spatial"] :]  # seen while recomputing
-            channel.append(_cpu(mc).flatten(1))
-            spatial.append(_cpu(ms))
+                return  # the parts ran as modules and were recorded by their own hooks
+            if args and isinstance(args[0], torch.Tensor):
+                _, m_c, m_s = _recompute(layer, maps, args[0])
+                channel.append(_cpu(m_c).flatten(1))
+                spatial.append(_cpu(m_s))
 
         self._handles.append(layer.register_forward_pre_hook(pre))
         self._handles.append(layer.register_forward_hook(post))
-
-    def _hook_gate(self, name: str, layer: nn.Module, store: str, finish: _GateValue) -> None:
-        records = self._store[store][name]
-        partial: list[torch.Tensor] = []
-
-        def on_fc2(_m: nn.Module, _args: tuple, out: torch.Tensor) -> None:
-            partial.append(out.detach())
-            if len(partial) == finish.calls:
-                logits = partial[0] if len(partial) == 1 else torch.stack(partial).sum(0)
-                partial.clear()
-                records.append(_cpu(finish(logits)).flatten(1))
-
-        self._handles.append(layer.fc2.register_forward_hook(on_fc2))
-        recompute = layer.excitation if store == "se" else layer.attention
-        self._guard(name, layer, store, lambda x: recompute(x).flatten(1))
-
-    def _hook_spatial(self, name: str, layer: SpatialAttention) -> None:
-        records = self._store["spatial"][name]
-
-        def on_bn(_m: nn.Module, _args: tuple, out: torch.Tensor) -> None:
-            records.append(_cpu(torch.sigmoid(out.detach())))
-
-        self._handles.append(layer.bn.register_forward_hook(on_bn))
-        self._guard(name, layer, "spatial", layer.attention)
 
     def _hook_stn(self, name: str, layer: SpatialTransformer) -> None:
         thetas = self._store["theta"][name]
@@ -252,23 +210,23 @@ class AttentionRecorder:
                 items.clear()
 
 
-class _GateValue:
-    """Turns the summed ``fc2`` output(s) of one call into the gate value."""
-
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], calls: int) -> None:
-        self.fn = fn
-        self.calls = calls
-
-    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
-        return self.fn(logits)
+#: How each kind of layer gives its map from its input x (formulas: visattn.functional).
+_MAPS: dict[str, Callable[[Any, torch.Tensor], torch.Tensor]] = {
+    "se": lambda layer, x: layer.excitation(x).flatten(1),
+    "channel": lambda layer, x: layer.attention(x).flatten(1),
+    "spatial": lambda layer, x: layer.attention(x),
+}
 
 
-def _se_value(layer: SqueezeExcite) -> _GateValue:
-    return _GateValue(lambda t: apply_gate(layer.gate, t), 1)
-
-
-def _channel_value(layer: ChannelAttention) -> _GateValue:
-    return _GateValue(torch.sigmoid, len(layer.pool))
+def _recompute(layer: nn.Module, fn: Callable[[torch.Tensor], Any], x: torch.Tensor) -> Any:
+    """fn(x) without autograd, leaving ``layer``'s buffers (BatchNorm running statistics in
+    training mode) as the forward left them."""
+    buffers = [b.clone() for b in layer.buffers()]
+    with torch.no_grad():
+        out = fn(x)
+        for b, saved in zip(layer.buffers(), buffers, strict=True):
+            b.copy_(saved)
+    return out
 
 
 def capture(model: nn.Module, x: torch.Tensor, *, grad: bool = False) -> AttentionMaps:
