@@ -45,7 +45,8 @@ Double backward is not supported.
 The schemas are flat (torch.compile and opcheck need them so); their argument groups are named
 tuples, :class:`SeParams`, :class:`SeOptions`, :class:`SeSaved` and :class:`CbamParams`,
 :class:`CbamOptions`, :class:`CbamSaved` (the backward operators return :class:`SeGrads` /
-:class:`CbamGrads`), from which the schemas are written, so that
+:class:`CbamGrads`), defined in :mod:`visattn.kernels._op_args` and exported here, from which
+the schemas are written, so that
 ``torch.ops.visattn.cbam(x, *CbamParams(...), in_norm, *CbamOptions(...))`` is the call. The
 functions called on a backend are those of :class:`visattn.kernels._contract.BlockKernels`.
 Tests: ``tests/kernels/test_kernels_se_cbam.py`` (opcheck, reference comparisons,
@@ -56,7 +57,6 @@ contract).
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +65,22 @@ from torch import Tensor
 from .._modes import BnMode
 from ._backend import as_dtype
 from ._contract import BlockKernels
+from ._op_args import (
+    CBAM_ARGS,
+    CBAM_BACKWARD_ARGS,
+    SE_ARGS,
+    SE_BACKWARD_ARGS,
+    CbamGrads,
+    CbamOptions,
+    CbamParams,
+    CbamSaved,
+    SeGrads,
+    SeOptions,
+    SeParams,
+    SeSaved,
+    group,
+    schema,
+)
 
 __all__ = [
     "CbamGrads",
@@ -81,157 +97,6 @@ __all__ = [
     "squeeze_excite",
     "squeeze_excite_backward",
 ]
-
-
-# ----------------------------------------------------------------------------- named arguments
-# The operators' schemas are flat (what torch.compile, opcheck and the callers' positional calls
-# need); these tuples name their groups, in schema order, and the schemas are written from them:
-# torch.ops.visattn.cbam(x, *CbamParams(...), in_norm, *CbamOptions(...)).
-
-
-class SeParams(NamedTuple):
-    """SE's parameters: the MLP's W_1 (C/r, C[, 1, 1]), b_1, W_2 (C, C/r[, 1, 1]), b_2."""
-
-    w1: Tensor
-    b1: Tensor | None
-    w2: Tensor
-    b2: Tensor | None
-
-
-class SeOptions(NamedTuple):
-    """SE's options: the squeeze (``visattn._modes.POOLS``), the gate (``GATES``), the backend
-    (``"c"`` or ``"triton"``)."""
-
-    squeeze: str
-    gate: str
-    impl: str
-
-
-class SeSaved(NamedTuple):
-    """SE's extra outputs, handed to the backward: s, z, the logits l float32 (N, C), the MLP's
-    hidden units h float32 (1, N, C/r)."""
-
-    s: Tensor
-    z: Tensor
-    h: Tensor
-    l: Tensor
-
-
-class SeGrads(NamedTuple):
-    """``squeeze_excite_backward``'s outputs (empty tensors for absent ones)."""
-
-    dx: Tensor
-    dw1: Tensor
-    db1: Tensor
-    dw2: Tensor
-    db2: Tensor
-    dnorm: Tensor
-
-
-class CbamParams(NamedTuple):
-    """CBAM's parameters: the shared MLP (as :class:`SeParams`), the spatial map's k x k
-    convolution (1, K, k, k) and its optional BatchNorm (weight, bias, running statistics)."""
-
-    w1: Tensor
-    b1: Tensor | None
-    w2: Tensor
-    b2: Tensor | None
-    conv_w: Tensor
-    conv_b: Tensor | None
-    bn_w: Tensor | None
-    bn_b: Tensor | None
-    bn_mean: Tensor | None
-    bn_var: Tensor | None
-
-
-class CbamOptions(NamedTuple):
-    """CBAM's options: the spatial map's BatchNorm (:class:`visattn._modes.BnMode`, an int in
-    the schema) and its eps, the pools, the backend (``"c"`` or ``"triton"``)."""
-
-    bn_mode: BnMode
-    eps: float
-    use_avg: bool
-    use_max: bool
-    impl: str
-
-
-class CbamSaved(NamedTuple):
-    """CBAM's extra outputs handed to the backward: a = M_c float32 (N, C), b = M_s float32
-    (N, H W), the channel pools z float32 (K, N, C), the spatial pools float32 (N, K, H, W),
-    the MLP's hidden units h float32 (K, N, C/r)."""
-
-    a: Tensor
-    b: Tensor
-    z: Tensor
-    pooled: Tensor
-    h: Tensor
-
-
-class CbamGrads(NamedTuple):
-    """``cbam_backward``'s outputs (empty tensors for absent ones)."""
-
-    dx: Tensor
-    dw1: Tensor
-    db1: Tensor
-    dw2: Tensor
-    db2: Tensor
-    dconv_w: Tensor
-    dconv_b: Tensor
-    dbn_w: Tensor
-    dbn_b: Tensor
-    dnorm: Tensor
-
-
-# An operator's arguments: single ones ("type name", in schema syntax) and named groups.
-_Part = str | type
-_SCHEMA_TYPES = {
-    "Tensor": "Tensor",
-    "Tensor | None": "Tensor?",
-    "BnMode": "SymInt",  # what the schema inference of an int gives
-    "float": "float",
-    "bool": "bool",
-    "str": "str",
-}
-
-_SE_ARGS: tuple[_Part, ...] = ("Tensor x", SeParams, "Tensor? in_norm", SeOptions)
-_SE_BACKWARD_ARGS: tuple[_Part, ...] = (
-    "Tensor dy", "Tensor x", SeSaved, SeParams, "Tensor? in_norm", "bool in_norm_batch",
-    SeOptions, "bool need_dx",
-)  # fmt: skip
-_CBAM_ARGS: tuple[_Part, ...] = ("Tensor x", CbamParams, "Tensor? in_norm", CbamOptions)
-_CBAM_BACKWARD_ARGS: tuple[_Part, ...] = (
-    "Tensor dy", "Tensor x", CbamSaved, CbamParams, "Tensor? in_norm", "bool in_norm_batch",
-    CbamOptions, "bool need_dx",
-)  # fmt: skip
-
-
-def _schema(parts: tuple[_Part, ...], outputs: int) -> str:
-    """The operator's schema: its arguments flat, in order, and ``outputs`` tensors."""
-    args = []
-    for part in parts:
-        if isinstance(part, str):
-            args.append(part)
-        else:
-            for name, hint in part.__annotations__.items():  # strings (ForwardRef in a tuple)
-                args.append(f"{_SCHEMA_TYPES[getattr(hint, '__forward_arg__', hint)]} {name}")
-    return f"({', '.join(args)}) -> ({', '.join(['Tensor'] * outputs)})"
-
-
-def _group(args: tuple, parts: tuple[_Part, ...]) -> list:
-    """The operator's flat ``args`` grouped as ``parts`` says: one value per single argument,
-    a named tuple per group."""
-    out, i = [], 0
-    for part in parts:
-        if isinstance(part, str):
-            out.append(args[i])
-            i += 1
-        else:
-            k = len(part._fields)
-            out.append(part._make(args[i : i + k]))
-            i += k
-    if i != len(args):
-        raise TypeError(f"expected {i} arguments, got {len(args)}")
-    return out
 
 
 def _no_autocast(fn):
@@ -345,7 +210,7 @@ def _unsave(ctx, saved_type: type, params_type: type) -> tuple:
 
 
 @torch.library.custom_op(
-    "visattn::squeeze_excite", mutates_args=(), schema=_schema(_SE_ARGS, 1 + len(SeSaved._fields))
+    "visattn::squeeze_excite", mutates_args=(), schema=schema(SE_ARGS, 1 + len(SeSaved._fields))
 )
 @_no_autocast
 def squeeze_excite(x: Tensor, *args) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -353,7 +218,7 @@ def squeeze_excite(x: Tensor, *args) -> tuple[Tensor, Tensor, Tensor, Tensor, Te
     s, z and the logits l float32 (N, C) and the MLP's hidden units h float32 (1, N, C/r), kept
     for backward. With ``in_norm`` x is the BatchNorm's input c (the block runs on BN(c), see
     the module's docstring)."""
-    _, params, in_norm, opt = _group((x, *args), _SE_ARGS)
+    _, params, in_norm, opt = group((x, *args), SE_ARGS)
     k = block_kernels(opt.impl)
     total, peak = k.stats_c(x, in_norm)
     z = total / (x.shape[2] * x.shape[3]) if opt.squeeze == "avg" else peak
@@ -363,7 +228,7 @@ def squeeze_excite(x: Tensor, *args) -> tuple[Tensor, Tensor, Tensor, Tensor, Te
 
 @squeeze_excite.register_fake
 def _(x, *args):
-    params = _group((x, *args), _SE_ARGS)[1]
+    params = group((x, *args), SE_ARGS)[1]
     n, c = x.shape[:2]
     vec = x.new_empty(n, c, dtype=torch.float32)
     hidden = x.new_empty(1, n, params.w1.shape[0], dtype=torch.float32)
@@ -373,7 +238,7 @@ def _(x, *args):
 @torch.library.custom_op(
     "visattn::squeeze_excite_backward",
     mutates_args=(),
-    schema=_schema(_SE_BACKWARD_ARGS, len(SeGrads._fields)),
+    schema=schema(SE_BACKWARD_ARGS, len(SeGrads._fields)),
 )
 @_no_autocast
 def squeeze_excite_backward(dy: Tensor, *args) -> tuple[Tensor, ...]:
@@ -383,7 +248,7 @@ def squeeze_excite_backward(dy: Tensor, *args) -> tuple[Tensor, ...]:
 
     With ``in_norm``: dx is dL/dc and dnorm float32 (2, C) holds dL/dgamma and dL/dbeta of the
     folded BatchNorm (``in_norm_batch``: it used the batch's statistics)."""
-    _, x, sv, params, in_norm, in_norm_batch, opt, need_dx = _group((dy, *args), _SE_BACKWARD_ARGS)
+    _, x, sv, params, in_norm, in_norm_batch, opt, need_dx = group((dy, *args), SE_BACKWARD_ARGS)
     k = block_kernels(opt.impl)
     s, z = sv.s, sv.z
     is_max = opt.squeeze == "max"
@@ -413,14 +278,14 @@ def squeeze_excite_backward(dy: Tensor, *args) -> tuple[Tensor, ...]:
 
 @squeeze_excite_backward.register_fake
 def _(dy, *args):
-    _, x, _, params, in_norm, _, _, need_dx = _group((dy, *args), _SE_BACKWARD_ARGS)
+    _, x, _, params, in_norm, _, _, need_dx = group((dy, *args), SE_BACKWARD_ARGS)
     dx = torch.empty_like(x) if need_dx else x.new_empty(0)
     grads = (_empty_grad(p, x) for p in params)
     return tuple(SeGrads(dx, *grads, _norm_grad(in_norm, x)))
 
 
 def _se_setup(ctx, inputs, output):
-    x, params, in_norm, options = _group(inputs, _SE_ARGS)
+    x, params, in_norm, options = group(inputs, SE_ARGS)
     saved = SeSaved._make(output[1:])
     _setup(ctx, x, saved, params, in_norm, options)
     ctx.mark_non_differentiable(*saved)
@@ -478,7 +343,7 @@ def _spatial_logits(pooled: Tensor, p: CbamParams, bn_mode: BnMode):
 
 
 @torch.library.custom_op(
-    "visattn::cbam", mutates_args=(), schema=_schema(_CBAM_ARGS, 2 + len(CbamSaved._fields))
+    "visattn::cbam", mutates_args=(), schema=schema(CBAM_ARGS, 2 + len(CbamSaved._fields))
 )
 @_no_autocast
 def cbam(x: Tensor, *args) -> tuple[Tensor, ...]:
@@ -495,7 +360,7 @@ def cbam(x: Tensor, *args) -> tuple[Tensor, ...]:
     operator mutates nothing). With ``in_norm`` x is the input c of a BatchNorm folded in front
     (see the module's docstring).
     """
-    _, params, in_norm, opt = _group((x, *args), _CBAM_ARGS)
+    _, params, in_norm, opt = group((x, *args), CBAM_ARGS)
     if not (opt.use_avg or opt.use_max):
         raise ValueError("pool: expected at least one of 'avg', 'max'")
     k = block_kernels(opt.impl)
@@ -519,7 +384,7 @@ def cbam(x: Tensor, *args) -> tuple[Tensor, ...]:
 
 @cbam.register_fake
 def _(x, *args):
-    _, params, _, opt = _group((x, *args), _CBAM_ARGS)
+    _, params, _, opt = group((x, *args), CBAM_ARGS)
     n, c, hh, ww = x.shape
     kk = int(opt.use_avg) + int(opt.use_max)
     f32 = torch.float32
@@ -537,7 +402,7 @@ def _(x, *args):
 @torch.library.custom_op(
     "visattn::cbam_backward",
     mutates_args=(),
-    schema=_schema(_CBAM_BACKWARD_ARGS, len(CbamGrads._fields)),
+    schema=schema(CBAM_BACKWARD_ARGS, len(CbamGrads._fields)),
 )
 @_no_autocast
 def cbam_backward(dy: Tensor, *args) -> tuple[Tensor, ...]:
@@ -545,8 +410,8 @@ def cbam_backward(dy: Tensor, *args) -> tuple[Tensor, ...]:
     dnorm) of the fused CBAM, from ``(dy, x, *CbamSaved, *CbamParams, in_norm, in_norm_batch,
     *CbamOptions, need_dx)``; with ``in_norm`` dx is dL/dc and dnorm as in
     :func:`squeeze_excite_backward`."""
-    _, x, sv, params, in_norm, in_norm_batch, opt, need_dx = _group((dy, *args),
-                                                                    _CBAM_BACKWARD_ARGS)  # fmt: skip
+    _, x, sv, params, in_norm, in_norm_batch, opt, need_dx = group((dy, *args),
+                                                                    CBAM_BACKWARD_ARGS)  # fmt: skip
     a, b, z, pooled = sv.a, sv.b, sv.z, sv.pooled
     use_avg, use_max, bn_mode = opt.use_avg, opt.use_max, opt.bn_mode
     k = block_kernels(opt.impl)
@@ -602,14 +467,14 @@ def cbam_backward(dy: Tensor, *args) -> tuple[Tensor, ...]:
 
 @cbam_backward.register_fake
 def _(dy, *args):
-    _, x, _, params, in_norm, _, _, need_dx = _group((dy, *args), _CBAM_BACKWARD_ARGS)
+    _, x, _, params, in_norm, _, _, need_dx = group((dy, *args), CBAM_BACKWARD_ARGS)
     dx = torch.empty_like(x) if need_dx else x.new_empty(0)
     grads = (_empty_grad(t, x) for t in params[:8])  # none for the running statistics
     return tuple(CbamGrads(dx, *grads, _norm_grad(in_norm, x)))
 
 
 def _cbam_setup(ctx, inputs, output):
-    x, params, in_norm, options = _group(inputs, _CBAM_ARGS)
+    x, params, in_norm, options = group(inputs, CBAM_ARGS)
     saved = CbamSaved._make(output[1:-1])
     _setup(ctx, x, saved, params, in_norm, options)
     ctx.mark_non_differentiable(*saved, output[-1])
