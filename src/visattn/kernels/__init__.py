@@ -1,4 +1,4 @@
-"""Fast kernels behind :mod:`visattn.functional` (DESIGN.md §5, issue 6).
+"""Fast kernels behind :mod:`visattn.functional` (docs/kernels.md).
 
 SE (arXiv:1709.01507), CBAM (arXiv:1807.06521) and the bilinear sampler of the Spatial
 Transformer (arXiv:1506.02025) run as fused kernels: Triton on CUDA
@@ -9,7 +9,10 @@ wrapped as ``torch.library`` custom operators ``torch.ops.visattn.*``
 default measures the Triton kernels against them (:func:`tuning_results`, :func:`clear_tuning`,
 :mod:`visattn.kernels._tune`);
 :func:`empty_cache` and :func:`pool_stats` manage the memory that the CPU kernels reuse for their
-outputs (:mod:`visattn.kernels._pool`). Kernels never import layers. Tests: ``tests/kernels/``.
+outputs (:mod:`visattn.kernels._pool`). What the operators call on a backend is
+:mod:`visattn.kernels._contract`. The kernels import only each other, ``visattn._checks`` and
+``visattn._modes`` (never the formulas, layers or anything above:
+``tests/kernels/test_kernels_layering.py``). Tests: ``tests/kernels/``.
 """
 
 from ._backend import BACKENDS, get_backend, select_impl, triton_available, use_backend

@@ -1,4 +1,4 @@
-"""Backend switch of the fast kernels (DESIGN.md §5; issue 6).
+"""Backend switch of the fast kernels (docs/kernels.md, "Switching backends").
 
 ``VISATTN_BACKEND`` (environment, read at every call) and :func:`use_backend` (a context
 manager, which wins over the environment) choose how SE, CBAM and the bilinear sampler run:
@@ -9,7 +9,7 @@ manager, which wins over the environment) choose how SE, CBAM and the bilinear s
   the reference formulas, whichever :mod:`visattn.kernels._tune` measured faster for that kind
   of call (on an H200 an earlier version of the kernels was slower than the reference:
   docs/benchmarks.md). The reference wherever no kernel applies.
-- ``"reference"``: the plain formulas of DESIGN.md §1 everywhere.
+- ``"reference"``: the plain formulas (docs/core.md) everywhere.
 - ``"cpu"``: the C++ kernels on CPU tensors, the reference formulas on CUDA.
 - ``"triton"``: the Triton SE / CBAM kernels on CUDA, without measuring, and on CPU tensors
   when ``TRITON_INTERPRET=1`` is set before ``triton`` is imported (the interpreter runs the

@@ -5,7 +5,7 @@ Pooled descriptors z_k (N, C), k over the K pools (SE: one; CBAM: avg then max),
 
     h_k = ReLU(W_1 z_k + b_1)                    (K, N, HID)
     l   = sum_k (W_2 h_k + b_2)                  (N, C)
-    s   = gate(l)                                (N, C)
+    s   = gate(l)                                (N, C)    gate: one of visattn._modes.GATES
 
 Backward, given ds = dL/ds (N, C):
 
@@ -23,35 +23,36 @@ block on CUDA launches three kernels instead of about twenty small ops. Tests:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._checks import check_choice
+from .._modes import GATE_FUNCTIONS, GATES
+
 __all__ = ["GATES", "excite", "excite_backward", "excite_wgrad"]
 
-GATES = ("sigmoid", "hard_sigmoid", "tanh", "relu")
+# GATES (re-exported here for older imports) and the gate functions are visattn._modes'.
+
+#: dL/dl of each gate s = gate(l) of visattn._modes.GATES, given s and ds = dL/ds (and the
+#: logits l, read by hard_sigmoid and relu only); tests/kernels/test_kernels_contract.py checks
+#: that every gate has one.
+_GATE_GRADS: dict[str, Callable[[Tensor | None, Tensor, Tensor], Tensor]] = {
+    "sigmoid": lambda l, s, ds: ds * s * (1 - s),
+    "hard_sigmoid": lambda l, s, ds: ds * ((l > -3) & (l < 3)).float() / 6,
+    "tanh": lambda l, s, ds: ds * (1 - s * s),
+    "relu": lambda l, s, ds: ds * (l > 0).float(),
+}
 
 
 def _gate(name: str, l: Tensor) -> Tensor:
-    if name == "sigmoid":
-        return torch.sigmoid(l)
-    if name == "hard_sigmoid":
-        return F.hardsigmoid(l)
-    if name == "tanh":
-        return torch.tanh(l)
-    if name == "relu":
-        return torch.relu(l)
-    raise ValueError(f"gate: expected one of {GATES}, got {name!r}")
+    return GATE_FUNCTIONS[check_choice(name, "gate", GATES)](l)
 
 
 def _gate_grad(name: str, l: Tensor | None, s: Tensor, ds: Tensor) -> Tensor:
-    if name == "sigmoid":
-        return ds * s * (1 - s)
-    if name == "hard_sigmoid":
-        return ds * ((l > -3) & (l < 3)).float() / 6
-    if name == "tanh":
-        return ds * (1 - s * s)
-    return ds * (l > 0).float()
+    return _GATE_GRADS[check_choice(name, "gate", GATES)](l, s, ds)
 
 
 def excite(

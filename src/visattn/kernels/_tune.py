@@ -1,5 +1,5 @@
-"""Measured choice between the fast kernels and the reference formulas (issue 6: "the default is
-the fastest correct path for the device").
+"""Measured choice between the fast kernels and the reference formulas ("the default is the
+fastest correct path for the device", docs/kernels.md).
 
 Whether the Triton SE / CBAM kernels beat the plain formulas on a GPU depends on the GPU, the
 shape, the dtype and the memory format: on an H200 the first version was slower than the
@@ -28,6 +28,10 @@ faster there; it never picks a path whose host work slows a host-bound run, e.g.
   are chosen, and the same if both do; any other error of the formulas is raised.
 - ``VISATTN_BACKEND=triton`` / ``reference`` (or :func:`use_backend`) pin the choice;
   :func:`tuning_results` lists what was measured, :func:`clear_tuning` forgets it.
+
+The tuner is handed the block as a callable (``run``) and switches between the candidates with
+:func:`visattn.kernels.use_backend`: it knows no formula and imports nothing above the kernels
+(``tests/kernels/test_kernels_layering.py``).
 
 As with cuDNN's benchmark mode, two processes may choose differently; both candidates agree
 within dtype tolerance (``tests/kernels/test_kernels_se_cbam.py``).

@@ -40,22 +40,63 @@ pool, the product) and 5 backward, against 3 + 5 for the BatchNorm alone.
 
 Extra outputs (s / a, b, the pooled statistics, the MLP's hidden units h and SE's logits l) are
 internal, marked non-differentiable, and handed to the backward operator.
-Double backward is not supported. Tests: ``tests/kernels/test_kernels_se_cbam.py`` (opcheck,
-reference comparisons, torch.compile).
+Double backward is not supported.
+
+The schemas are flat (torch.compile and opcheck need them so); their argument groups are named
+tuples, :class:`SeParams`, :class:`SeOptions`, :class:`SeSaved` and :class:`CbamParams`,
+:class:`CbamOptions`, :class:`CbamSaved` (the backward operators return :class:`SeGrads` /
+:class:`CbamGrads`), defined in :mod:`visattn.kernels._op_args` and exported here, from which
+the schemas are written, so that
+``torch.ops.visattn.cbam(x, *CbamParams(...), in_norm, *CbamOptions(...))`` is the call. The
+functions called on a backend are those of :class:`visattn.kernels._contract.BlockKernels`.
+Tests: ``tests/kernels/test_kernels_se_cbam.py`` (opcheck, reference comparisons,
+torch.compile), ``tests/kernels/test_kernels_contract.py`` (the schemas and the backends'
+contract).
 """
 
 from __future__ import annotations
 
 import functools
-from types import ModuleType
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._modes import BnMode
 from ._backend import as_dtype
+from ._contract import BlockKernels
+from ._op_args import (
+    CBAM_ARGS,
+    CBAM_BACKWARD_ARGS,
+    SE_ARGS,
+    SE_BACKWARD_ARGS,
+    CbamGrads,
+    CbamOptions,
+    CbamParams,
+    CbamSaved,
+    SeGrads,
+    SeOptions,
+    SeParams,
+    SeSaved,
+    group,
+    schema,
+)
 
-__all__ = ["cbam", "cbam_backward", "squeeze_excite", "squeeze_excite_backward"]
+__all__ = [
+    "CbamGrads",
+    "CbamOptions",
+    "CbamParams",
+    "CbamSaved",
+    "SeGrads",
+    "SeOptions",
+    "SeParams",
+    "SeSaved",
+    "block_kernels",
+    "cbam",
+    "cbam_backward",
+    "squeeze_excite",
+    "squeeze_excite_backward",
+]
 
 
 def _no_autocast(fn):
@@ -73,7 +114,9 @@ def _no_autocast(fn):
     return wrapper
 
 
-def _kernels(impl: str) -> ModuleType:
+def block_kernels(impl: str) -> BlockKernels:
+    """The backend module of ``impl``: :mod:`visattn.kernels.cpu` (``"c"``) or
+    :mod:`visattn.kernels.triton_kernels` (``"triton"``)."""
     if impl == "c":
         from . import cpu
 
@@ -84,6 +127,8 @@ def _kernels(impl: str) -> ModuleType:
         return triton_kernels
     raise ValueError(f"impl: expected 'c' or 'triton', got {impl!r}")
 
+
+_kernels = block_kernels  # the former private name, still used by visattn.functional and bench
 
 # The helpers below skip no-op conversions: every call through the dispatcher costs host time,
 # which is what bounds these operators on a GPU (docs/benchmarks.md).
@@ -101,6 +146,11 @@ def _vector(b: Tensor | None) -> Tensor | None:
     return _f32(b) if b is not None else None
 
 
+def _mlp(p: SeParams | CbamParams) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
+    """(W_1, b_1, W_2, b_2) as the kernels' ``excite`` takes them: float32 matrices."""
+    return _mat(p.w1), _vector(p.b1), _mat(p.w2), _vector(p.b2)
+
+
 def _cast_like(g: Tensor | None, ref: Tensor | None, x: Tensor) -> Tensor:
     """g in ref's shape and dtype; for an absent parameter (ref None) an empty tensor like x's,
     as the fake kernels return."""
@@ -112,6 +162,12 @@ def _cast_like(g: Tensor | None, ref: Tensor | None, x: Tensor) -> Tensor:
 
 def _empty_grad(ref: Tensor | None, like: Tensor) -> Tensor:
     return like.new_empty(0) if ref is None else torch.empty_like(ref)
+
+
+def _norm_grad(in_norm: Tensor | None, x: Tensor) -> Tensor:
+    if in_norm is None:
+        return x.new_empty(0)
+    return x.new_empty(2, x.shape[1], dtype=torch.float32)
 
 
 def _shifted(q1: Tensor, q0: Tensor, in_norm: Tensor) -> Tensor:
@@ -128,66 +184,74 @@ def _no_norm_autograd(ctx) -> None:
         )
 
 
+def _needed(grads, params, need) -> tuple[Tensor | None, ...]:
+    """The parameters' gradients for autograd: None where a parameter is absent or needs none."""
+    return tuple(
+        g if p is not None and n else None for g, p, n in zip(grads, params, need, strict=True)
+    )
+
+
+def _setup(ctx, x: Tensor, saved: tuple, params: tuple, in_norm, options: tuple) -> None:
+    """The autograd context of a block: x, its saved outputs and parameters, the options."""
+    ctx.save_for_backward(x, *saved, *params)
+    ctx.options = options
+    ctx.in_norm = in_norm is not None
+    ctx.set_materialize_grads(False)  # no zero tensors for the extra outputs' (unread) gradients
+
+
+def _unsave(ctx, saved_type: type, params_type: type) -> tuple:
+    """(x, saved, params) from what :func:`_setup` saved."""
+    x, *rest = ctx.saved_tensors
+    k = len(saved_type._fields)
+    return x, saved_type._make(rest[:k]), params_type._make(rest[k:])
+
+
 # ----------------------------------------------------------------------------- SE
 
 
-@torch.library.custom_op("visattn::squeeze_excite", mutates_args=())
+@torch.library.custom_op(
+    "visattn::squeeze_excite", mutates_args=(), schema=schema(SE_ARGS, 1 + len(SeSaved._fields))
+)
 @_no_autocast
-def squeeze_excite(
-    x: Tensor,
-    w1: Tensor,
-    b1: Tensor | None,
-    w2: Tensor,
-    b2: Tensor | None,
-    in_norm: Tensor | None,
-    squeeze: str,
-    gate: str,
-    impl: str,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Fused SE forward: returns (y, s, z, h, l) with s, z and the logits l float32 (N, C) and
-    the MLP's hidden units h float32 (1, N, C/r), kept for backward. With ``in_norm`` x is the
-    BatchNorm's input c (the block runs on BN(c), see the module's docstring)."""
-    k = _kernels(impl)
+def squeeze_excite(x: Tensor, *args) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Fused SE forward, ``(x, *SeParams, in_norm, *SeOptions)``: returns (y, *SeSaved) with
+    s, z and the logits l float32 (N, C) and the MLP's hidden units h float32 (1, N, C/r), kept
+    for backward. With ``in_norm`` x is the BatchNorm's input c (the block runs on BN(c), see
+    the module's docstring)."""
+    _, params, in_norm, opt = group((x, *args), SE_ARGS)
+    k = block_kernels(opt.impl)
     total, peak = k.stats_c(x, in_norm)
-    z = total / (x.shape[2] * x.shape[3]) if squeeze == "avg" else peak
-    h, l, s = k.excite(z.unsqueeze(0), _mat(w1), _vector(b1), _mat(w2), _vector(b2), gate)
+    z = total / (x.shape[2] * x.shape[3]) if opt.squeeze == "avg" else peak
+    h, l, s = k.excite(z.unsqueeze(0), *_mlp(params), opt.gate)
     return k.apply(x, s, None, in_norm), s, z, h, l
 
 
 @squeeze_excite.register_fake
-def _(x, w1, b1, w2, b2, in_norm, squeeze, gate, impl):
+def _(x, *args):
+    params = group((x, *args), SE_ARGS)[1]
     n, c = x.shape[:2]
     vec = x.new_empty(n, c, dtype=torch.float32)
-    hidden = x.new_empty(1, n, w1.shape[0], dtype=torch.float32)
+    hidden = x.new_empty(1, n, params.w1.shape[0], dtype=torch.float32)
     return torch.empty_like(x), vec, torch.empty_like(vec), hidden, torch.empty_like(vec)
 
 
-@torch.library.custom_op("visattn::squeeze_excite_backward", mutates_args=())
+@torch.library.custom_op(
+    "visattn::squeeze_excite_backward",
+    mutates_args=(),
+    schema=schema(SE_BACKWARD_ARGS, len(SeGrads._fields)),
+)
 @_no_autocast
-def squeeze_excite_backward(
-    dy: Tensor,
-    x: Tensor,
-    s: Tensor,
-    z: Tensor,
-    h: Tensor,
-    l: Tensor,
-    w1: Tensor,
-    b1: Tensor | None,
-    w2: Tensor,
-    b2: Tensor | None,
-    in_norm: Tensor | None,
-    in_norm_batch: bool,
-    squeeze: str,
-    gate: str,
-    impl: str,
-    need_dx: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Gradients (dx, dw1, db1, dw2, db2, dnorm) of the fused SE; empty tensors for absent ones.
+def squeeze_excite_backward(dy: Tensor, *args) -> tuple[Tensor, ...]:
+    """Gradients :class:`SeGrads` (dx, dw1, db1, dw2, db2, dnorm) of the fused SE, from
+    ``(dy, x, *SeSaved, *SeParams, in_norm, in_norm_batch, *SeOptions, need_dx)``; empty
+    tensors for absent ones.
 
     With ``in_norm``: dx is dL/dc and dnorm float32 (2, C) holds dL/dgamma and dL/dbeta of the
     folded BatchNorm (``in_norm_batch``: it used the batch's statistics)."""
-    k = _kernels(impl)
-    is_max = squeeze == "max"
+    _, x, sv, params, in_norm, in_norm_batch, opt, need_dx = group((dy, *args), SE_BACKWARD_ARGS)
+    k = block_kernels(opt.impl)
+    s, z = sv.s, sv.z
+    is_max = opt.squeeze == "max"
     zmax = z if is_max else None
     positions = x.shape[2] * x.shape[3]
     if in_norm is None:
@@ -195,10 +259,10 @@ def squeeze_excite_backward(
     else:  # rows: sum dy, sum dy d, sum d[, tie count, sum over ties of d]
         mom, _, _ = k.bwd_reduce_norm(dy, x, s, None, zmax, None, in_norm)
         q, count = _shifted(mom[1], mom[0], in_norm), mom[3] if is_max else None
-    w1m, w2m = _mat(w1), _mat(w2)
-    dl, dh, cavg, cmax = k.excite_backward(q, l, s, h, w1m, w2m, count, positions, not is_max,
-                                           is_max, gate)  # fmt: skip
-    dw1, db1, dw2, db2 = k.excite_wgrad(dl, dh, z.unsqueeze(0), h)
+    w1m, _, w2m, _ = _mlp(params)
+    dl, dh, cavg, cmax = k.excite_backward(q, sv.l, s, sv.h, w1m, w2m, count, positions,
+                                           not is_max, is_max, opt.gate)  # fmt: skip
+    dw1, db1, dw2, db2 = k.excite_wgrad(dl, dh, z.unsqueeze(0), sv.h)
     rows, dnorm = None, x.new_empty(0)
     if in_norm is not None:  # dL/dx = s dy + cavg + [x == zmax] cmax, summed over p (and * d)
         tied = mom[4] if is_max else None
@@ -208,52 +272,35 @@ def squeeze_excite_backward(
         dx = k.bwd_apply(dy, x, s, None, None, None, None, cavg, cmax, zmax, rows)
     else:
         dx = x.new_empty(0)
-    return (dx, _cast_like(dw1, w1, x), _cast_like(db1, b1, x), _cast_like(dw2, w2, x),
-            _cast_like(db2, b2, x), dnorm)  # fmt: skip
-
-
-def _norm_grad(in_norm: Tensor | None, x: Tensor) -> Tensor:
-    if in_norm is None:
-        return x.new_empty(0)
-    return x.new_empty(2, x.shape[1], dtype=torch.float32)
+    casts = (_cast_like(g, p, x) for g, p in zip((dw1, db1, dw2, db2), params, strict=True))
+    return tuple(SeGrads(dx, *casts, dnorm))
 
 
 @squeeze_excite_backward.register_fake
-def _(dy, x, s, z, h, l, w1, b1, w2, b2, in_norm, in_norm_batch, squeeze, gate, impl, need_dx):
+def _(dy, *args):
+    _, x, _, params, in_norm, _, _, need_dx = group((dy, *args), SE_BACKWARD_ARGS)
     dx = torch.empty_like(x) if need_dx else x.new_empty(0)
-    return (dx, torch.empty_like(w1), _empty_grad(b1, x), torch.empty_like(w2),
-            _empty_grad(b2, x), _norm_grad(in_norm, x))  # fmt: skip
+    grads = (_empty_grad(p, x) for p in params)
+    return tuple(SeGrads(dx, *grads, _norm_grad(in_norm, x)))
 
 
 def _se_setup(ctx, inputs, output):
-    x, w1, b1, w2, b2, in_norm, squeeze, gate, impl = inputs
-    _, s, z, h, l = output
-    ctx.save_for_backward(x, s, z, h, l, w1, b1, w2, b2)
-    ctx.options = (squeeze, gate, impl)
-    ctx.in_norm = in_norm is not None
-    ctx.mark_non_differentiable(s, z, h, l)
-    ctx.set_materialize_grads(False)  # no zero tensors for their (unread) gradients
+    x, params, in_norm, options = group(inputs, SE_ARGS)
+    saved = SeSaved._make(output[1:])
+    _setup(ctx, x, saved, params, in_norm, options)
+    ctx.mark_non_differentiable(*saved)
 
 
-def _se_backward(ctx, dy, _ds, _dz, _dh, _dl):
-    x, s, z, h, l, w1, b1, w2, b2 = ctx.saved_tensors
+def _se_backward(ctx, dy, *_):
+    x, saved, params = _unsave(ctx, SeSaved, SeParams)
     _no_norm_autograd(ctx)
-    squeeze, gate, impl = ctx.options
     need = ctx.needs_input_grad
-    dx, dw1, db1, dw2, db2, _ = torch.ops.visattn.squeeze_excite_backward(
-        dy, x, s, z, h, l, w1, b1, w2, b2, None, False, squeeze, gate, impl, bool(need[0])
-    )
-    return (
-        dx if need[0] else None,
-        dw1 if need[1] else None,
-        db1 if b1 is not None and need[2] else None,
-        dw2 if need[3] else None,
-        db2 if b2 is not None and need[4] else None,
-        None,
-        None,
-        None,
-        None,
-    )
+    grads = SeGrads._make(torch.ops.visattn.squeeze_excite_backward(
+        dy, x, *saved, *params, None, False, *ctx.options, bool(need[0])
+    ))  # fmt: skip
+    # one gradient per input of the schema: x, the parameters, in_norm, the options
+    param_grads = _needed(grads[1:5], params, need[1:5])
+    return grads.dx if need[0] else None, *param_grads, None, *[None] * len(SeOptions._fields)
 
 
 squeeze_excite.register_autograd(_se_backward, setup_context=_se_setup)
@@ -281,80 +328,65 @@ def _conv_backward(
     return d_in, d_w, grad.sum((0, 2, 3)) if bias else None
 
 
-def _spatial_logits(pooled, conv_w, conv_b, bn_mean, bn_var, bn_mode: int):
+def _spatial_logits(pooled: Tensor, p: CbamParams, bn_mode: BnMode):
     """f^{k x k}(pooled) and the statistics its optional BatchNorm uses (float32 (1,) each, None
-    without it): the batch's mean and biased variance in mode 1, the running ones in mode 2."""
-    cb = _f32(conv_b) if conv_b is not None else None
-    lg = F.conv2d(pooled, _f32(conv_w), cb, padding=conv_w.shape[-1] // 2)
-    if bn_mode == 0:
+    without it): the batch's mean and biased variance (``BnMode.BATCH``), or the running ones
+    (``BnMode.RUNNING``)."""
+    cb = _f32(p.conv_b) if p.conv_b is not None else None
+    lg = F.conv2d(pooled, _f32(p.conv_w), cb, padding=p.conv_w.shape[-1] // 2)
+    if bn_mode == BnMode.NONE:
         return lg, None, None
-    if bn_mode == 1:
+    if bn_mode == BnMode.BATCH:
         var, mean = torch.var_mean(lg, unbiased=False)
         return lg, mean.reshape(1), var.reshape(1)
-    return lg, _f32(bn_mean).reshape(1), _f32(bn_var).reshape(1)
+    return lg, _f32(p.bn_mean).reshape(1), _f32(p.bn_var).reshape(1)
 
 
-def _pool_names(use_avg: bool, use_max: bool) -> list[str]:
-    return [name for name, on in (("avg", use_avg), ("max", use_max)) if on]
-
-
-@torch.library.custom_op("visattn::cbam", mutates_args=())
+@torch.library.custom_op(
+    "visattn::cbam", mutates_args=(), schema=schema(CBAM_ARGS, 2 + len(CbamSaved._fields))
+)
 @_no_autocast
-def cbam(
-    x: Tensor,
-    w1: Tensor,
-    b1: Tensor | None,
-    w2: Tensor,
-    b2: Tensor | None,
-    conv_w: Tensor,
-    conv_b: Tensor | None,
-    bn_w: Tensor | None,
-    bn_b: Tensor | None,
-    bn_mean: Tensor | None,
-    bn_var: Tensor | None,
-    in_norm: Tensor | None,
-    bn_mode: int,
-    eps: float,
-    use_avg: bool,
-    use_max: bool,
-    impl: str,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Fused CBAM forward (channel first): returns (y, a, b, z, pooled, h, stats).
+def cbam(x: Tensor, *args) -> tuple[Tensor, ...]:
+    """Fused CBAM forward (channel first), ``(x, *CbamParams, in_norm, *CbamOptions)``: returns
+    (y, *CbamSaved, stats) = (y, a, b, z, pooled, h, stats).
 
     a: M_c float32 (N, C); b: M_s float32 (N, H W); z: the channel pools float32 (K, N, C);
     pooled: the spatial pools float32 (N, K, H, W), avg before max, K = use_avg + use_max;
     h: the shared MLP's hidden units float32 (K, N, C/r), kept for backward.
-    ``bn_mode`` 0: no BatchNorm after the convolution; 1: BatchNorm with the batch's statistics
-    (training); 2: with ``bn_mean`` / ``bn_var`` (evaluation). stats: float32 (2,), the batch
-    mean and biased variance of the convolution's output (mode 1; the caller updates the running
-    statistics from them, the operator mutates nothing). With ``in_norm`` x is the input c of
-    a BatchNorm folded in front (see the module's docstring).
+    ``bn_mode`` (:class:`visattn._modes.BnMode`) NONE: no BatchNorm after the convolution;
+    BATCH: BatchNorm with the batch's statistics (training); RUNNING: with ``bn_mean`` /
+    ``bn_var`` (evaluation). stats: float32 (2,), the batch mean and biased variance of the
+    convolution's output (BATCH; the caller updates the running statistics from them, the
+    operator mutates nothing). With ``in_norm`` x is the input c of a BatchNorm folded in front
+    (see the module's docstring).
     """
-    if not (use_avg or use_max):
+    _, params, in_norm, opt = group((x, *args), CBAM_ARGS)
+    if not (opt.use_avg or opt.use_max):
         raise ValueError("pool: expected at least one of 'avg', 'max'")
-    k = _kernels(impl)
+    k = block_kernels(opt.impl)
     n, c, hh, ww = x.shape
     total, peak = k.stats_c(x, in_norm)
-    zs = ([total / (hh * ww)] if use_avg else []) + ([peak] if use_max else [])
+    zs = ([total / (hh * ww)] if opt.use_avg else []) + ([peak] if opt.use_max else [])
     z = torch.stack(zs)
-    h, _, a = k.excite(z, _mat(w1), _vector(b1), _mat(w2), _vector(b2), "sigmoid")
+    h, _, a = k.excite(z, *_mlp(params), "sigmoid")
     psum, pmax = k.stats_p(x, a, in_norm)
-    maps = ([psum / c] if use_avg else []) + ([pmax] if use_max else [])
+    maps = ([psum / c] if opt.use_avg else []) + ([pmax] if opt.use_max else [])
     pooled = torch.stack(maps, 1).reshape(n, len(maps), hh, ww)
     # the map's BatchNorm with PyTorch's own kernels: one call (on a GPU every call costs host time)
-    logit, mean, var = _spatial_logits(pooled, conv_w, conv_b, bn_mean, bn_var, bn_mode)
-    stats = torch.cat([mean, var]) if bn_mode == 1 else logit.new_zeros(2)
-    if bn_mode:
-        logit = F.batch_norm(logit, mean, var, _vector(bn_w), _vector(bn_b), False, 0.0, eps)
+    logit, mean, var = _spatial_logits(pooled, params, opt.bn_mode)
+    stats = torch.cat([mean, var]) if opt.bn_mode == BnMode.BATCH else logit.new_zeros(2)
+    if opt.bn_mode != BnMode.NONE:
+        logit = F.batch_norm(logit, mean, var, _vector(params.bn_w), _vector(params.bn_b), False,
+                             0.0, opt.eps)  # fmt: skip
     b = torch.sigmoid(logit).reshape(n, hh * ww)
     return k.apply(x, a, b, in_norm), a, b, z, pooled, h, stats
 
 
 @cbam.register_fake
-def _(x, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var, in_norm, bn_mode, eps,
-      use_avg, use_max, impl):  # fmt: skip
+def _(x, *args):
+    _, params, _, opt = group((x, *args), CBAM_ARGS)
     n, c, hh, ww = x.shape
-    kk = int(use_avg) + int(use_max)
+    kk = int(opt.use_avg) + int(opt.use_max)
     f32 = torch.float32
     return (
         torch.empty_like(x),
@@ -362,43 +394,27 @@ def _(x, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var, in_norm, b
         x.new_empty(n, hh * ww, dtype=f32),
         x.new_empty(kk, n, c, dtype=f32),
         x.new_empty(n, kk, hh, ww, dtype=f32),
-        x.new_empty(kk, n, w1.shape[0], dtype=f32),
+        x.new_empty(kk, n, params.w1.shape[0], dtype=f32),
         x.new_empty(2, dtype=f32),
     )
 
 
-@torch.library.custom_op("visattn::cbam_backward", mutates_args=())
+@torch.library.custom_op(
+    "visattn::cbam_backward",
+    mutates_args=(),
+    schema=schema(CBAM_BACKWARD_ARGS, len(CbamGrads._fields)),
+)
 @_no_autocast
-def cbam_backward(
-    dy: Tensor,
-    x: Tensor,
-    a: Tensor,
-    b: Tensor,
-    z: Tensor,
-    pooled: Tensor,
-    h: Tensor,
-    w1: Tensor,
-    b1: Tensor | None,
-    w2: Tensor,
-    b2: Tensor | None,
-    conv_w: Tensor,
-    conv_b: Tensor | None,
-    bn_w: Tensor | None,
-    bn_b: Tensor | None,
-    bn_mean: Tensor | None,
-    bn_var: Tensor | None,
-    in_norm: Tensor | None,
-    in_norm_batch: bool,
-    bn_mode: int,
-    eps: float,
-    use_avg: bool,
-    use_max: bool,
-    impl: str,
-    need_dx: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Gradients (dx, dw1, db1, dw2, db2, dconv_w, dconv_b, dbn_w, dbn_b, dnorm) of the fused
-    CBAM; with ``in_norm`` dx is dL/dc and dnorm as in :func:`squeeze_excite_backward`."""
-    k = _kernels(impl)
+def cbam_backward(dy: Tensor, *args) -> tuple[Tensor, ...]:
+    """Gradients :class:`CbamGrads` (dx, dw1, db1, dw2, db2, dconv_w, dconv_b, dbn_w, dbn_b,
+    dnorm) of the fused CBAM, from ``(dy, x, *CbamSaved, *CbamParams, in_norm, in_norm_batch,
+    *CbamOptions, need_dx)``; with ``in_norm`` dx is dL/dc and dnorm as in
+    :func:`squeeze_excite_backward`."""
+    _, x, sv, params, in_norm, in_norm_batch, opt, need_dx = group((dy, *args),
+                                                                    CBAM_BACKWARD_ARGS)  # fmt: skip
+    a, b, z, pooled = sv.a, sv.b, sv.z, sv.pooled
+    use_avg, use_max, bn_mode = opt.use_avg, opt.use_max, opt.bn_mode
+    k = block_kernels(opt.impl)
     n, c, hh, ww = x.shape
     p = hh * ww
     zmax = z[-1].contiguous() if use_max else None
@@ -410,17 +426,17 @@ def cbam_backward(
         zcount = mom[3] if use_max else None
     dlg = (db * b * (1 - b)).reshape(n, 1, hh, ww)
     dbn_w, dbn_b = x.new_empty(0), x.new_empty(0)
-    if bn_mode:  # the map's BatchNorm (through the batch statistics in mode 1)
-        lg, mean, var = _spatial_logits(pooled, conv_w, conv_b, bn_mean, bn_var, bn_mode)
-        saved = (
-            (None, None, mean, torch.rsqrt(var + eps)) if bn_mode == 1 else (mean, var, None, None)
-        )
+    if bn_mode != BnMode.NONE:  # the map's BatchNorm (through the batch statistics in BATCH)
+        batch = bn_mode == BnMode.BATCH
+        lg, mean, var = _spatial_logits(pooled, params, bn_mode)
+        saved = (None, None, mean, torch.rsqrt(var + opt.eps)) if batch else (mean, var, None, None)
         dlg, gw, gb = torch.ops.aten.native_batch_norm_backward(
-            dlg, lg, _vector(bn_w), *saved, bn_mode == 1, eps,
-            [True, bn_w is not None, bn_b is not None],
+            dlg, lg, _vector(params.bn_w), *saved, batch, opt.eps,
+            [True, params.bn_w is not None, params.bn_b is not None],
         )  # fmt: skip
-        dbn_w, dbn_b = _cast_like(gw, bn_w, x), _cast_like(gb, bn_b, x)
-    dpooled, dcw, dcb = _conv_backward(dlg, pooled, _f32(conv_w), conv_b is not None, impl)
+        dbn_w, dbn_b = _cast_like(gw, params.bn_w, x), _cast_like(gb, params.bn_b, x)
+    dpooled, dcw, dcb = _conv_backward(dlg, pooled, _f32(params.conv_w),
+                                       params.conv_b is not None, opt.impl)  # fmt: skip
     gavg = dpooled[:, 0].reshape(n, p) / c if use_avg else dlg.new_zeros(n, p)
     gmax = dpooled[:, -1].reshape(n, p) / pcount if use_max else None
     if in_norm is None:
@@ -430,11 +446,11 @@ def cbam_backward(
         t0 = mom[0] + gavg.sum(1, keepdim=True) + cm[0]  # sum_p t
         t1 = mom[1] + cm[1]  # sum_p t d
         da = _shifted(t1, t0, in_norm)
-    w1m, w2m = _mat(w1), _mat(w2)
+    w1m, _, w2m, _ = _mlp(params)
     # the sigmoid gate's derivative needs a = M_c only, not the logits
-    dl, dh, cavg, cmax = k.excite_backward(da, None, a, h, w1m, w2m, zcount, p, use_avg, use_max,
-                                           "sigmoid")  # fmt: skip
-    dw1, db1, dw2, db2 = k.excite_wgrad(dl, dh, z, h)
+    dl, dh, cavg, cmax = k.excite_backward(da, None, a, sv.h, w1m, w2m, zcount, p, use_avg,
+                                           use_max, "sigmoid")  # fmt: skip
+    dw1, db1, dw2, db2 = k.excite_wgrad(dl, dh, z, sv.h)
     rows, dnorm = None, x.new_empty(0)
     if in_norm is not None:  # dL/dx = a (dy b + w) + cavg + [x == zmax] cmax, summed over p
         tied = mom[4] if use_max else None
@@ -444,64 +460,37 @@ def cbam_backward(
         dx = k.bwd_apply(dy, x, a, b, gavg, gmax, pmax, cavg, cmax, zmax, rows)
     else:
         dx = x.new_empty(0)
-    return (dx, _cast_like(dw1, w1, x), _cast_like(db1, b1, x), _cast_like(dw2, w2, x),
-            _cast_like(db2, b2, x), _cast_like(dcw, conv_w, x), _cast_like(dcb, conv_b, x), dbn_w,
-            dbn_b, dnorm)  # fmt: skip
+    grads = (dw1, db1, dw2, db2, dcw, dcb)
+    casts = (_cast_like(g, t, x) for g, t in zip(grads, params[:6], strict=True))
+    return tuple(CbamGrads(dx, *casts, dbn_w, dbn_b, dnorm))
 
 
 @cbam_backward.register_fake
-def _(dy, x, a, b, z, pooled, h, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var,
-      in_norm, in_norm_batch, bn_mode, eps, use_avg, use_max, impl, need_dx):  # fmt: skip
+def _(dy, *args):
+    _, x, _, params, in_norm, _, _, need_dx = group((dy, *args), CBAM_BACKWARD_ARGS)
     dx = torch.empty_like(x) if need_dx else x.new_empty(0)
-    return (
-        dx,
-        torch.empty_like(w1),
-        _empty_grad(b1, x),
-        torch.empty_like(w2),
-        _empty_grad(b2, x),
-        torch.empty_like(conv_w),
-        _empty_grad(conv_b, x),
-        _empty_grad(bn_w, x),
-        _empty_grad(bn_b, x),
-        _norm_grad(in_norm, x),
-    )
+    grads = (_empty_grad(t, x) for t in params[:8])  # none for the running statistics
+    return tuple(CbamGrads(dx, *grads, _norm_grad(in_norm, x)))
 
 
 def _cbam_setup(ctx, inputs, output):
-    x, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var, in_norm = inputs[:12]
-    bn_mode, eps, use_avg, use_max, impl = inputs[12:]
-    _, a, b, z, pooled, h, stats = output
-    ctx.save_for_backward(x, a, b, z, pooled, h, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b,
-                          bn_mean, bn_var)  # fmt: skip
-    ctx.options = (bn_mode, eps, use_avg, use_max, impl)
-    ctx.in_norm = in_norm is not None
-    ctx.mark_non_differentiable(a, b, z, pooled, h, stats)
-    ctx.set_materialize_grads(False)  # no zero tensors for their (unread) gradients
+    x, params, in_norm, options = group(inputs, CBAM_ARGS)
+    saved = CbamSaved._make(output[1:-1])
+    _setup(ctx, x, saved, params, in_norm, options)
+    ctx.mark_non_differentiable(*saved, output[-1])
 
 
-def _cbam_backward(ctx, dy, _da, _db, _dz, _dpooled, _dh, _dstats):
-    x, a, b, z, pooled, h, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var = (
-        ctx.saved_tensors
-    )
+def _cbam_backward(ctx, dy, *_):
+    x, saved, params = _unsave(ctx, CbamSaved, CbamParams)
     _no_norm_autograd(ctx)
-    bn_mode, eps, use_avg, use_max, impl = ctx.options
     need = ctx.needs_input_grad
-    dx, dw1, db1, dw2, db2, dcw, dcb, dbw, dbb, _ = torch.ops.visattn.cbam_backward(
-        dy, x, a, b, z, pooled, h, w1, b1, w2, b2, conv_w, conv_b, bn_w, bn_b, bn_mean, bn_var,
-        None, False, bn_mode, eps, use_avg, use_max, impl, bool(need[0]),
-    )  # fmt: skip
-    return (
-        dx if need[0] else None,
-        dw1 if need[1] else None,
-        db1 if b1 is not None and need[2] else None,
-        dw2 if need[3] else None,
-        db2 if b2 is not None and need[4] else None,
-        dcw if need[5] else None,
-        dcb if conv_b is not None and need[6] else None,
-        dbw if bn_w is not None and need[7] else None,
-        dbb if bn_b is not None and need[8] else None,
-        *[None] * 8,  # running statistics, in_norm, options
-    )
+    grads = CbamGrads._make(torch.ops.visattn.cbam_backward(
+        dy, x, *saved, *params, None, False, *ctx.options, bool(need[0])
+    ))  # fmt: skip
+    # one gradient per input of the schema: x, the parameters (none for the running
+    # statistics), in_norm, the options
+    param_grads = _needed((*grads[1:9], None, None), params, need[1:11])
+    return grads.dx if need[0] else None, *param_grads, None, *[None] * len(CbamOptions._fields)
 
 
 cbam.register_autograd(_cbam_backward, setup_context=_cbam_setup)

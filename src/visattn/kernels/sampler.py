@@ -3,7 +3,8 @@
 ``visattn::bilinear_sample(input, grid, align_corners)`` computes eq. 5 with zero padding;
 its autograd formula calls ``visattn::bilinear_sample_backward``, which evaluates eq. 6 (the
 input gradient, deterministic: sorted gather, no atomics) and eq. 7 (the grid gradient). Both run
-the kernels of :mod:`visattn.kernels.triton_kernels` (CUDA, or CPU under ``TRITON_INTERPRET=1``).
+the kernels of :mod:`visattn.kernels.triton_kernels` (CUDA, or CPU under ``TRITON_INTERPRET=1``),
+whose contract is :class:`visattn.kernels._contract.SamplerKernels`.
 The arithmetic is float32 whatever the input dtype; the output has the input's dtype.
 Tests: ``tests/kernels/test_kernels_sampler.py``, ``tests/kernels/test_kernels_triton.py``.
 """
@@ -13,15 +14,22 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._contract import SamplerKernels
+
 __all__ = ["bilinear_sample", "bilinear_sample_backward"]
+
+
+def _kernels() -> SamplerKernels:
+    """The Triton backend, imported on first use (importing triton takes a while)."""
+    from . import triton_kernels
+
+    return triton_kernels
 
 
 @torch.library.custom_op("visattn::bilinear_sample", mutates_args=())
 def bilinear_sample(input: Tensor, grid: Tensor, align_corners: bool) -> Tensor:
     """V = sampler(U, grid), eq. 5, zero padding."""
-    from . import triton_kernels
-
-    return triton_kernels.sample_forward(input, grid, align_corners)
+    return _kernels().sample_forward(input, grid, align_corners)
 
 
 @bilinear_sample.register_fake
@@ -38,11 +46,7 @@ def bilinear_sample_backward(
     need_grid: bool,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """(dL/dU, dL/dgrid); an empty tensor stands for a gradient that was not asked for."""
-    from . import triton_kernels
-
-    gi, gg = triton_kernels.sample_backward(
-        grad_out, input, grid, align_corners, need_input, need_grid
-    )
+    gi, gg = _kernels().sample_backward(grad_out, input, grid, align_corners, need_input, need_grid)
     gi = gi if gi is not None else input.new_empty(0)
     gg = gg.to(grid.dtype) if gg is not None else grid.new_empty(0)
     return gi, gg
