@@ -29,7 +29,7 @@ def batchnorm_as_folded(norm: nn.BatchNorm2d, c: torch.Tensor) -> torch.Tensor:
             mean, var = float_batch_stats(c)
         else:
             mean, var = norm.running_mean, norm.running_var
-        fold = ops._kernels(select_impl(c) or "c").fold
+        fold = ops.block_kernels(select_impl(c) or "c").fold
         al, be = fold(norm.weight, norm.bias, mean, var, norm.eps)[:2, :, None, None].double()
         want = (c.double() * al + be).float().to(c.dtype)
     return (out.float() + (want.float() - out.float()).detach()).to(c.dtype)

@@ -26,6 +26,7 @@ from .._modes import BnMode
 from ..kernels import _fold
 from ..kernels import ops as _ops  # registers torch.ops.visattn.* and their FLOP counts
 from ..kernels._backend import as_dtype
+from ..kernels.ops import CbamSaved, SeSaved
 
 __all__ = ["CBAMOperators", "SEOperators", "float_batch_stats", "fuses_norm", "has_hooks",
            "norm_inputs", "spatial_norm_args", "update_running_stats"]  # fmt: skip
@@ -106,9 +107,9 @@ def spatial_norm_args(norm: nn.BatchNorm2d | None) -> tuple:
 
 
 class SEOperators:
-    """SE through the visattn::squeeze_excite operators; options (squeeze, gate, impl)."""
+    """SE through the visattn::squeeze_excite operators; options :class:`SeOptions`."""
 
-    saved = 4  # s, z, h, l
+    saved = len(SeSaved._fields)
 
     @staticmethod
     def forward(c, params, options, in_norm):
@@ -124,9 +125,9 @@ class SEOperators:
 
 
 class CBAMOperators:
-    """CBAM through the visattn::cbam operators; options (bn_mode, eps, use_avg, use_max, impl)."""
+    """CBAM through the visattn::cbam operators; options :class:`CbamOptions`."""
 
-    saved = 5  # a, b, z, pooled, h
+    saved = len(CbamSaved._fields)
 
     @staticmethod
     def forward(c, params, options, in_norm):
@@ -152,7 +153,7 @@ class _BatchNormThen(torch.autograd.Function):
     def forward(ctx, c, weight, bias, mean, var, eps, batch_stats, block, options, *params):
         # Traced by torch.compile, the fold's few PyTorch ops (Inductor fuses them); else the
         # kernels' own (one launch with the Triton kernels).
-        fold = _fold.fold if torch.compiler.is_compiling() else _ops._kernels(options[-1]).fold
+        fold = _fold.fold if torch.compiler.is_compiling() else _ops.block_kernels(options.impl).fold
         in_norm = fold(weight, bias, mean, var, eps)
         y, saved, extra = block.forward(c, params, options, in_norm)
         ctx.save_for_backward(c, in_norm, *saved, *params)

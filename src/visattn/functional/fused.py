@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from ..kernels._backend import select_impl
 from ..kernels._tune import tuned_impl
+from ..kernels.ops import CbamOptions, CbamParams, SeOptions, SeParams
 from ._norm_fusion import (
     CBAMOperators,
     SEOperators,
@@ -64,7 +65,7 @@ def squeeze_excite(x: Tensor, fc1_weight: Tensor, fc1_bias: Tensor | None, fc2_w
     BatchNorm's backward comes with the last pass. The MLP runs in float32. Max-squeeze ties
     share the gradient equally (``torch.amax``'s rule).
     """
-    params = (fc1_weight, fc1_bias, fc2_weight, fc2_bias)
+    params = SeParams(fc1_weight, fc1_bias, fc2_weight, fc2_bias)
     check_squeeze_excite(x, *params, squeeze, gate, FC_NAMES)
     impl = select_impl(x) if x.numel() > 0 else None
     impl = tuned_impl(
@@ -74,12 +75,12 @@ def squeeze_excite(x: Tensor, fc1_weight: Tensor, fc1_bias: Tensor | None, fc2_w
     )  # fmt: skip
     if impl is not None and fuses_norm(input_norm, x, params):
         return _BatchNormThen.apply(x, *norm_inputs(input_norm, x), SEOperators,
-                                    (squeeze, gate, impl), *params)[0]  # fmt: skip
+                                    SeOptions(squeeze, gate, impl), *params)[0]  # fmt: skip
     if input_norm is not None:
         x = input_norm(x)
     if impl is None:
         return squeeze_excite_reference(x, *params, squeeze=squeeze, gate=gate)
-    return torch.ops.visattn.squeeze_excite(x, *params, None, squeeze, gate, impl)[0]
+    return torch.ops.visattn.squeeze_excite(x, *params, None, *SeOptions(squeeze, gate, impl))[0]
 
 
 def cbam(x: Tensor, fc1_weight: Tensor, fc1_bias: Tensor | None, fc2_weight: Tensor,
@@ -120,9 +121,9 @@ def cbam(x: Tensor, fc1_weight: Tensor, fc1_bias: Tensor | None, fc2_weight: Ten
         if input_norm is not None:
             x = input_norm(x)
         return cbam_reference(x, *weights, pool=pool, norm=norm)
-    bn = spatial_norm_args(norm)
-    params = (*weights, *bn[:4])
-    options = (*bn[4:], "avg" in pool, "max" in pool, impl)
+    bn_w, bn_b, bn_mean, bn_var, bn_mode, eps = spatial_norm_args(norm)
+    params = CbamParams(*weights, bn_w, bn_b, bn_mean, bn_var)
+    options = CbamOptions(bn_mode, eps, "avg" in pool, "max" in pool, impl)
     if fuses_norm(input_norm, x, params):
         y, stats = _BatchNormThen.apply(x, *norm_inputs(input_norm, x), CBAMOperators, options,
                                         *params)  # fmt: skip
