@@ -112,7 +112,7 @@ def test_se_matches_reference(device, dtype, channels_last, shape, squeeze, gate
     params = _se_params(c, 5, device, bias)
     kw = {"squeeze": squeeze}
     _compare(lambda x, *p: squeeze_excite(x, *p, gate=gate, **kw),
-             lambda x, *p: squeeze_excite_reference(x, *p, gate_fn=gate, **kw), x, params, dtype)  # fmt: skip
+             lambda x, *p: squeeze_excite_reference(x, *p, gate=gate, **kw), x, params, dtype)  # fmt: skip
 
 
 @pytest.mark.parametrize("device", DEVICES)

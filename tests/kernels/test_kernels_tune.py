@@ -73,7 +73,7 @@ def test_the_faster_candidate_is_chosen(monkeypatch, kind, slow):
     else:
         from visattn.functional import fused
 
-        ref = "squeeze_excite_reference" if kind == "se" else "cbam_reference"
+        ref = "_squeeze_excite" if kind == "se" else "_cbam"  # the reference branch's formulas
         monkeypatch.setattr(fused, ref, _slow(getattr(fused, ref)))
     norm, attention = _block(kind)
     batchnorm_attention(norm, attention, torch.randn(2, 16, 5, 6)).sum().backward()
@@ -241,7 +241,7 @@ def test_running_out_of_memory_while_measuring(monkeypatch, both):
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("out of memory (test)")
 
-    monkeypatch.setattr(fused, "squeeze_excite_reference", oom)
+    monkeypatch.setattr(fused, "_squeeze_excite", oom)
     if both:
         monkeypatch.setattr(cpu_kernels, "apply", _fails_once(cpu_kernels.apply, oom))
     layer = visattn.SqueezeExcite(16, reduction=4)
@@ -269,7 +269,7 @@ def test_other_errors_of_the_formulas_propagate(monkeypatch):
     def broken(*args, **kwargs):
         raise ValueError("a bug in the formulas")
 
-    monkeypatch.setattr(fused, "squeeze_excite_reference", broken)
+    monkeypatch.setattr(fused, "_squeeze_excite", broken)
     with pytest.raises(ValueError, match="a bug in the formulas"):
         visattn.SqueezeExcite(16, reduction=4)(torch.randn(2, 16, 5, 6))
     assert tuning_results() == []

@@ -9,8 +9,8 @@ BatchNorm is folded into the operators (:mod:`visattn.functional._norm_fusion`).
 Weights are given in the layout of the layers' 1 x 1 / k x k convolutions (``fc1.weight`` of
 shape (C/r, C, 1, 1) or (C/r, C)); symbols as in :mod:`visattn.functional`. The backend is
 ``auto`` unless ``VISATTN_BACKEND`` or ``visattn.kernels.use_backend`` says otherwise. The
-references are looked up here at call time, so ``squeeze_excite_reference`` /
-``cbam_reference`` of this module are what the reference branch runs.
+reference branch calls the formulas' unvalidated private forms (``_squeeze_excite``,
+``_cbam``, looked up in this module at call time), so arguments are validated once per call.
 
 Tests: ``tests/kernels/test_kernels_se_cbam.py``, ``tests/kernels/test_kernels_norm_fusion.py``.
 """
@@ -35,8 +35,8 @@ from ._norm_fusion import (
     update_running_stats,
 )
 from ._norm_fusion import float_batch_stats as float_batch_stats  # its former home: re-exported
-from .cbam_block import CBAM_NAMES, cbam_reference, check_cbam
-from .se_block import FC_NAMES, check_squeeze_excite, squeeze_excite_reference
+from .cbam_block import CBAM_NAMES, _cbam, cbam_reference, check_cbam
+from .se_block import FC_NAMES, _squeeze_excite, check_squeeze_excite, squeeze_excite_reference
 
 __all__ = ["cbam", "cbam_reference", "squeeze_excite", "squeeze_excite_reference"]
 
@@ -79,7 +79,7 @@ def squeeze_excite(x: Tensor, fc1_weight: Tensor, fc1_bias: Tensor | None, fc2_w
     if input_norm is not None:
         x = input_norm(x)
     if impl is None:
-        return squeeze_excite_reference(x, *params, squeeze=squeeze, gate=gate)
+        return _squeeze_excite(x, *params, squeeze, gate)
     return torch.ops.visattn.squeeze_excite(x, *params, None, *SeOptions(squeeze, gate, impl))[0]
 
 
@@ -120,7 +120,7 @@ def cbam(x: Tensor, fc1_weight: Tensor, fc1_bias: Tensor | None, fc2_weight: Ten
     if impl is None:
         if input_norm is not None:
             x = input_norm(x)
-        return cbam_reference(x, *weights, pool=pool, norm=norm)
+        return _cbam(x, *weights, pool, norm)
     bn_w, bn_b, bn_mean, bn_var, bn_mode, eps = spatial_norm_args(norm)
     params = CbamParams(*weights, bn_w, bn_b, bn_mean, bn_var)
     options = CbamOptions(bn_mode, eps, "avg" in pool, "max" in pool, impl)
