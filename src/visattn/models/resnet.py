@@ -213,9 +213,7 @@ class _Block(nn.Module):
         nn.Module.__init__(new)
         for name in cls._layer_names:
             setattr(new, name, getattr(block, name))
-        new._attach(
-            getattr(block, "downsample", None), getattr(block, "stride", 1), placement, se
-        )
+        new._attach(getattr(block, "downsample", None), getattr(block, "stride", 1), placement, se)
         new.train(block.training)
         return new
 
