@@ -6,6 +6,7 @@ Tests: ``tests/engine/test_engine_resume.py``, ``tests/engine/test_engine_traine
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -17,6 +18,7 @@ from .options import TrainOptions, validate_options
 
 __all__ = [
     "RESUMABLE_OVERRIDES",
+    "absolute_data_paths",
     "default_out",
     "json_safe",
     "latest_checkpoint",
@@ -42,6 +44,16 @@ def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
         return None
     found = sorted(folder.glob("step-*.safetensors"))
     return found[-1] if found else None
+
+
+def absolute_data_paths(opts: TrainOptions) -> TrainOptions:
+    """Absolute data paths, so that ``visattn eval`` finds the data from any working directory."""
+    if opts.dataset.startswith("folder:"):
+        folder = Path(opts.dataset[len("folder:") :]).expanduser().resolve()
+        opts = dataclasses.replace(opts, dataset=f"folder:{folder}")
+    if opts.data_root:
+        opts = dataclasses.replace(opts, data_root=str(Path(opts.data_root).expanduser().resolve()))
+    return opts
 
 
 def prepare_run(opts: TrainOptions, explicit: set[str]) -> tuple[TrainOptions, Path, Path | None]:

@@ -34,7 +34,6 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -60,6 +59,7 @@ from .options import TrainOptions, lr_at, validate_options
 from .pipeline import Pipeline, channel_stats, derive_seed, epoch_permutation
 from .runs import (
     RESUMABLE_OVERRIDES,
+    absolute_data_paths,
     default_out,
     json_safe,
     latest_checkpoint,
@@ -105,16 +105,6 @@ def _load_data(opts: TrainOptions) -> tuple[ImageSet, ImageSet | None, ImageSet]
     train_set = full.subset(opts.train_subset)
     test = load_dataset(opts.dataset, "test", data_root=opts.data_root, image_size=opts.image_size)
     return train_set, val, test.subset(opts.test_subset)
-
-
-def _absolute_paths(opts: TrainOptions) -> TrainOptions:
-    """Absolute data paths, so that ``visattn eval`` finds the data from any working directory."""
-    if opts.dataset.startswith("folder:"):
-        folder = Path(opts.dataset[len("folder:") :]).expanduser().resolve()
-        opts = dataclasses.replace(opts, dataset=f"folder:{folder}")
-    if opts.data_root:
-        opts = dataclasses.replace(opts, data_root=str(Path(opts.data_root).expanduser().resolve()))
-    return opts
 
 
 class _StopFlag:
@@ -172,7 +162,9 @@ class Trainer:
 
     def __init__(self, opts: TrainOptions, *, explicit: set[str] | None = None) -> None:
         validate_options(opts)
-        self.opts, self.out, self.ckpt_path = prepare_run(_absolute_paths(opts), explicit or set())
+        self.opts, self.out, self.ckpt_path = prepare_run(
+            absolute_data_paths(opts), explicit or set()
+        )
         self.resume_tensors: dict[str, torch.Tensor] = {}
         self.resume_state: dict[str, Any] | None = None
         if self.ckpt_path is not None:
