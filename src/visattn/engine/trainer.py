@@ -20,6 +20,8 @@ takes rows [r B/W, (r + 1) B/W) of each global batch of B, and DDP averages the 
 W processes follow the same trajectory as one process with batch B (exactly so for models
 without batch statistics; BatchNorm sees B/W images per process). Only rank 0 writes files.
 
+The loop is :class:`Trainer`, one method per step; evaluation is in ``evaluation.py``.
+
 Tests: ``tests/engine/test_engine_trainer.py``, ``tests/engine/test_engine_resume.py``,
 ``tests/engine/test_engine_distributed.py``.
 """
@@ -150,8 +152,8 @@ class Trainer:
     The steps, in the order :meth:`run` calls them:
 
     1. ``__init__``: check the options, resolve the run folder and read the checkpoint to resume;
-    2. :meth:`set_up`: join the process group, load the data, build the pipelines, the model,
-       the optimiser and the AMP scaler;
+    2. :meth:`set_up` (after :meth:`run` joined the process group): load the data, build the
+       pipelines, the model, the optimiser and the AMP scaler;
     3. :meth:`restore`: counters, running sums, history, optimiser and RNG state of the checkpoint;
     4. :meth:`wrap`: SyncBatchNorm, DistributedDataParallel and ``torch.compile``;
     5. :meth:`create_folder`: the run folder and ``options.json`` (only now, when all is valid);
