@@ -27,9 +27,11 @@ order and distortions for all models). Measurements: FLOPs are counted by the en
 ``torch.utils.flop_counter`` for one image (2 per multiply-add; convolutions and matrix products
 only); training images/s is the median over epochs of the engine's per-epoch rate (input
 pipeline included).
-Inference images/s is measured here in eval mode without autograd on the prepared test set. The attention share is the time inside the attention
-modules (forward hooks around each outermost ``SqueezeExcite`` / ``CBAM`` / ``SpatialTransformer``)
-divided by the model's forward time, in a separate inference pass.
+Test accuracy comes from the engine's ``evaluate`` on the prepared test set. Inference images/s is
+measured here in eval mode without autograd on the same images. The attention share is the time
+inside the attention modules (forward hooks around each outermost ``SqueezeExcite`` / ``CBAM`` /
+``SpatialTransformer``, found by ``visattn.models.scan.attention_modules``) divided by the model's
+forward time, in a separate inference pass.
 
 Tests: ``tests/viz/test_viz_demo.py``.
 """
