@@ -1,4 +1,4 @@
-"""Side-by-side benchmark of SE / CBAM / the bilinear sampler: runs :func:`visattn.bench.main`.
+"""Side-by-side benchmark of SE / CBAM / the bilinear sampler: runs :func:`visattn.commands.bench.main`.
 
 Usage: ``python benchmarks/bench.py --help`` (same options as ``visattn bench``).
 """
@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from visattn.bench import main
+from visattn.commands.bench import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -46,12 +46,12 @@ __all__ = [
 
 #: sub-command name -> module (see the module docstring for the protocol).
 COMMANDS: dict[str, str] = {
-    "demo": "visattn.commands.demo",  # issue 5
+    "demo": "visattn.commands.demo",
     "train": "visattn.commands.train",
     "eval": "visattn.commands.evaluate",
-    "predict": "visattn.commands.predict",  # issue 5
-    "viz": "visattn.commands.viz",  # issue 5
-    "bench": "visattn.bench",  # issue 6 (main(argv))
+    "predict": "visattn.commands.predict",
+    "viz": "visattn.commands.viz",
+    "bench": "visattn.commands.bench",  # main(argv)
     "data": "visattn.commands.data",
 }
 
@@ -82,12 +82,16 @@ def add_command(
     help: str,
     description: str | None = None,
     epilog: str | None = None,
+    arguments: typing.Callable[[argparse.ArgumentParser], None] | None = None,
 ) -> argparse.ArgumentParser:
     """The parser of (sub-)command ``name`` under ``subparsers``, formatted by
-    :class:`HelpFormatter`."""
-    return subparsers.add_parser(
+    :class:`HelpFormatter`; ``arguments(parser)``, when given, adds the command's options."""
+    parser = subparsers.add_parser(
         name, help=help, description=description, epilog=epilog, formatter_class=HelpFormatter
     )
+    if arguments is not None:
+        arguments(parser)
+    return parser
 
 
 class _Parser(argparse.ArgumentParser):

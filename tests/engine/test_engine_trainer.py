@@ -11,7 +11,15 @@ import torch
 from safetensors.torch import load_file
 
 from visattn.data import load_dataset
-from visattn.engine import Pipeline, TrainOptions, evaluate, load_model, train
+from visattn.engine import (
+    Pipeline,
+    PreparedData,
+    Trainer,
+    TrainOptions,
+    evaluate,
+    load_model,
+    train,
+)
 from visattn.engine.checkpoint import CheckpointError
 
 
@@ -70,6 +78,15 @@ def test_run_folder_contents(tmp_path):
     test = load_dataset("fashion-mnist-small", "test").subset(100)
     pipe = Pipeline(test, mean=info["mean"], std=info["std"])
     assert evaluate(model, pipe)["accuracy"] == pytest.approx(final["test_accuracy"])
+    # the same evaluation on images prepared in memory, with the logits
+    x, y = pipe.batch(torch.arange(len(test)))
+    model.train()
+    prepared = evaluate(model, PreparedData(x, y), batch_size=33, logits=True)
+    assert model.training  # mode restored
+    assert prepared["accuracy"] == pytest.approx(final["test_accuracy"])
+    with torch.no_grad():
+        model.eval()
+        assert torch.allclose(prepared["logits"], model(x), atol=1e-6)
     model2, _ = load_model(out / "checkpoints" / "step-00000012.safetensors")
     assert all(torch.equal(v, weights[k]) for k, v in model2.state_dict().items())
 
@@ -179,3 +196,16 @@ def test_resume_before_first_checkpoint_starts_over(tmp_path):
     assert again["test_accuracy"] == ref["test_accuracy"] and again["steps"] == ref["steps"]
     a, b = load_file(run / "model.safetensors"), load_file(tmp_path / "ref" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_trainer_steps_are_train(tmp_path):
+    """``train`` is ``Trainer(...).run()``: the object form gives the same final weights."""
+    a = train(_opts(tmp_path, out=str(tmp_path / "a"), epochs=1))
+    trainer = Trainer(_opts(tmp_path, out=str(tmp_path / "b"), epochs=1))
+    b = trainer.run()
+    assert a["test_accuracy"] == b["test_accuracy"] and trainer.counters["global_step"] == 6
+    wa, wb = (
+        load_file(tmp_path / "a" / "model.safetensors"),
+        load_file(trainer.out / "model.safetensors"),
+    )
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

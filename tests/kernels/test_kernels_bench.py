@@ -1,4 +1,4 @@
-"""``visattn bench`` (src/visattn/bench.py) runs end to end on tiny CPU shapes and writes its table.
+"""``visattn bench`` (visattn/commands/bench.py) runs end to end on tiny CPU shapes, writes its table.
 
 Only the structure is checked (rows for every implementation, numbers present): timings are
 never asserted.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from visattn.bench import main
+from visattn.commands.bench import main
 
 
 def test_bench_quick_cpu_writes_markdown(tmp_path, capsys):
@@ -80,7 +80,7 @@ def test_bench_keep_freed_memory_is_reported(tmp_path):
 
 
 def test_table_adds_host_column_only_for_rows_with_host_times():
-    from visattn.bench import Row, table
+    from visattn.commands.bench import Row, table
 
     cpu = table([Row("se", "1x2x3x3", "timm", 1.0, 5.0)])
     assert "host (ms)" not in cpu[0] and cpu[2].count("|") == 9
@@ -95,7 +95,7 @@ def test_bench_models_rows_with_small_networks(monkeypatch):
     import torch
 
     import visattn.models
-    from visattn.bench import Context, bench_models
+    from visattn.commands.bench import Context, bench_models
 
     attention = {"resnet50": None, "seresnet50": "se", "cbam_resnet50": "cbam"}
     real = visattn.models.create_model
@@ -109,3 +109,19 @@ def test_bench_models_rows_with_small_networks(monkeypatch):
     rows = [line.split("|")[1:-1] for line in lines[2:]]
     assert [r[0].strip() for r in rows] == ["resnet50", "seresnet50", "cbam_resnet50"]
     assert all(float(r[2]) > 0 and float(r[4]) >= 0 and r[3].strip().endswith("%") for r in rows)
+
+
+def test_old_module_path_still_works():
+    """``visattn.bench`` (the former home) re-exports the command and warns on import."""
+    import importlib
+    import sys
+    import warnings
+
+    import visattn.commands.bench as bench
+
+    sys.modules.pop("visattn.bench", None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        old = importlib.import_module("visattn.bench")
+    assert any(issubclass(w.category, DeprecationWarning) for w in caught)
+    assert old.main is bench.main and old.Row is bench.Row and old.table is bench.table

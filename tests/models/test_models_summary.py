@@ -77,3 +77,26 @@ def test_compile_matches_eager() -> None:
             got = torch.compile(model)(x)
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(expected, before, atol=1e-5, rtol=1e-5)
+
+
+def test_attention_scan_and_forward_flops() -> None:
+    """One scan (``visattn.models.scan``) serves summary, capture and the demo; one FLOP counter."""
+    from visattn.models.scan import attention_modules
+    from visattn.models.summary import forward_flops
+    from visattn.viz import attention_layers
+
+    model = create_model("resnet20_cifar", attention="cbam", attention_stages=(3,))
+    outer = attention_modules(model)
+    every = attention_modules(model, outermost=False)
+    assert list(outer) == [f"layer3.{i}.se" for i in range(3)]
+    assert [n for n in every if n not in outer] == [
+        f"layer3.{i}.se.{part}" for i in range(3) for part in ("channel", "spatial")
+    ]
+    assert attention_layers(model) == {
+        f"layer3.{i}.se.{part}": part for i in range(3) for part in ("channel", "spatial")
+    }
+    conv = nn.Conv2d(3, 4, 3, bias=False).train()
+    assert forward_flops(conv, torch.zeros(1, 3, 6, 6)) == 2 * 27 * 4 * 16
+    assert conv.training
+    with pytest.raises(TypeError, match="model"):
+        attention_modules(nn.Linear)  # type: ignore[arg-type]

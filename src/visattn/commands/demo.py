@@ -27,9 +27,11 @@ order and distortions for all models). Measurements: FLOPs are counted by the en
 ``torch.utils.flop_counter`` for one image (2 per multiply-add; convolutions and matrix products
 only); training images/s is the median over epochs of the engine's per-epoch rate (input
 pipeline included).
-Inference images/s is measured here in eval mode without autograd on the prepared test set. The attention share is the time inside the attention
-modules (forward hooks around each outermost ``SqueezeExcite`` / ``CBAM`` / ``SpatialTransformer``)
-divided by the model's forward time, in a separate inference pass.
+Test accuracy comes from the engine's ``evaluate`` on the prepared test set. Inference images/s is
+measured here in eval mode without autograd on the same images. The attention share is the time
+inside the attention modules (forward hooks around each outermost ``SqueezeExcite`` / ``CBAM`` /
+``SpatialTransformer``, found by ``visattn.models.scan.attention_modules``) divided by the model's
+forward time, in a separate inference pass.
 
 Tests: ``tests/viz/test_viz_demo.py``.
 """
@@ -48,13 +50,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import __version__
 from ..data import load_dataset
-from ..engine import TEST_DISTORTION_SEED, Pipeline, TrainOptions, load_model, train
-from ..layers import CBAM, ChannelAttention, SpatialAttention, SpatialTransformer, SqueezeExcite
+from ..engine import (
+    TEST_DISTORTION_SEED,
+    Pipeline,
+    PreparedData,
+    TrainOptions,
+    evaluate,
+    load_model,
+    train,
+)
+from ..models.scan import attention_modules
 from ..viz import (
     Figure,
     capture,
@@ -132,34 +141,17 @@ def _model_specs(cfg: DemoConfig) -> list[tuple[str, str, str | None, dict[str, 
     return specs
 
 
-@dataclass
-class _Split:
-    """Prepared test inputs (normalised as in training) and labels."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-
-
-def _test_split(cfg: DemoConfig, ds: str, info: dict[str, Any]) -> _Split:
+def _test_split(cfg: DemoConfig, ds: str, info: dict[str, Any]) -> PreparedData:
+    """The test images, prepared (distorted, normalised) as in training, and labels."""
     test = load_dataset(cfg.dataset, "test").subset(cfg.test_size)
     pipe = Pipeline(test, mean=info["mean"], std=info["std"],
                     distortion="none" if ds == "plain" else "rts",
                     distortion_seed=TEST_DISTORTION_SEED)  # fmt: skip
     x, y = pipe.batch(torch.arange(len(test)))
-    return _Split(x, y)
+    return PreparedData(x, y)
 
 
 # -- measurements --------------------------------------------------------------------------
-_ATTENTION = (SqueezeExcite, CBAM, ChannelAttention, SpatialAttention, SpatialTransformer)
-
-
-def _outermost_attention(model: nn.Module) -> list[nn.Module]:
-    found, inside = [], set()
-    for name, m in model.named_modules():
-        if isinstance(m, _ATTENTION) and not any(name.startswith(p + ".") for p in inside):
-            found.append(m)
-            inside.add(name)
-    return found
 
 
 @torch.no_grad()
@@ -185,7 +177,7 @@ def measure_inference(
 
     images, elapsed = passes()
     ips = images / max(elapsed, 1e-9)
-    layers = _outermost_attention(model)
+    layers = list(attention_modules(model).values())
     if not layers:
         return ips, 0.0
     spent = [0.0]
@@ -207,20 +199,6 @@ def measure_inference(
     return ips, min(spent[0] / max(total, 1e-9), 1.0)
 
 
-@torch.no_grad()
-def evaluate(
-    model: nn.Module, split: _Split, batch_size: int = 500
-) -> tuple[float, float, torch.Tensor]:
-    """(mean loss, accuracy, logits (N, K)) on a prepared split, eval mode."""
-    model.eval()
-    logits = torch.cat(
-        [model(split.images[i : i + batch_size]) for i in range(0, len(split.labels), batch_size)]
-    )
-    loss = float(F.cross_entropy(logits, split.labels))
-    acc = float((logits.argmax(1) == split.labels).float().mean())
-    return loss, acc, logits
-
-
 # -- figures -------------------------------------------------------------------------------
 def _pick(labels: torch.Tensor, n: int) -> torch.Tensor:
     """Indices of up to ``n`` images of distinct classes (then any), in a fixed order."""
@@ -237,7 +215,7 @@ def _pick(labels: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def _figures(
-    out: Path, runs: dict[tuple[str, str], dict[str, Any]], tests: dict[str, _Split],
+    out: Path, runs: dict[tuple[str, str], dict[str, Any]], tests: dict[str, PreparedData],
     classes: list[str], cfg: DemoConfig,
 ) -> list[Figure]:  # fmt: skip
     figs: list[Figure] = []
@@ -376,7 +354,7 @@ def run_demo(cfg: DemoConfig, *, log=print) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         runs: dict[tuple[str, str], dict[str, Any]] = {}
-        tests: dict[str, _Split] = {}
+        tests: dict[str, PreparedData] = {}
         rows = []
         for ds in cfg.datasets:
             for label, name, attention, model_args in _model_specs(cfg):
@@ -396,7 +374,8 @@ def run_demo(cfg: DemoConfig, *, log=print) -> dict[str, Any]:
                 if ds not in tests:
                     tests[ds] = _test_split(cfg, ds, info)
                 test = tests[ds]
-                _, acc, logits = evaluate(model, test)
+                result = evaluate(model, test, batch_size=500, logits=True)
+                acc, logits = result["accuracy"], result["logits"]
                 infer_ips, share = measure_inference(model, test.images)
                 history = [
                     json.loads(line)
@@ -576,11 +555,5 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``visattn demo`` (see ``visattn.cli``)."""
     from ..cli import add_command
 
-    parser = add_command(
-        subparsers,
-        "demo",
-        "train and compare CNN, SE, CBAM and ST-CNN on bundled data; write a report",
-        DESCRIPTION,
-    )
-    add_arguments(parser)
-    return parser
+    help = "train and compare CNN, SE, CBAM and ST-CNN on bundled data; write a report"
+    return add_command(subparsers, "demo", help, DESCRIPTION, arguments=add_arguments)

@@ -18,7 +18,7 @@ __all__ = ["add_parser", "run"]
 def add_parser(subparsers) -> argparse.ArgumentParser:
     from ..cli import add_command
     from ..data.distortions import DISTORTIONS
-    from ..engine.trainer import TEST_DISTORTION_SEED
+    from ..engine import TEST_DISTORTION_SEED
 
     description = (__doc__ or "").split("\n\n")[0].replace("``", "")
     parser = add_command(subparsers, "eval", "evaluate a trained model", description)
@@ -48,15 +48,14 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..data import load_dataset
-    from ..engine import Pipeline, evaluate, load_model
+    from ..engine import Pipeline, evaluate, load_model, resolve_device
     from ..engine.checkpoint import atomic_write_text
-    from ..engine.trainer import _resolve_device
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size: expected an integer >= 1, got {args.batch_size}")
     if args.subset < 0:
         raise ValueError(f"--subset: expected an integer >= 0, got {args.subset}")
-    device = _resolve_device(args.device)
+    device = resolve_device(args.device)
     model, info = load_model(args.checkpoint, device=device)
     opts = info["options"]
     dataset = args.dataset or opts["dataset"]

@@ -159,8 +159,5 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``visattn predict`` (see ``visattn.cli``)."""
     from ..cli import add_command
 
-    parser = add_command(
-        subparsers, "predict", "classify image files with a trained model; write a CSV", DESCRIPTION
-    )
-    add_arguments(parser)
-    return parser
+    help = "classify image files with a trained model; write a CSV"
+    return add_command(subparsers, "predict", help, DESCRIPTION, arguments=add_arguments)

@@ -30,15 +30,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..engine import PreparedData, evaluate
+from ..viz import figures
 from ..viz.capture import capture
-from ..viz.figures import (
-    plot_confusion_matrix,
-    plot_gradcam,
-    plot_hardest_examples,
-    plot_se_excitation,
-    plot_spatial_attention,
-    plot_stn,
-)
 from ..viz.gradcam import grad_cam
 from ..viz.images import load_images
 from ..viz.report import Figure, write_report
@@ -94,19 +88,21 @@ def visualise(
     maps = capture(model, x)
     for i, layer in enumerate(maps.grid):
         name = f"stn_{i}.png"
-        plot_stn(maps.stn_input[layer], maps.stn_output[layer], maps.grid[layer], out / name,
-                 labels=y, class_names=class_names,
-                 title=f"Spatial transformer {layer!r}: input, sampling grid, output")  # fmt: skip
+        figures.plot_stn(maps.stn_input[layer], maps.stn_output[layer], maps.grid[layer],
+                         out / name, labels=y, class_names=class_names,
+                         title=f"Spatial transformer {layer!r}: input, sampling grid, output")  # fmt: skip
         figs.append(Figure(name, f"Spatial transformer {layer}",
                            "Top: inputs; middle: the sampling grid (red: its border); bottom: "
                            "the transformer's output."))  # fmt: skip
     if maps.spatial:
-        plot_spatial_attention(x, maps.spatial, out / "cbam_spatial.png")
+        figures.plot_spatial_attention(x, maps.spatial, out / "cbam_spatial.png")
         figs.append(Figure("cbam_spatial.png", "CBAM spatial attention per layer",
                            "M_s of each CBAM layer over the input (red: kept, blue: damped)."))  # fmt: skip
     if maps.se and labels is not None:
         gates = capture(model, images).se
-        plot_se_excitation(gates, labels, out / "se_excitation.png", class_names=class_names)
+        figures.plot_se_excitation(
+            gates, labels, out / "se_excitation.png", class_names=class_names
+        )
         figs.append(Figure("se_excitation.png", "SE excitation per class",
                            "Mean gate value per channel and class, shallow to deep layers."))  # fmt: skip
     cam, logits = grad_cam(model, x)
@@ -118,29 +114,28 @@ def visualise(
         v = maps.stn_output[last]
         if v.shape[1] in (1, 3):
             base, column, where = v, "model (on ST output)", "over the spatial transformer's output"
-    plot_gradcam(base, {column: cam}, out / "gradcam.png", labels=y,
-                 preds={column: logits.argmax(1)}, class_names=class_names)  # fmt: skip
+    figures.plot_gradcam(base, {column: cam}, out / "gradcam.png", labels=y,
+                         preds={column: logits.argmax(1)}, class_names=class_names)  # fmt: skip
     figs.append(Figure("gradcam.png", "Grad-CAM of the predicted class",
                        f"Where the model looks for its prediction (last convolution stage), "
                        f"drawn {where}."))  # fmt: skip
     rows = []
     if labels is not None:
-        with torch.no_grad():
-            probs = torch.cat([model(images[i : i + 500]).softmax(1)
-                               for i in range(0, len(images), 500)])  # fmt: skip
+        result = evaluate(model, PreparedData(images, labels), batch_size=500, logits=True)
+        probs = result["logits"].softmax(1)
         pred = probs.argmax(1)
         k = probs.shape[1]
-        plot_confusion_matrix(labels, pred, out / "confusion.png", class_names=class_names,
-                              num_classes=k)  # fmt: skip
-        plot_hardest_examples(images, labels, probs, out / "hardest.png", class_names=class_names)
+        figures.plot_confusion_matrix(labels, pred, out / "confusion.png", class_names=class_names,
+                                      num_classes=k)  # fmt: skip
+        figures.plot_hardest_examples(
+            images, labels, probs, out / "hardest.png", class_names=class_names
+        )
         figs += [
             Figure("confusion.png", "Confusion matrix", "Rows: true class; columns: predicted."),
             Figure("hardest.png", "Hardest misclassified examples",
                    "Lowest probability of the true class among the misclassified images."),
         ]  # fmt: skip
-        rows.append(
-            {"images": len(labels), "accuracy": f"{float((pred == labels).float().mean()):.1%}"}
-        )
+        rows.append({"images": len(labels), "accuracy": f"{result['accuracy']:.1%}"})
     return write_report(out, title=title, tables={"Evaluation": rows} if rows else None,
                         figures=figs)  # fmt: skip
 
@@ -195,11 +190,5 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``visattn viz`` (see ``visattn.cli``)."""
     from ..cli import add_command
 
-    parser = add_command(
-        subparsers,
-        "viz",
-        "draw the attention figures and a report for a trained model",
-        DESCRIPTION,
-    )
-    add_arguments(parser)
-    return parser
+    help = "draw the attention figures and a report for a trained model"
+    return add_command(subparsers, "viz", help, DESCRIPTION, arguments=add_arguments)

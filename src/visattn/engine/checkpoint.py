@@ -4,7 +4,7 @@ A checkpoint is ONE safetensors file (``checkpoints/step-00000120.safetensors``)
 
 - tensors: ``model.<name>`` (the state dict, buffers included), ``optimizer.<i>.<key>`` (the
   per-parameter optimiser state, e.g. momentum buffers, Adam moments and step counts),
-  ``rng.torch`` (CPU generator state) and ``rng.cuda.<d>``;
+  ``rng.torch`` (CPU generator state) and, on CUDA, ``rng.cuda`` (the run device's generator);
 - metadata (strings): ``format = visattn-checkpoint``, ``version`` and ``state``, a JSON document
   with the epoch / step counters, the optimiser's parameter groups and non-tensor state, the
   learning-rate schedule, the running training sums, the metrics history and the run's options.
@@ -42,6 +42,8 @@ __all__ = [
     "CheckpointError",
     "atomic_write_bytes",
     "atomic_write_text",
+    "optimizer_from_tensors",
+    "optimizer_to_tensors",
     "read_safetensors",
     "write_safetensors",
 ]
@@ -198,3 +200,32 @@ def read_safetensors(
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path}: corrupt metadata ({exc})") from None
     return tensors, state, fmt
+
+
+def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """The optimiser's state as checkpoint tensors ``optimizer.<i>.<key>`` and a JSON part
+    (parameter groups and non-tensor per-parameter values)."""
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for pid, state in sd["state"].items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{pid}.{key}"] = value
+            else:
+                scalars[f"{pid}.{key}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_tensors(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], saved: dict
+) -> None:
+    """Load what :func:`optimizer_to_tensors` wrote into ``optimizer``."""
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        if name.startswith("optimizer."):
+            _, pid, key = name.split(".", 2)
+            state.setdefault(int(pid), {})[key] = value
+    for name, value in saved["scalars"].items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "all_reduce_sum", "barrier", "cleanup", "setup"]
+__all__ = ["DistInfo", "all_reduce_sum", "barrier", "cleanup", "resolve_device", "setup"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,19 @@ class DistInfo:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+
+def resolve_device(spec: str, info: DistInfo | None = None) -> torch.device:
+    """The device of ``--device`` ``spec`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``); plain
+    ``cuda`` in a distributed run is this process's GPU, ``cuda:<LOCAL_RANK>``."""
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device: {spec!r} requested but CUDA is not available")
+        if spec == "cuda" and info is not None and info.enabled:
+            spec = f"cuda:{info.local_rank}"
+    return torch.device(spec)
 
 
 def setup(device_kind: str) -> DistInfo:

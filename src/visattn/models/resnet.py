@@ -133,12 +133,51 @@ class ZeroPadShortcut(nn.Module):
 
 
 class _Block(nn.Module):
-    """Shared forward of the residual blocks; see the module docstring for the placements."""
+    """Shared constructor and forward of the residual blocks; see the module docstring for the
+    placements.
+
+    A subclass lists its layers in ``_layer_names`` (the last one is the branch's final norm) and
+    builds them in :meth:`_make_layers`, in torchvision's registration order; ``downsample``,
+    ``stride``, ``placement`` and the attention slot ``se`` are set here, after the layers, so
+    parameter names and order are those of torchvision / timm.
+    """
 
     expansion = 1
+    _layer_names: tuple[str, ...] = ()
     se: nn.Module | None
     downsample: nn.Module | None
     placement: str
+
+    def __init__(
+        self,
+        inplanes: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        *,
+        se: nn.Module | None = None,
+        placement: str = "standard",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        layers = self._make_layers(inplanes, planes, stride, {"device": device, "dtype": dtype})
+        for name, layer in layers.items():  # registration order: torchvision's
+            setattr(self, name, layer)
+        self._attach(downsample, stride, placement, se)
+
+    def _attach(
+        self, downsample: nn.Module | None, stride: int, placement: str, se: nn.Module | None
+    ) -> None:
+        self.downsample = downsample
+        self.stride = stride
+        self.placement = check_choice(placement, "placement", PLACEMENTS)
+        self.se = se
+
+    @staticmethod
+    def _make_layers(inplanes: int, planes: int, stride: int, f: dict[str, Any]) -> dict:
+        """The block's layers by name (the names of ``_layer_names``), in registration order."""
+        raise NotImplementedError
 
     def _branch_conv(self, x: torch.Tensor) -> torch.Tensor:
         """F(x) up to its last convolution: F(x) = norm(_branch_conv(x)), norm the last of
@@ -174,10 +213,7 @@ class _Block(nn.Module):
         nn.Module.__init__(new)
         for name in cls._layer_names:
             setattr(new, name, getattr(block, name))
-        new.downsample = getattr(block, "downsample", None)
-        new.stride = getattr(block, "stride", 1)
-        new.placement = check_choice(placement, "placement", PLACEMENTS)
-        new.se = se
+        new._attach(getattr(block, "downsample", None), getattr(block, "stride", 1), placement, se)
         new.train(block.training)
         return new
 
@@ -191,29 +227,15 @@ class BasicBlock(_Block):
     expansion = 1
     _layer_names = ("conv1", "bn1", "relu", "conv2", "bn2")
 
-    def __init__(
-        self,
-        inplanes: int,
-        planes: int,
-        stride: int = 1,
-        downsample: nn.Module | None = None,
-        *,
-        se: nn.Module | None = None,
-        placement: str = "standard",
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__()
-        f = {"device": device, "dtype": dtype}
-        self.conv1 = _conv3x3(inplanes, planes, stride, **f)
-        self.bn1 = nn.BatchNorm2d(planes, **f)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = _conv3x3(planes, planes, **f)
-        self.bn2 = nn.BatchNorm2d(planes, **f)
-        self.downsample = downsample
-        self.stride = stride
-        self.placement = check_choice(placement, "placement", PLACEMENTS)
-        self.se = se
+    @staticmethod
+    def _make_layers(inplanes: int, planes: int, stride: int, f: dict[str, Any]) -> dict:
+        return {
+            "conv1": _conv3x3(inplanes, planes, stride, **f),
+            "bn1": nn.BatchNorm2d(planes, **f),
+            "relu": nn.ReLU(inplace=True),
+            "conv2": _conv3x3(planes, planes, **f),
+            "bn2": nn.BatchNorm2d(planes, **f),
+        }
 
     def _branch_conv(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv2(self.relu(self.bn1(self.conv1(x))))
@@ -225,31 +247,18 @@ class Bottleneck(_Block):
     expansion = 4
     _layer_names = ("conv1", "bn1", "relu", "conv2", "bn2", "conv3", "bn3")
 
-    def __init__(
-        self,
-        inplanes: int,
-        planes: int,
-        stride: int = 1,
-        downsample: nn.Module | None = None,
-        *,
-        se: nn.Module | None = None,
-        placement: str = "standard",
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        super().__init__()
-        f = {"device": device, "dtype": dtype}
-        self.conv1 = _conv1x1(inplanes, planes, **f)
-        self.bn1 = nn.BatchNorm2d(planes, **f)
-        self.conv2 = _conv3x3(planes, planes, stride, **f)
-        self.bn2 = nn.BatchNorm2d(planes, **f)
-        self.conv3 = _conv1x1(planes, planes * self.expansion, **f)
-        self.bn3 = nn.BatchNorm2d(planes * self.expansion, **f)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-        self.stride = stride
-        self.placement = check_choice(placement, "placement", PLACEMENTS)
-        self.se = se
+    @staticmethod
+    def _make_layers(inplanes: int, planes: int, stride: int, f: dict[str, Any]) -> dict:
+        out = planes * Bottleneck.expansion
+        return {
+            "conv1": _conv1x1(inplanes, planes, **f),
+            "bn1": nn.BatchNorm2d(planes, **f),
+            "conv2": _conv3x3(planes, planes, stride, **f),
+            "bn2": nn.BatchNorm2d(planes, **f),
+            "conv3": _conv1x1(planes, out, **f),
+            "bn3": nn.BatchNorm2d(out, **f),
+            "relu": nn.ReLU(inplace=True),
+        }
 
     def _branch_conv(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))

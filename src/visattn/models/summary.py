@@ -7,10 +7,9 @@ SE paper (arXiv:1709.01507, Table 2) and CBAM paper (arXiv:1807.06521, Table 4) 
 "negligible" cost of attention; the real cost of these blocks on hardware is memory traffic,
 which ``visattn bench`` measures.
 
-Attention modules are found by type (``SqueezeExcite``, ``CBAM``, ``ChannelAttention``,
-``SpatialAttention``, ``SpatialTransformer``, the ``PreservedAttention`` wrapper of
-:func:`visattn.add_attention`) and by the ``se`` attribute of residual blocks (timm's convention);
-only the outermost one of nested attention modules is counted. FLOPs of an attention module are
+Attention modules are found by :func:`visattn.models.scan.attention_modules` (by type, and by
+the ``se`` attribute of residual blocks, timm's convention); only the outermost one of nested
+attention modules is counted. FLOPs of an attention module are
 counted by re-running it on the input it received in the full forward pass.
 
 Tests: ``tests/models/test_models_summary.py``.
@@ -26,31 +25,9 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .._checks import check_int
-from ..layers import CBAM, ChannelAttention, SpatialAttention, SpatialTransformer, SqueezeExcite
-from .integrate import PreservedAttention
+from .scan import attention_modules
 
-__all__ = ["ModelSummary", "attention_modules", "summary"]
-
-ATTENTION_TYPES: tuple[type[nn.Module], ...] = (
-    SqueezeExcite,
-    CBAM,
-    ChannelAttention,
-    SpatialAttention,
-    SpatialTransformer,
-    PreservedAttention,
-)
-
-
-def attention_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """Outermost attention modules of ``model`` by qualified name (see the module docstring)."""
-    found: dict[str, nn.Module] = {}
-    for name, m in model.named_modules():
-        if any(name.startswith(f"{k}.") for k in found) or (name and "" in found):
-            continue
-        if isinstance(m, ATTENTION_TYPES) or (name.rpartition(".")[2] == "se" and m is not None):
-            found[name] = m
-    return found
-
+__all__ = ["ModelSummary", "attention_modules", "forward_flops", "summary"]
 
 @dataclass(frozen=True)
 class ModelSummary:
@@ -91,10 +68,20 @@ class ModelSummary:
         )
 
 
-def _count_flops(fn, *args) -> int:
-    with FlopCounterMode(display=False) as counter:
-        fn(*args)
-    return int(counter.get_total_flops())
+def forward_flops(module: nn.Module, *inputs: object) -> int:
+    """FLOPs of one call ``module(*inputs)`` (see the module docstring for what is counted).
+
+    The module runs in eval mode under ``torch.no_grad``; its mode is restored. The one FLOP
+    counter of visattn: :func:`summary` and the training engine's ``count_flops`` use it.
+    """
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            module(*inputs)
+        return int(counter.get_total_flops())
+    finally:
+        module.train(was_training)
 
 
 def summary(model: nn.Module, input_size: Sequence[int], *, verbose: bool = True) -> ModelSummary:
@@ -133,18 +120,12 @@ def summary(model: nn.Module, input_size: Sequence[int], *, verbose: bool = True
             inputs.setdefault(name, args)
 
         handles.append(m.register_forward_pre_hook(hook))
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
-            flops = _count_flops(model, x)
-            attention_flops = 0
-            for name, args in inputs.items():
-                attention_flops += _count_flops(blocks[name], *args)
+        flops = forward_flops(model, x)
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
+    attention_flops = sum(forward_flops(blocks[name], *args) for name, args in inputs.items())
     seen: set[int] = set()
     attention_params = 0
     for m in blocks.values():

@@ -8,17 +8,9 @@
 Tests: ``tests/viz/``.
 """
 
+from . import figures as _figures
 from .capture import AttentionMaps, AttentionRecorder, attention_layers, capture
-from .figures import (
-    plot_confusion_matrix,
-    plot_gradcam,
-    plot_hardest_examples,
-    plot_overlay,
-    plot_se_excitation,
-    plot_spatial_attention,
-    plot_stn,
-    plot_training_curves,
-)
+from .figures import *  # noqa: F403  (the plot_* functions: figures.__all__)
 from .gradcam import find_target_layer, grad_cam
 from .report import Figure, write_report
 
@@ -30,13 +22,6 @@ __all__ = [
     "capture",
     "find_target_layer",
     "grad_cam",
-    "plot_confusion_matrix",
-    "plot_gradcam",
-    "plot_hardest_examples",
-    "plot_overlay",
-    "plot_se_excitation",
-    "plot_spatial_attention",
-    "plot_stn",
-    "plot_training_curves",
     "write_report",
+    *_figures.__all__,
 ]

@@ -38,6 +38,7 @@ from torch import nn
 from .._checks import check_tensor
 from ..functional import cbam_arrange
 from ..layers import CBAM, ChannelAttention, SpatialAttention, SpatialTransformer, SqueezeExcite
+from ..models.scan import attention_modules
 
 __all__ = ["AttentionMaps", "AttentionRecorder", "attention_layers", "capture"]
 
@@ -73,19 +74,17 @@ class AttentionMaps:
 
 def attention_layers(model: nn.Module) -> dict[str, str]:
     """Name -> kind (``"se"``, ``"channel"``, ``"spatial"``, ``"stn"``) of the attention layers."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
-    kinds: dict[str, str] = {}
-    for name, m in model.named_modules():
-        if isinstance(m, SqueezeExcite):
-            kinds[name] = "se"
-        elif isinstance(m, ChannelAttention):
-            kinds[name] = "channel"
-        elif isinstance(m, SpatialAttention):
-            kinds[name] = "spatial"
-        elif isinstance(m, SpatialTransformer):
-            kinds[name] = "stn"
-    return kinds
+    kinds = (
+        (SqueezeExcite, "se"),
+        (ChannelAttention, "channel"),
+        (SpatialAttention, "spatial"),
+        (SpatialTransformer, "stn"),
+    )
+    return {
+        name: next(kind for cls, kind in kinds if isinstance(m, cls))
+        for name, m in attention_modules(model, outermost=False).items()
+        if isinstance(m, tuple(cls for cls, _ in kinds))
+    }
 
 
 def _cpu(t: torch.Tensor) -> torch.Tensor:
