@@ -20,7 +20,7 @@ def bench_kernels(ctx: Context, n: int, c: int, size: int) -> list[str]:
     (the MLP, the folded BatchNorm's steps) make no full-size pass: time only. Inputs are random
     stand-ins of the right shapes (the kernels' speed does not depend on the values)."""
     from visattn.kernels import select_impl, use_backend
-    from visattn.kernels.ops import _kernels
+    from visattn.kernels.ops import block_kernels
 
     dev = ctx.device
     x = layout(torch.randn(n, c, size, size, device=dev, dtype=ctx.dtype), ctx)
@@ -28,7 +28,7 @@ def bench_kernels(ctx: Context, n: int, c: int, size: int) -> list[str]:
         impl = select_impl(x)
     if impl is None:
         return [f"no fused kernels for {dev.type} here: kernel rows skipped"]
-    k = _kernels(impl)
+    k = block_kernels(impl)
     p, hid = size * size, max(1, c // 16)
 
     def rand(*shape: int) -> torch.Tensor:

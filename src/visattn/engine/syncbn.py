@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..functional.fused import update_running_stats
+from ..functional._norm_fusion import update_running_stats
 
 __all__ = ["SyncBatchNorm", "convert_sync_batchnorm"]
 
