@@ -49,7 +49,7 @@ the running statistics found in ``p``). Write the formula from the paper, indepe
 Optional: :meth:`LayerTester.expected_num_params`, :meth:`LayerTester.output_shape` (default:
 the input's shape), :meth:`LayerTester.smooth_at` (whether a gradcheck input is away from the
 layer's kinks: ReLU, max-pool ties...), ``gradcheck_configs`` / ``gradcheck_wrt`` /
-``gradcheck_kwargs``, ``compile_configs``, ``onnx_configs``, ``tolerances``. A group that does
+``gradcheck_kwargs``, ``compile_configs`` / ``compile_gradients``, ``onnx_configs``, ``tolerances``. A group that does
 not apply to a layer is switched off by setting its test to ``None`` in the subclass, with a
 comment that says why (``test_num_params = None  # the paper gives no count``). Tests of the
 layer's own (options, attributes, behaviour outside the formula) are ordinary methods or
@@ -129,6 +129,7 @@ class LayerTester:
     gradcheck_wrt: ClassVar[tuple[str, ...]] = ("input", "params")
     gradcheck_kwargs: ClassVar[dict[str, Any]] = {}
     compile_configs: ClassVar[tuple[str, ...] | None] = None  # None: the first config
+    compile_gradients: ClassVar[bool] = True  # False: forward only (about half the compile time)
     onnx_configs: ClassVar[tuple[str, ...] | None] = None  # None: the first config
 
     tolerances: ClassVar[dict[str, dict[str, float]]] = {
@@ -319,6 +320,11 @@ class LayerTester:
         for name in self.compile_configs or (next(iter(self.configs)),):
             layer = self.make(name, device)
             x = torch.randn(self.input_shape(self.configs[name]), device=device, requires_grad=True)
+            if not self.compile_gradients:
+                with torch.no_grad():  # an inference graph: no backward to compile
+                    a, b = torch.compile(layer)(x), layer(x)
+                torch.testing.assert_close(a, b, msg=lambda m, n=name: f"{n}: {m}")
+                continue
             a, b = torch.compile(layer)(x), layer(x)
             torch.testing.assert_close(a, b, msg=lambda m, n=name: f"{n}: {m}")
             go = torch.randn_like(b)

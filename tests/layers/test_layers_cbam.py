@@ -132,6 +132,9 @@ class TestChannelAttention(LayerTester):
     }
     gradcheck_configs = ("small",)
     compile_configs = ("small",)
+    # forward only: compiling the backward of this formula doubled the test's cost (~25 s cold
+    # on 2 cores); its gradients are gradcheck's, CBAM's compile test checks the block's
+    compile_gradients = False
     # exported as part of CBAM "parallel_norm" (test_onnx_export of TestCBAM), which runs
     # ChannelAttention.attention; one export less keeps the file fast
     test_onnx_export = None
@@ -191,6 +194,7 @@ class TestSpatialAttention(LayerTester):
     }
     gradcheck_configs = ("paper", "norm")
     compile_configs = ("k3",)
+    compile_gradients = False  # as for ChannelAttention
     # exported as part of CBAM "parallel_norm" (test_onnx_export of TestCBAM), which runs
     # SpatialAttention.attention with BatchNorm
     test_onnx_export = None
