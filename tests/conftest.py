@@ -1,6 +1,6 @@
 """Shared fixtures: a fresh random seed per test (printed, so a failure can be replayed), the
-fast kernels taken as they are under backend "auto", and ``server``, a local HTTP server for the
-download tests.
+fast kernels taken as they are under backend "auto", ``device`` (``cpu``, and ``cuda`` when it
+is available) and ``server``, a local HTTP server for the download tests.
 
 Set VISATTN_TEST_SEED=<int> to replay a run with fixed inputs.
 """
@@ -13,16 +13,20 @@ import os
 import random
 import threading
 
+import numpy as np
 import pytest
 import torch
+
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 
 
 @pytest.fixture(autouse=True)
 def seed() -> int:
-    """Seed torch / random with a new value each run; the value is printed for replay."""
+    """Seed torch / random / NumPy with a new value each run; the value is printed for replay."""
     value = int(os.environ.get("VISATTN_TEST_SEED", random.SystemRandom().randrange(2**31)))
     torch.manual_seed(value)
     random.seed(value)
+    np.random.seed(value)
     print(f"VISATTN_TEST_SEED={value}")
     return value
 
@@ -44,6 +48,12 @@ def _kernels_not_measured(monkeypatch):
     from visattn.kernels import _tune
 
     monkeypatch.setattr(_tune, "TUNED_DEVICES", set())
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> torch.device:
+    """Each device the tests can run on: the CPU, and the GPU when CUDA is available."""
+    return torch.device(request.param)
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
