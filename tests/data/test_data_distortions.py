@@ -46,7 +46,10 @@ def test_per_image_parameters_do_not_depend_on_batching(name):
     full = d(pool.float() / 255, torch.arange(9))
     idx = torch.tensor([7, 2, 2])
     part = d(pool[idx].float() / 255, idx)
-    torch.testing.assert_close(part, full[idx], rtol=0, atol=1e-6)
+    # The same parameters per image give the same pixels up to float32 rounding of the batched
+    # grid arithmetic (measured: at most 3.8e-6 over 40 seeds); other parameters move pixels by
+    # whole fractions of their range.
+    torch.testing.assert_close(part, full[idx], rtol=0, atol=2e-5)
 
 
 def test_multichannel_and_odd_size():
