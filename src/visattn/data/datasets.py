@@ -31,16 +31,8 @@ import torch
 from .idx import IDXError, read_idx
 from .sources import BUNDLED_DIR, DataNotFoundError, find_dataset_dir
 
-__all__ = [
-    "CLASSES",
-    "IMAGE_EXTENSIONS",
-    "ImageSet",
-    "list_datasets",
-    "load_cifar10",
-    "load_dataset",
-    "load_idx_dataset",
-    "load_image_folder",
-]
+__all__ = ["CLASSES", "IMAGE_EXTENSIONS", "ImageSet", "list_datasets", "load_cifar10",
+           "load_dataset", "load_idx_dataset", "load_image_folder"]  # fmt: skip
 
 CLASSES: dict[str, list[str]] = {
     "fashion-mnist": [

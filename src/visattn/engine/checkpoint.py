@@ -36,17 +36,9 @@ from typing import Any
 
 import torch
 
-__all__ = [
-    "CHECKPOINT_FORMAT",
-    "MODEL_FORMAT",
-    "CheckpointError",
-    "atomic_write_bytes",
-    "atomic_write_text",
-    "optimizer_from_tensors",
-    "optimizer_to_tensors",
-    "read_safetensors",
-    "write_safetensors",
-]
+__all__ = ["CHECKPOINT_FORMAT", "MODEL_FORMAT", "CheckpointError", "atomic_write_bytes",
+           "atomic_write_text", "optimizer_from_tensors", "optimizer_to_tensors",
+           "read_safetensors", "write_safetensors"]  # fmt: skip
 
 CHECKPOINT_FORMAT = "visattn-checkpoint"
 MODEL_FORMAT = "visattn-model"

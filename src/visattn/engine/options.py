@@ -19,14 +19,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = [
-    "OPTIMIZERS",
-    "SCHEDULES",
-    "TrainOptions",
-    "lr_at",
-    "option_help",
-    "validate_options",
-]
+__all__ = ["OPTIMIZERS", "SCHEDULES", "TrainOptions", "lr_at", "option_help",
+           "validate_options"]  # fmt: skip
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "constant")

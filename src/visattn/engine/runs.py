@@ -16,15 +16,8 @@ from typing import Any
 from .checkpoint import atomic_write_text
 from .options import TrainOptions, validate_options
 
-__all__ = [
-    "RESUMABLE_OVERRIDES",
-    "absolute_data_paths",
-    "default_out",
-    "json_safe",
-    "latest_checkpoint",
-    "prepare_run",
-    "write_metrics",
-]
+__all__ = ["RESUMABLE_OVERRIDES", "absolute_data_paths", "default_out", "json_safe",
+           "latest_checkpoint", "prepare_run", "write_metrics"]  # fmt: skip
 
 #: Options that ``--resume`` may change; any other option must match the run's.
 RESUMABLE_OVERRIDES = ("epochs", "quiet", "checkpoint_every", "keep_checkpoints", "device")

@@ -35,7 +35,7 @@ from typing import Protocol
 
 from torch import Tensor
 
-__all__ = ["BlockKernels", "SamplerKernels"]
+__all__ = ["BLOCK_KERNEL_NAMES", "SAMPLER_KERNEL_NAMES", "BlockKernels", "SamplerKernels", "contract_names"]
 
 
 class BlockKernels(Protocol):
@@ -238,3 +238,18 @@ class SamplerKernels(Protocol):
         """(dL/dU by eq. 6, in U's dtype and layout, deterministic; dL/dgrid by eq. 7, float32
         (N, H_out, W_out, 2)), each None when not needed."""
         ...
+
+
+def contract_names(protocol: type) -> tuple[str, ...]:
+    """The names of the functions a backend module defines for ``protocol``, in its order: the
+    backend modules' ``__all__`` is built from them, so the two cannot drift apart."""
+    return tuple(
+        name for name, member in vars(protocol).items()
+        if not name.startswith("_") and callable(member)
+    )  # fmt: skip
+
+
+#: What :mod:`visattn.kernels.cpu` and :mod:`visattn.kernels.triton_kernels` export.
+BLOCK_KERNEL_NAMES = contract_names(BlockKernels)
+#: What :mod:`visattn.kernels.triton_kernels` exports besides.
+SAMPLER_KERNEL_NAMES = contract_names(SamplerKernels)

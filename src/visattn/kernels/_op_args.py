@@ -20,22 +20,12 @@ from torch import Tensor
 
 from .._modes import BnMode
 
-__all__ = [
-    "CBAM_ARGS",
-    "CBAM_BACKWARD_ARGS",
-    "SE_ARGS",
-    "SE_BACKWARD_ARGS",
-    "CbamGrads",
-    "CbamOptions",
-    "CbamParams",
-    "CbamSaved",
-    "SeGrads",
-    "SeOptions",
-    "SeParams",
-    "SeSaved",
-    "group",
-    "schema",
-]
+#: The named tuples of the operators' argument groups (re-exported by :mod:`visattn.kernels.ops`).
+NAMED_TUPLES = ("SeParams", "SeOptions", "SeSaved", "SeGrads",
+                "CbamParams", "CbamOptions", "CbamSaved", "CbamGrads")  # fmt: skip
+
+__all__ = ["CBAM_ARGS", "CBAM_BACKWARD_ARGS", "NAMED_TUPLES", "SE_ARGS", "SE_BACKWARD_ARGS",
+           *NAMED_TUPLES, "group", "schema"]  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- the groups

@@ -41,27 +41,15 @@ from pathlib import Path
 import torch
 
 from ._backend import as_dtype, flat_f32
-from ._excite import excite, excite_backward, excite_wgrad  # the MLP part: PyTorch ops on CPU
-from ._fold import fold, fold_backward  # the folded BatchNorm's (C,)-sized steps: PyTorch ops
+from ._contract import BLOCK_KERNEL_NAMES
+from ._excite import excite as excite  # the MLP: PyTorch ops
+from ._excite import excite_backward as excite_backward
+from ._excite import excite_wgrad as excite_wgrad
+from ._fold import fold as fold  # the folded BatchNorm (PyTorch ops)
+from ._fold import fold_backward as fold_backward
 from ._pool import output_pool
 
-__all__ = [
-    "apply",
-    "available",
-    "build",
-    "bwd_apply",
-    "bwd_channel",
-    "bwd_channel_norm",
-    "bwd_reduce",
-    "bwd_reduce_norm",
-    "excite",
-    "excite_backward",
-    "excite_wgrad",
-    "fold",
-    "fold_backward",
-    "stats_c",
-    "stats_p",
-]
+__all__ = ["available", "build", *BLOCK_KERNEL_NAMES]  # the contract's functions, and the build
 
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared", "-fPIC"]
 _STATE: dict[str, object] = {}

@@ -68,6 +68,7 @@ from ._contract import BlockKernels
 from ._op_args import (
     CBAM_ARGS,
     CBAM_BACKWARD_ARGS,
+    NAMED_TUPLES,
     SE_ARGS,
     SE_BACKWARD_ARGS,
     CbamGrads,
@@ -82,21 +83,8 @@ from ._op_args import (
     schema,
 )
 
-__all__ = [
-    "CbamGrads",
-    "CbamOptions",
-    "CbamParams",
-    "CbamSaved",
-    "SeGrads",
-    "SeOptions",
-    "SeParams",
-    "SeSaved",
-    "block_kernels",
-    "cbam",
-    "cbam_backward",
-    "squeeze_excite",
-    "squeeze_excite_backward",
-]
+__all__ = [*NAMED_TUPLES, "block_kernels", "cbam", "cbam_backward", "squeeze_excite",
+           "squeeze_excite_backward"]  # fmt: skip
 
 
 def _no_autocast(fn):

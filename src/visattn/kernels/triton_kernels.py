@@ -29,34 +29,23 @@ Tests: ``tests/kernels/test_kernels_triton.py`` (interpreter),
 
 from __future__ import annotations
 
-from ._triton_block import (
-    apply,
-    bwd_apply,
-    bwd_channel,
-    bwd_channel_norm,
-    bwd_reduce,
-    bwd_reduce_norm,
-    stats_c,
-    stats_p,
-)
-from ._triton_excite import excite, excite_backward, excite_wgrad
-from ._triton_fold import fold, fold_backward
-from ._triton_sampler import sample_backward, sample_forward
+from ._contract import BLOCK_KERNEL_NAMES, SAMPLER_KERNEL_NAMES
 
-__all__ = [
-    "apply",
-    "bwd_apply",
-    "bwd_channel",
-    "bwd_channel_norm",
-    "bwd_reduce",
-    "bwd_reduce_norm",
-    "excite",
-    "excite_backward",
-    "excite_wgrad",
-    "fold",
-    "fold_backward",
-    "sample_backward",
-    "sample_forward",
-    "stats_c",
-    "stats_p",
-]
+# Re-exported as the backend's public functions (``x as x``: an explicit re-export).
+from ._triton_block import apply as apply
+from ._triton_block import bwd_apply as bwd_apply
+from ._triton_block import bwd_channel as bwd_channel
+from ._triton_block import bwd_channel_norm as bwd_channel_norm
+from ._triton_block import bwd_reduce as bwd_reduce
+from ._triton_block import bwd_reduce_norm as bwd_reduce_norm
+from ._triton_block import stats_c as stats_c
+from ._triton_block import stats_p as stats_p
+from ._triton_excite import excite as excite
+from ._triton_excite import excite_backward as excite_backward
+from ._triton_excite import excite_wgrad as excite_wgrad
+from ._triton_fold import fold as fold
+from ._triton_fold import fold_backward as fold_backward
+from ._triton_sampler import sample_backward as sample_backward
+from ._triton_sampler import sample_forward as sample_forward
+
+__all__ = [*BLOCK_KERNEL_NAMES, *SAMPLER_KERNEL_NAMES]  # the contract's functions
