@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check of issue 6 (fused SE / CBAM / sampler), for one H100 / H200, about 8 minutes:
+# GPU check of the fused SE / CBAM / sampler kernels, for one H100 / H200, about 8 minutes:
 #   1. correctness on CUDA: benchmarks/gpu_correctness.py (fast vs reference, fp32 / bf16,
 #      NCHW / channels_last, all gradients, BatchNorm + attention node, sampler determinism,
 #      backend "auto"'s measured choice leaving no trace) and, when pytest is installed, the

@@ -29,7 +29,7 @@ L = [[K, P], [P^T, 0]] (K_ij = U(|P_i - P_j|), P rows (1, x_k, y_k)), the coeffi
 [w; a] = L^{-1} [P^s; 0] and T(g) = a_0 + a_x x + a_y y + sum_k w_k U(|g - P_k|).
 At P^s = P (identity params) the spline is exactly the identity.
 
-Tests: ``tests/functional/test_grids.py``.
+Tests: ``tests/functional/test_functional_grids.py``.
 """
 
 from __future__ import annotations

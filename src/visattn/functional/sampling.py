@@ -26,7 +26,7 @@ coordinate into the image; their derivative (0 where clipped, +-1 where reflecte
 dV/dx by the chain rule, again as in ``grid_sample``.
 
 The backward below evaluates eq. 6 and eq. 7 directly (it does not differentiate the forward
-through autograd). Tests: ``tests/functional/test_sampling.py``.
+through autograd). Tests: ``tests/functional/test_functional_sampling.py``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Reuse of the memory behind the fused CPU kernels' full-size outputs (issue 6).
+"""Reuse of the memory behind the fused CPU kernels' full-size outputs.
 
 Every SE / CBAM block returns two full-size tensors per training step: y forward, dx backward.
 On CPU, PyTorch allocates through ``malloc``, and glibc maps blocks of 32 MiB and more freshly

@@ -23,7 +23,7 @@ kernels by default (:mod:`visattn.kernels`), the plain formula under
 the two parts' maps (:func:`visattn.functional.channel_attention_map`,
 :func:`visattn.functional.spatial_attention_map`).
 
-Tests: ``tests/layers/test_cbam.py``, ``tests/kernels/test_kernels_se_cbam.py``.
+Tests: ``tests/layers/test_layers_cbam.py``, ``tests/kernels/test_kernels_se_cbam.py``.
 """
 
 from __future__ import annotations

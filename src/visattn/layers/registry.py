@@ -5,7 +5,7 @@ Registered names: ``"se"`` (SqueezeExcite), ``"cbam"`` (CBAM), ``"channel"`` (CB
 ChannelAttention), ``"spatial"`` (CBAM's SpatialAttention; ignores ``channels``). Third-party
 layers join with :func:`register_attention`.
 
-Tests: ``tests/layers/test_registry.py``.
+Tests: ``tests/layers/test_layers_registry.py``.
 """
 
 from __future__ import annotations

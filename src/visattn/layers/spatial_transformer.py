@@ -14,7 +14,7 @@ parameters and grid of the latest call are kept in ``last_theta`` / ``last_grid`
 eager mode only) and can also be observed with forward hooks on ``grid_generator`` (its input is
 theta, its output the grid), which also works under ``torch.compile``.
 
-Tests: ``tests/layers/test_spatial_transformer.py``.
+Tests: ``tests/layers/test_layers_spatial_transformer.py``.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ The formulas are :mod:`visattn.functional.se_block`'s: ``forward`` runs
 default, the plain formula under ``VISATTN_BACKEND=reference``), ``excitation`` is
 :func:`visattn.functional.excitation` of the squeezed input.
 
-Tests: ``tests/layers/test_squeeze_excite.py``, ``tests/kernels/test_kernels_se_cbam.py``.
+Tests: ``tests/layers/test_layers_squeeze_excite.py``, ``tests/kernels/test_kernels_se_cbam.py``.
 """
 
 from __future__ import annotations
