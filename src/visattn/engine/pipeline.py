@@ -10,7 +10,8 @@ Everything the pipeline draws is derived from integers with :func:`derive_seed` 
 values), so the data of optimiser step (epoch, step) is the same in an uninterrupted run, in a
 resumed run and in every process of a distributed run.
 
-Tests: ``tests/engine/test_engine_pipeline.py``.
+Tests: ``tests/engine/test_engine_options.py`` (seeds, batches, normalisation),
+``tests/engine/test_engine_resume.py`` (the same data after a resume).
 """
 
 from __future__ import annotations
