@@ -73,6 +73,9 @@ Groups (each test method below; ``config`` runs over ``configs`` unless said oth
   class, on ``compile_configs`` (default: the first config only; list a second one only for a
   code path of its own) because each compile costs tens of seconds on CPU.
 - channels_last: the same values and input gradients as NCHW.
+- map: a layer whose class declares ``map_kind`` (``"se"``, ``"channel"``, ``"spatial"``) gives
+  the map it applies as ``attention(x)``, of that kind's shape, and outputs x times it: what the
+  visualisation records (``visattn.viz.capture``).
 - onnx: export (opset 18), ``onnx.checker`` and onnxruntime against eager on ``onnx_configs``
   (default: the first config); skipped when onnx, onnxruntime or onnxscript is missing.
 
@@ -347,6 +350,26 @@ class LayerTester:
             ga = torch.autograd.grad(a, xa, go)[0]
             gb = torch.autograd.grad(b, xb, go)[0]
             torch.testing.assert_close(gb, ga, msg=lambda m, s=shape: f"{s} (gradient): {m}")
+
+    # -------------------------------------------------------------------------------- map
+
+    def test_attention_map(self, config, device):
+        """The visualisation's protocol (``visattn.viz.capture``): a layer that declares a
+        ``map_kind`` gives the map it applies as ``attention(x)``, of the kind's shape (a gate
+        (N, C, 1, 1) for ``"se"`` / ``"channel"``, a map (N, 1, H, W) for ``"spatial"``), and its
+        output is x times that map. Layers without a single map (CBAM: two parts; the spatial
+        transformer: theta and a grid) declare none or ``"stn"`` and are captured otherwise."""
+        kind = getattr(self.layer, "map_kind", None)
+        if kind not in ("se", "channel", "spatial"):
+            pytest.skip(f"{self.layer.__name__} applies no single map (map_kind={kind!r})")
+        layer = self.make(config, device).eval()
+        for shape in self.shapes(self.configs[config]):
+            x = torch.randn(shape, device=device)
+            with torch.no_grad():
+                m, y = layer.attention(x), layer(x)
+            n, c, h, w = shape
+            assert m.shape == ((n, 1, h, w) if kind == "spatial" else (n, c, 1, 1)), shape
+            torch.testing.assert_close(y, x * m, **self.tol("float32", config))
 
     # ------------------------------------------------------------------------------- onnx
 

@@ -113,3 +113,34 @@ def test_grad_mode_and_training_mode_untouched(tiny_net):
     assert not maps.se["attn1"].requires_grad
     assert attention_layers(model) == {"attn1": "se", "attn2": "se"}
     assert isinstance(model.attn1, SqueezeExcite) and not isinstance(model.stn, SpatialTransformer)
+
+
+class _GlobalGate(nn.Module):
+    """A mechanism the package does not know: x * sigma(w * mean(x)), declared as a channel map."""
+
+    map_kind = "channel"
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(channels, 1, 1))
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.w * x.mean((2, 3), keepdim=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.attention(x)
+
+
+def test_a_new_mechanism_is_captured_by_declaring_its_map_kind():
+    """The protocol every attention layer follows: ``map_kind`` and ``attention(x)``. A layer
+    written elsewhere is found by the scan (summary, demo) and its map recorded, unlisted."""
+    from visattn.models.scan import attention_modules
+
+    gate = _GlobalGate(4)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), gate)
+    x = torch.randn(2, 3, 5, 7)
+    assert attention_layers(model) == {"1": "channel"}
+    assert list(attention_modules(model)) == ["1"]
+    maps = capture(model, x)
+    torch.testing.assert_close(maps.channel["1"], gate.attention(model[0](x)).flatten(1))
+    assert not maps.se and not maps.spatial

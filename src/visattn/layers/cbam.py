@@ -29,6 +29,7 @@ Tests: ``tests/layers/test_layers_cbam.py``, ``tests/kernels/test_kernels_se_cba
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -52,6 +53,10 @@ __all__ = ["CBAM", "ChannelAttention", "SpatialAttention"]
 class _MapAttention(nn.Module):
     """A CBAM part: F' = M(F) * F, with M(F) the subclass's ``attention(x)`` (broadcast)."""
 
+    #: What ``attention(x)`` returns (``"channel"``: (N, C, 1, 1), ``"spatial"``: (N, 1, H, W)),
+    #: and where :mod:`visattn.viz.capture` records it.
+    map_kind: ClassVar[str]
+
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
@@ -70,6 +75,8 @@ class ChannelAttention(_MapAttention):
 
     Shape: (N, C, H, W) -> (N, C, H, W). ``attention(x)`` returns M_c, shape (N, C, 1, 1).
     """
+
+    map_kind = "channel"
 
     def __init__(
         self,
@@ -111,6 +118,8 @@ class SpatialAttention(_MapAttention):
 
     Shape: (N, C, H, W) -> (N, C, H, W). ``attention(x)`` returns M_s, shape (N, 1, H, W).
     """
+
+    map_kind = "spatial"
 
     def __init__(
         self,

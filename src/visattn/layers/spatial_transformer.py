@@ -19,6 +19,8 @@ Tests: ``tests/layers/test_layers_spatial_transformer.py``.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -145,6 +147,10 @@ class SpatialTransformer(nn.Module):
         input (N, C, H, W), output (N, C, H_out, W_out). ``last_theta``: (N, num_params),
         ``last_grid``: (N, H_out, W_out, 2).
     """
+
+    #: :mod:`visattn.viz.capture` records theta and the grid (``grid_generator``'s input and
+    #: output), and U and V.
+    map_kind: ClassVar[str] = "stn"
 
     def __init__(
         self,

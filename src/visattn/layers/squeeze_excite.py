@@ -19,6 +19,8 @@ Tests: ``tests/layers/test_layers_squeeze_excite.py``, ``tests/kernels/test_kern
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -89,8 +91,12 @@ class SqueezeExcite(nn.Module):
         rd_channels: explicit number of hidden channels (overrides ``reduction``).
 
     Shape:
-        input (N, C, H, W), output (N, C, H, W); any memory format.
+        input (N, C, H, W), output (N, C, H, W); any memory format. ``attention(x)`` (also
+        ``excitation(x)``) returns s, shape (N, C, 1, 1).
     """
+
+    #: What ``attention(x)`` returns, and where :mod:`visattn.viz.capture` records it.
+    map_kind: ClassVar[str] = "se"
 
     def __init__(
         self,
@@ -118,6 +124,10 @@ class SqueezeExcite(nn.Module):
         check_channels(x, self.channels)
         check_squeeze_excite(x, *bottleneck_weights(self), self.squeeze, self.gate, FC_NAMES)
         return _excitation(_global_pool(x, self.squeeze), *bottleneck_weights(self), self.gate)
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        """The map the layer multiplies x by: the excitation s, (N, C, 1, 1)."""
+        return self.excitation(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._attend(x)

@@ -3,8 +3,10 @@
 
 A module is attention when it is one of :data:`ATTENTION_TYPES` (``SqueezeExcite``, ``CBAM``,
 ``ChannelAttention``, ``SpatialAttention``, ``SpatialTransformer`` and the
-``PreservedAttention`` wrapper of :func:`visattn.add_attention`) or when it sits in the ``se``
-attribute of its parent (timm's convention for the attention slot of residual blocks).
+``PreservedAttention`` wrapper of :func:`visattn.add_attention`), when its class declares a
+``map_kind`` (the attention layers' protocol, see :mod:`visattn.viz.capture`: a new mechanism
+is found without being listed here), or when it sits in the ``se`` attribute of its parent
+(timm's convention for the attention slot of residual blocks).
 
 Tests: ``tests/models/test_models_summary.py``, ``tests/viz/test_viz_capture.py``.
 """
@@ -42,6 +44,10 @@ def attention_modules(model: nn.Module, *, outermost: bool = True) -> dict[str, 
     for name, m in model.named_modules():
         if outermost and (any(name.startswith(f"{k}.") for k in found) or (name and "" in found)):
             continue
-        if isinstance(m, ATTENTION_TYPES) or name.rpartition(".")[2] == "se":
+        if (
+            isinstance(m, ATTENTION_TYPES)
+            or getattr(type(m), "map_kind", None) is not None
+            or name.rpartition(".")[2] == "se"
+        ):
             found[name] = m
     return found

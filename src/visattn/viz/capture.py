@@ -16,6 +16,10 @@ What is recorded, per layer (keyed by the layer's qualified name in ``model.name
   grid (N, H_out, W_out, 2) in normalised [-1, 1] (x, y) coordinates: input and output of the
   layer's ``grid_generator``; also the layer's input U and output V, to draw them.
 
+Any other layer is captured the same way when its class declares ``map_kind`` (``"se"``,
+``"channel"`` or ``"spatial"``) and gives its map as ``attention(x)``: that is all a new mechanism
+needs (``docs/adding-a-mechanism.md``).
+
 The fused SE / CBAM kernels (:mod:`visattn.kernels`) never materialise the maps, so a forward
 hook on each SE / CBAM layer recomputes them from the layer's input with the formula functions
 of :mod:`visattn.functional` (through the layers' methods: no formula is written here), without
@@ -37,7 +41,7 @@ from torch import nn
 
 from .._checks import check_tensor
 from ..functional import cbam_arrange
-from ..layers import CBAM, ChannelAttention, SpatialAttention, SpatialTransformer, SqueezeExcite
+from ..layers import CBAM, SpatialTransformer
 from ..models.scan import attention_modules
 
 __all__ = ["AttentionMaps", "AttentionRecorder", "attention_layers", "capture"]
@@ -73,17 +77,13 @@ class AttentionMaps:
 
 
 def attention_layers(model: nn.Module) -> dict[str, str]:
-    """Name -> kind (``"se"``, ``"channel"``, ``"spatial"``, ``"stn"``) of the attention layers."""
-    kinds = (
-        (SqueezeExcite, "se"),
-        (ChannelAttention, "channel"),
-        (SpatialAttention, "spatial"),
-        (SpatialTransformer, "stn"),
-    )
+    """Name -> kind (``"se"``, ``"channel"``, ``"spatial"``, ``"stn"``) of the attention layers:
+    every module whose class declares one of these as its ``map_kind`` (a new mechanism is
+    captured by declaring it and giving its map as ``attention(x)``)."""
     return {
-        name: next(kind for cls, kind in kinds if isinstance(m, cls))
+        name: m.map_kind
         for name, m in attention_modules(model, outermost=False).items()
-        if isinstance(m, tuple(cls for cls, _ in kinds))
+        if getattr(m, "map_kind", None) in _KINDS
     }
 
 
@@ -209,12 +209,14 @@ class AttentionRecorder:
                 items.clear()
 
 
-#: How each kind of layer gives its map from its input x (formulas: visattn.functional).
+#: How each kind of layer gives its map from its input x (formulas: visattn.functional): the
+#: layer's ``attention(x)``, gates flattened to (N, C).
 _MAPS: dict[str, Callable[[Any, torch.Tensor], torch.Tensor]] = {
-    "se": lambda layer, x: layer.excitation(x).flatten(1),
+    "se": lambda layer, x: layer.attention(x).flatten(1),
     "channel": lambda layer, x: layer.attention(x).flatten(1),
     "spatial": lambda layer, x: layer.attention(x),
 }
+_KINDS = (*_MAPS, "stn")
 
 
 def _recompute(layer: nn.Module, fn: Callable[[torch.Tensor], Any], x: torch.Tensor) -> Any:
