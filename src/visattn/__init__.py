@@ -3,10 +3,22 @@
 Spatial Transformer (Jaderberg et al., 2015, arXiv:1506.02025), Squeeze-and-Excitation
 (Hu et al., 2018, arXiv:1709.01507) and CBAM (Woo et al., 2018, arXiv:1807.06521).
 
-Sub-packages: ``functional`` (grids, sampler, pooling), ``layers`` (one module per mechanism),
-``models`` (ResNets with attention, the STN paper's networks, ``add_attention``),
-``data`` (datasets and the STN paper's distortions), ``engine`` (training and checkpoints);
-the ``visattn`` command line lives in ``visattn.cli``.
+Sub-packages, in import order (each imports only those before it; docs/architecture.md):
+
+- ``kernels``: fused C++ (CPU) and Triton (CUDA) kernels as ``torch.ops.visattn.*``, their
+  contract and the backend switch (:func:`use_backend`);
+- ``functional``: every formula once, as a pure function: grids, the bilinear sampler, SE and
+  CBAM, and the fused blocks' dispatch;
+- ``layers``: one ``nn.Module`` per mechanism and the registry (:func:`create_attention`);
+- ``models``: ResNets with attention, the STN paper's networks, :func:`add_attention`,
+  :func:`summary`;
+- ``data``: datasets, the bundled Fashion-MNIST subset, the STN paper's distortions;
+- ``engine``: training (``Trainer``), evaluation, checkpoints, distributed training;
+- ``viz``: attention capture, figures, Grad-CAM, the HTML report;
+- ``commands`` and ``cli``: the ``visattn`` command (train, eval, predict, viz, demo, bench,
+  data).
+
+Below them, ``_checks`` (argument checks) and ``_modes`` (the gates, pools and BatchNorm modes).
 """
 
 from . import functional, models

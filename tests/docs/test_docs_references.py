@@ -30,10 +30,21 @@ def _relative(path: Path) -> str:
     return path.relative_to(ROOT).as_posix()
 
 
+def _prose_lines(path: Path):
+    """(line number, line) of a file, without a Markdown file's code blocks (examples there may
+    show files a reader is to write)."""
+    fenced = False
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if path.suffix == ".md" and line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif not fenced:
+            yield lineno, line
+
+
 def test_every_cited_file_exists():
     missing = []
     for f in _texts():
-        for lineno, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
+        for lineno, line in _prose_lines(f):
             for cited in CITED.findall(line):
                 if "*" not in cited and not (ROOT / cited).exists():
                     missing.append(f"{_relative(f)}:{lineno}: {cited}")
