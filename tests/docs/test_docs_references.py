@@ -14,7 +14,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 #: Paths the text may cite, relative to the repository root.
-CITED = re.compile(r"(?<![\w/.-])((?:tests|docs|benchmarks|src/visattn)/[\w./-]*\w\.(?:py|md|sh|cpp))")
+CITED = re.compile(
+    r"(?<![\w/.-])((?:tests|docs|benchmarks|src/visattn)/[\w./-]*\w\.(?:py|md|sh|cpp))"
+)
 #: Citations of what is not in the repository.
 OUTSIDE = re.compile(r"DESIGN\.md|\bissue \d+|\bissue #\d+", re.IGNORECASE)
 

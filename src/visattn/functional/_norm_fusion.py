@@ -153,7 +153,9 @@ class _BatchNormThen(torch.autograd.Function):
     def forward(ctx, c, weight, bias, mean, var, eps, batch_stats, block, options, *params):
         # Traced by torch.compile, the fold's few PyTorch ops (Inductor fuses them); else the
         # kernels' own (one launch with the Triton kernels).
-        fold = _fold.fold if torch.compiler.is_compiling() else _ops.block_kernels(options.impl).fold
+        fold = (
+            _fold.fold if torch.compiler.is_compiling() else _ops.block_kernels(options.impl).fold
+        )
         in_norm = fold(weight, bias, mean, var, eps)
         y, saved, extra = block.forward(c, params, options, in_norm)
         ctx.save_for_backward(c, in_norm, *saved, *params)

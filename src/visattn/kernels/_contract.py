@@ -35,7 +35,13 @@ from typing import Protocol
 
 from torch import Tensor
 
-__all__ = ["BLOCK_KERNEL_NAMES", "SAMPLER_KERNEL_NAMES", "BlockKernels", "SamplerKernels", "contract_names"]
+__all__ = [
+    "BLOCK_KERNEL_NAMES",
+    "SAMPLER_KERNEL_NAMES",
+    "BlockKernels",
+    "SamplerKernels",
+    "contract_names",
+]
 
 
 class BlockKernels(Protocol):

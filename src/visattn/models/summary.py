@@ -29,6 +29,7 @@ from .scan import attention_modules
 
 __all__ = ["ModelSummary", "attention_modules", "forward_flops", "summary"]
 
+
 @dataclass(frozen=True)
 class ModelSummary:
     """Result of :func:`summary` (FLOPs of one forward pass at ``input_size``)."""
