@@ -226,3 +226,35 @@ def test_errors_leave_model_untouched() -> None:
     cnn = create_model("cnn", attention="se", attention_kw={"reduction": 4})
     with pytest.raises(ValueError, match=r"stage 2 of features .* already has an attention"):
         add_attention(cnn, "cbam", stages=(2,))
+
+
+class _ChannelGate(nn.Module):
+    """A mechanism visattn does not know, registered by a user: x * sigma(w * GAP(x))."""
+
+    map_kind = "channel"  # the attention layers' protocol (viz capture, the model scan)
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(channels, 1, 1))
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.w * x.mean((2, 3), keepdim=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.attention(x)
+
+
+def test_a_registered_mechanism_occupies_its_stages_like_the_known_ones(monkeypatch) -> None:
+    """A layer that declares a map_kind counts as attention: a second add_attention on the same
+    stage is refused. A stage that ends in a BatchNorm gets the layer appended as it is (no
+    wrapper that would mark the stage), so only the protocol tells it is attention."""
+    from visattn.layers import registry
+
+    monkeypatch.setitem(registry._REGISTRY, "gate", _ChannelGate)
+    seq = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8))
+    add_attention(seq, "gate", preserve_output=False)
+    assert isinstance(seq[2], _ChannelGate) and len(seq) == 3
+    names = set(seq.state_dict())
+    with pytest.raises(ValueError, match=r"stage 1 of the model .* already has an attention"):
+        add_attention(seq, "gate", preserve_output=False)
+    assert set(seq.state_dict()) == names

@@ -144,3 +144,13 @@ def test_a_new_mechanism_is_captured_by_declaring_its_map_kind():
     maps = capture(model, x)
     torch.testing.assert_close(maps.channel["1"], gate.attention(model[0](x)).flatten(1))
     assert not maps.se and not maps.spatial
+
+
+def test_viz_is_reached_from_the_package_alone():
+    """``import visattn`` then ``visattn.viz.capture`` (the README's spelling) works: the
+    sub-packages that are not imported up front load on first use."""
+    import subprocess
+    import sys
+
+    code = "import visattn, sys; assert 'visattn.viz' not in sys.modules; visattn.viz.capture"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

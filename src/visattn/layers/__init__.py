@@ -1,10 +1,11 @@
 """nn.Module layers, one file per mechanism, and the attention registry."""
 
+from ._common import reduced_channels
 from .cbam import CBAM, ChannelAttention, SpatialAttention
 from .fusion import batchnorm_attention
 from .registry import create_attention, list_attention, register_attention
 from .spatial_transformer import GridGenerator, SpatialTransformer, default_localisation
-from .squeeze_excite import SqueezeExcite, reduced_channels
+from .squeeze_excite import SqueezeExcite
 
 __all__ = [
     "CBAM",

@@ -45,7 +45,7 @@ from ..functional.cbam_block import (
     spatial_attention_map,
 )
 from ..functional.fused import cbam
-from .squeeze_excite import add_bottleneck, bottleneck_weights, check_channels, reduced_channels
+from ._common import add_bottleneck, bottleneck_weights, check_channels, reduced_channels
 
 __all__ = ["CBAM", "ChannelAttention", "SpatialAttention"]
 

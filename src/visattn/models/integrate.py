@@ -255,9 +255,12 @@ def _wrap(first: nn.Module, first_name: str, second: nn.Module, second_name: str
 
 
 def _holds_attention(module: nn.Module) -> bool:
-    """An attention layer, or the wrapper that add_attention put into a Sequential."""
-    return isinstance(module, _ATTENTION_TYPES) or (
-        isinstance(module, nn.Sequential) and "se" in module._modules
+    """An attention layer (a known type, or any layer that declares a ``map_kind``: the
+    attention layers' protocol), or the wrapper that add_attention put into a Sequential."""
+    return (
+        isinstance(module, _ATTENTION_TYPES)
+        or getattr(type(module), "map_kind", None) is not None
+        or (isinstance(module, nn.Sequential) and "se" in module._modules)
     )
 
 

@@ -1,0 +1,65 @@
+"""What every attention layer shares: its input check, and the bottleneck MLP of SE-style gates.
+
+- :func:`check_channels`: the one check of a layer's input that :mod:`visattn.functional` cannot
+  make (the layer's channel count); the functions check everything else, once per call.
+- :func:`reduced_channels`, :func:`add_bottleneck`, :func:`bottleneck_weights`: the bottleneck
+  MLP W_2 ReLU(W_1 z + b_1) + b_2 of SE (arXiv:1709.01507, eq. 3) and CBAM's channel attention
+  (arXiv:1807.06521, eq. 2), as 1 x 1 convolutions ``fc1`` / ``fc2`` (timm's layout).
+
+A new mechanism's layer imports these from here (``docs/adding-a-mechanism.md``).
+Tests: ``tests/layers/test_layers_squeeze_excite.py``, ``tests/layers/test_layers_cbam.py``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .._checks import check_int
+
+__all__ = ["add_bottleneck", "bottleneck_weights", "check_channels", "reduced_channels"]
+
+
+def reduced_channels(
+    channels: int, reduction: float, *, divisor: int = 1, rd_channels: int | None = None
+) -> int:
+    """C / r, rounded to a multiple of ``divisor`` the way timm's ``make_divisible`` does.
+
+    ``rd_channels`` overrides the computation. Raises ``ValueError`` when ``reduction`` is
+    larger than ``channels`` (the bottleneck would have less than one channel).
+    """
+    check_int(channels, "channels", minimum=1)
+    if rd_channels is not None:
+        return check_int(rd_channels, "rd_channels", minimum=1)
+    if isinstance(reduction, bool) or not isinstance(reduction, (int, float)) or reduction <= 0:
+        raise ValueError(f"reduction: expected a positive number, got {reduction!r}")
+    if reduction > channels:
+        raise ValueError(
+            f"reduction: expected a value <= channels ({channels}) so that the bottleneck keeps "
+            f"at least one channel, got {reduction}"
+        )
+    value = channels / reduction
+    check_int(divisor, "divisor", minimum=1)
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+def add_bottleneck(layer: nn.Module, channels: int, hidden: int, bias: bool, factory: dict) -> None:
+    """Give ``layer`` the bottleneck MLP of SE / CBAM as 1 x 1 convolutions (timm's layout, the
+    state_dict keys ``fc1.*`` / ``fc2.*``): ``fc1`` is W_1, b_1 (C -> C/r), ``fc2`` W_2, b_2."""
+    layer.fc1 = nn.Conv2d(channels, hidden, 1, bias=bias, **factory)
+    layer.fc2 = nn.Conv2d(hidden, channels, 1, bias=bias, **factory)
+
+
+def bottleneck_weights(layer: nn.Module) -> tuple:
+    """(W_1, b_1, W_2, b_2) of a layer built by :func:`add_bottleneck` (biases may be None)."""
+    return (layer.fc1.weight, layer.fc1.bias, layer.fc2.weight, layer.fc2.bias)
+
+
+def check_channels(x: torch.Tensor, channels: int) -> None:
+    """The one check of a layer's input that the functions cannot make: x (N, C, H, W) has the
+    layer's C channels (everything else is checked by :mod:`visattn.functional`, once)."""
+    if isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[1] != channels:
+        raise ValueError(f"x: expected {channels} channels, got shape {tuple(x.shape)}")
