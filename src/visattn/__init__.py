@@ -47,6 +47,19 @@ from .models import (
 
 __version__ = "0.1.0"
 
+#: Sub-packages imported on first use (``visattn.viz.capture`` works after ``import visattn``
+#: without importing matplotlib, the engine or the data code up front).
+_LAZY = ("commands", "data", "engine", "viz")
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'visattn' has no attribute {name!r}")
+
+
 __all__ = [
     "CBAM",
     "AttentionReport",

@@ -74,7 +74,7 @@ class TrainOptions:
 
 _HELP = {
     "model": "model name (see `visattn.models.list_models()`)",
-    "attention": "attention module inserted by the model: se, cbam, ... (None: the model's own)",
+    "attention": "attention module inserted by the model: one of {attention} (None: the model's own)",
     "model_args": "extra model keyword arguments, KEY=VALUE (VALUE parsed as JSON if it can be)",
     "dataset": "fashion-mnist-small (bundled), fashion-mnist, mnist, kmnist, cifar10 or folder:PATH",
     "distortion": "STN-paper distortion of single-channel data: none, rotated, rts, projective, "
@@ -110,6 +110,11 @@ _HELP = {
 
 
 def option_help(name: str) -> str:
+    """The ``--help`` text of option ``name``; the attention names come from the registry."""
+    if name == "attention":
+        from ..layers.registry import list_attention
+
+        return _HELP[name].format(attention=", ".join(list_attention()))
     return _HELP[name]
 
 
