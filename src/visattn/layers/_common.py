@@ -1,5 +1,7 @@
 """What every attention layer shares: its input check, and the bottleneck MLP of SE-style gates.
 
+- :func:`map_kind`, :data:`MAP_KINDS`: the attention layers' protocol (a class attribute
+  ``map_kind`` and a method ``attention(x)``, see ``docs/adding-a-mechanism.md``).
 - :func:`check_channels`: the one check of a layer's input that :mod:`visattn.functional` cannot
   make (the layer's channel count); the functions check everything else, once per call.
 - :func:`reduced_channels`, :func:`add_bottleneck`, :func:`bottleneck_weights`: the bottleneck
@@ -17,7 +19,19 @@ from torch import nn
 
 from .._checks import check_int
 
-__all__ = ["add_bottleneck", "bottleneck_weights", "check_channels", "reduced_channels"]
+__all__ = ["MAP_KINDS", "add_bottleneck", "bottleneck_weights", "check_channels", "map_kind",
+           "reduced_channels"]  # fmt: skip
+
+#: The ``map_kind`` of a layer that multiplies its input by the map ``attention(x)`` returns:
+#: SE's excitation, a channel gate (N, C, 1, 1), a spatial map (N, 1, H, W). The spatial
+#: transformer declares ``"stn"`` (it resamples instead).
+MAP_KINDS: tuple[str, ...] = ("se", "channel", "spatial")
+
+
+def map_kind(module: nn.Module) -> str | None:
+    """The attention layers' protocol: the ``map_kind`` a module's class declares, or None. The
+    model scan, ``add_attention`` and the visualisation's capture all ask this one question."""
+    return getattr(type(module), "map_kind", None)
 
 
 def reduced_channels(

@@ -43,6 +43,7 @@ from torch import nn
 
 from .._checks import check_choice
 from ..layers import CBAM, ChannelAttention, SpatialAttention, SqueezeExcite
+from ..layers._common import MAP_KINDS, map_kind
 from ..layers.registry import create_attention
 from .resnet import PLACEMENTS, BasicBlock, Bottleneck, _Block
 
@@ -255,11 +256,11 @@ def _wrap(first: nn.Module, first_name: str, second: nn.Module, second_name: str
 
 
 def _holds_attention(module: nn.Module) -> bool:
-    """An attention layer (a known type, or any layer that declares a ``map_kind``: the
-    attention layers' protocol), or the wrapper that add_attention put into a Sequential."""
+    """An attention layer (a known type, or any layer that applies a map by the attention
+    layers' protocol), or the wrapper that add_attention put into a Sequential."""
     return (
         isinstance(module, _ATTENTION_TYPES)
-        or getattr(type(module), "map_kind", None) is not None
+        or map_kind(module) in MAP_KINDS
         or (isinstance(module, nn.Sequential) and "se" in module._modules)
     )
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from torch import nn
 
 from ..layers import CBAM, ChannelAttention, SpatialAttention, SpatialTransformer, SqueezeExcite
+from ..layers._common import map_kind
 from .integrate import PreservedAttention
 
 __all__ = ["ATTENTION_TYPES", "attention_modules"]
@@ -46,7 +47,7 @@ def attention_modules(model: nn.Module, *, outermost: bool = True) -> dict[str, 
             continue
         if (
             isinstance(m, ATTENTION_TYPES)
-            or getattr(type(m), "map_kind", None) is not None
+            or map_kind(m) is not None
             or name.rpartition(".")[2] == "se"
         ):
             found[name] = m

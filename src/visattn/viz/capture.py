@@ -42,6 +42,7 @@ from torch import nn
 from .._checks import check_tensor
 from ..functional import cbam_arrange
 from ..layers import CBAM, SpatialTransformer
+from ..layers._common import map_kind
 from ..models.scan import attention_modules
 
 __all__ = ["AttentionMaps", "AttentionRecorder", "attention_layers", "capture"]
@@ -81,9 +82,9 @@ def attention_layers(model: nn.Module) -> dict[str, str]:
     every module whose class declares one of these as its ``map_kind`` (a new mechanism is
     captured by declaring it and giving its map as ``attention(x)``)."""
     return {
-        name: m.map_kind
+        name: map_kind(m)
         for name, m in attention_modules(model, outermost=False).items()
-        if getattr(m, "map_kind", None) in _KINDS
+        if map_kind(m) in _KINDS
     }
 
 
