@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-__all__ = ["GATES", "GATE_FUNCTIONS", "GATE_IDS", "POOLS", "BnMode"]
+__all__ = ["GATES", "GATE_FUNCTIONS", "GATE_IDS", "NONLOCAL_PAIRWISE", "POOLS", "BnMode"]
 
 #: Gate functions sigma of the excitation s = sigma(W_2 ReLU(W_1 z)): SE's sigmoid and the
 #: alternatives of its Table 12 ablation (arXiv:1709.01507).
@@ -37,6 +37,10 @@ GATE_IDS: dict[str, int] = {name: i for i, name in enumerate(GATES)}
 
 #: Global / channel pools of SE's squeeze and CBAM's maps.
 POOLS: tuple[str, ...] = ("avg", "max")
+
+#: The non-local block's pairwise functions f (arXiv:1711.07971, Sec. 3.2; eq. 3, 4, 5), the
+#: paper's default first.
+NONLOCAL_PAIRWISE: tuple[str, ...] = ("embedded_gaussian", "dot_product", "concatenation")
 
 
 class BnMode(enum.IntEnum):

@@ -11,7 +11,11 @@ shapes (``docs/core.md`` maps them to the tests).
 - Squeeze-and-Excitation (arXiv:1709.01507, :mod:`.se_block`): :func:`excitation`,
   :func:`squeeze_excite_reference`.
 - CBAM (arXiv:1807.06521, :mod:`.cbam_block`): :func:`channel_attention_map`,
-  :func:`spatial_attention_map`, :func:`cbam_arrange`, :func:`cbam_reference`.
+  :func:`spatial_attention_map`, :func:`cbam_arrange`, :func:`cbam_reference`; timm's light
+  CBAM (no paper): ``merge_pools=True`` of the two maps, :func:`light_cbam`.
+- Non-local block (arXiv:1711.07971, :mod:`.nonlocal_block`): :func:`non_local`,
+  :func:`non_local_response`, :func:`non_local_affinity` (the pairwise matrix).
+- SimAM (ICML 2021, :mod:`.simam_block`): :func:`simam`, :func:`simam_map`.
 - The fused blocks (:mod:`.fused`): :func:`squeeze_excite` and :func:`cbam` choose the reference
   or the kernels of :mod:`visattn.kernels` and are what the layers run.
 
@@ -42,19 +46,24 @@ from .cbam_block import (
     cbam_arrange,
     cbam_reference,
     channel_attention_map,
+    light_cbam,
     spatial_attention_map,
 )
 from .fused import cbam, squeeze_excite
 from .grids import *  # noqa: F403 (the grid generators: grids.__all__)
 from .grids import __all__ as _grid_names
+from .nonlocal_block import NONLOCAL_PAIRWISE, non_local, non_local_affinity, non_local_response
 from .sampling import PADDING_MODES, bilinear_sample, bilinear_sample_reference
 from .se_block import excitation, squeeze_excite_reference
+from .simam_block import SIMAM_LAMBDA, simam, simam_map
 
 __all__ = [
     "GATES",
+    "NONLOCAL_PAIRWISE",
     "ORDERS",
     "PADDING_MODES",
     "POOLS",
+    "SIMAM_LAMBDA",
     *_grid_names,  # the grid generators
     "apply_gate",
     "bilinear_sample",
@@ -69,6 +78,12 @@ __all__ = [
     "excitation",
     "gate",
     "global_pool",
+    "light_cbam",
+    "non_local",
+    "non_local_affinity",
+    "non_local_response",
+    "simam",
+    "simam_map",
     "spatial_attention_map",
     "squeeze_excite",
     "squeeze_excite_reference",

@@ -121,11 +121,23 @@ def _global_pool(x: torch.Tensor, mode: str) -> torch.Tensor:
     return x.mean(dim=(2, 3), keepdim=True) if mode == "avg" else x.amax(dim=(2, 3), keepdim=True)
 
 
-def _channel_pool(x: torch.Tensor, modes: Sequence[str]) -> torch.Tensor:
+def _channel_pool(x: torch.Tensor, modes: Sequence[str], merge: bool = False) -> torch.Tensor:
+    """The channel pools stacked (N, len(modes), H, W), or with ``merge`` their mean (N, 1, H, W)."""
     maps = [
         x.mean(dim=1, keepdim=True) if m == "avg" else x.amax(dim=1, keepdim=True) for m in modes
     ]
-    return torch.cat(maps, dim=1)
+    return _mean_of(maps) if merge else torch.cat(maps, dim=1)
+
+
+def _mean_of(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The elementwise mean of equally shaped tensors (timm's light CBAM: 0.5 avg + 0.5 max,
+    which (avg + max) * 0.5 equals exactly: halving is exact in binary floating point)."""
+    if len(tensors) == 1:
+        return tensors[0]
+    total = tensors[0]
+    for t in tensors[1:]:
+        total = total + t
+    return total * (1 / len(tensors))
 
 
 def _linear(z: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:

@@ -18,7 +18,16 @@ Table 3: ``"channel_first"`` (eq. 1), ``"spatial_first"`` (M_s, then M_c on M_s(
 block's reference branch (:func:`visattn.functional.cbam`) and the visualisation
 (:mod:`visattn.viz.capture`) all use these functions.
 
-Tests: ``tests/functional/test_functional_blocks.py``, ``tests/kernels/test_kernels_se_cbam.py``.
+``merge_pools=True`` gives timm's light CBAM (its ``LightCbamModule``, a variant of timm's own
+with no paper): the pools are averaged before the MLP and before the convolution, so each
+map takes one pass instead of one per pool:
+
+    light channel attention  M_c'(F) = sigma(MLP(mean_p pool_p(F)))    (0.5 AvgPool + 0.5 MaxPool)
+    light spatial attention  M_s'(F) = sigma(f^{k x k}(mean_p pool_c,p(F)))    (1 input channel)
+    light CBAM               eq. 1 with M_c', M_s': :func:`light_cbam`
+
+Tests: ``tests/functional/test_functional_blocks.py``, ``tests/kernels/test_kernels_se_cbam.py``,
+``tests/functional/test_functional_lcbam.py`` (``merge_pools``, :func:`light_cbam`).
 """
 
 from __future__ import annotations
@@ -29,10 +38,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_choice, check_tensor
-from .attention import _channel_pool, _check_mlp, _check_pool, _check_x, _global_pool, _mlp
+from .._checks import check_choice, check_tensor, describe
+from .attention import (
+    _channel_pool,
+    _check_mlp,
+    _check_pool,
+    _check_x,
+    _global_pool,
+    _mean_of,
+    _mlp,
+)
 
-__all__ = ["ORDERS", "cbam_arrange", "cbam_reference", "channel_attention_map",
+__all__ = ["ORDERS", "cbam_arrange", "cbam_reference", "channel_attention_map", "light_cbam",
            "spatial_attention_map"]  # fmt: skip
 
 #: CBAM's arrangements of its two maps (the paper's Table 3); the first is eq. 1.
@@ -61,19 +78,29 @@ def check_spatial_conv(weight, bias, n_pools: int, names=("weight", "bias")) -> 
         )
 
 
-def check_cbam(x, w1, b1, w2, b2, conv_weight, conv_bias, pool, names) -> tuple[str, ...]:
-    """Validate CBAM's arguments once; ``names``: those of w1 ... conv_bias in the caller."""
+def _check_merge(merge_pools) -> None:
+    if not isinstance(merge_pools, bool):
+        raise TypeError(f"merge_pools: expected a bool, got {describe(merge_pools)}")
+
+
+def check_cbam(x, w1, b1, w2, b2, conv_weight, conv_bias, pool, names,
+               merge_pools: bool = False) -> tuple[str, ...]:  # fmt: skip
+    """Validate CBAM's arguments once; ``names``: those of w1 ... conv_bias in the caller;
+    ``merge_pools``: the light variant, whose f^{k x k} takes one input channel."""
     _check_x(x)
     _check_mlp(w1, b1, w2, b2, x.shape[1], f"x of shape {tuple(x.shape)}", names[:4])
     pool = _check_pool(pool)
-    check_spatial_conv(conv_weight, conv_bias, len(pool), names[4:])
+    _check_merge(merge_pools)
+    check_spatial_conv(conv_weight, conv_bias, 1 if merge_pools else len(pool), names[4:])
     return pool
 
 
 # ------------------------------------------------------------------------------- formulas
 
 
-def _channel_map(x, w1, b1, w2, b2, pool: Sequence[str]) -> torch.Tensor:
+def _channel_map(x, w1, b1, w2, b2, pool: Sequence[str], merge: bool = False) -> torch.Tensor:
+    if merge:  # the light variant: one MLP pass on the pools' mean
+        return torch.sigmoid(_mlp(_mean_of([_global_pool(x, p) for p in pool]), w1, b1, w2, b2))
     logits = None
     for p in pool:
         out = _mlp(_global_pool(x, p), w1, b1, w2, b2)
@@ -81,9 +108,9 @@ def _channel_map(x, w1, b1, w2, b2, pool: Sequence[str]) -> torch.Tensor:
     return torch.sigmoid(logits)
 
 
-def _spatial_map(x, weight, bias, pool: Sequence[str], norm) -> torch.Tensor:
+def _spatial_map(x, weight, bias, pool: Sequence[str], norm, merge: bool = False) -> torch.Tensor:
     padding = (weight.shape[2] // 2, weight.shape[3] // 2)
-    logits = F.conv2d(_channel_pool(x, pool), weight, bias, padding=padding)
+    logits = F.conv2d(_channel_pool(x, pool, merge), weight, bias, padding=padding)
     if norm is not None:
         logits = norm(logits)
     return torch.sigmoid(logits)
@@ -106,7 +133,8 @@ def _arrange(x: torch.Tensor, channel_map: Map, spatial_map: Map, order: str):
 
 
 def channel_attention_map(x: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None,
-                          *, pool: Sequence[str] = ("avg", "max")) -> Tensor:  # fmt: skip
+                          *, pool: Sequence[str] = ("avg", "max"),
+                          merge_pools: bool = False) -> Tensor:  # fmt: skip
     """CBAM's channel attention M_c(F) = sigma(sum_k MLP(pool_k(F))) (arXiv:1807.06521, eq. 2).
 
     Args:
@@ -114,18 +142,22 @@ def channel_attention_map(x: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, 
         w1, b1: W_1 (C/r, C[, 1, 1]) and b_1 (C/r,) or None: ``fc1``, the paper's W_0.
         w2, b2: W_2 (C, C/r[, 1, 1]) and b_2 (C,) or None: ``fc2``, the paper's W_1.
         pool: the global pools whose MLP outputs are summed (AvgPool and MaxPool in the paper).
+        merge_pools: timm's light variant instead, sigma(MLP(mean_k pool_k(F))): one MLP pass
+            on the pools' mean (0.5 AvgPool + 0.5 MaxPool by default).
 
     Returns:
         M_c(F), (N, C, 1, 1).
     """
     _check_x(x)
     _check_mlp(w1, b1, w2, b2, x.shape[1], f"x of shape {tuple(x.shape)}")
-    return _channel_map(x, w1, b1, w2, b2, _check_pool(pool))
+    pool = _check_pool(pool)
+    _check_merge(merge_pools)
+    return _channel_map(x, w1, b1, w2, b2, pool, merge_pools)
 
 
 def spatial_attention_map(x: Tensor, weight: Tensor, bias: Tensor | None, *,
-                          pool: Sequence[str] = ("avg", "max"),
-                          norm: nn.Module | None = None) -> Tensor:  # fmt: skip
+                          pool: Sequence[str] = ("avg", "max"), norm: nn.Module | None = None,
+                          merge_pools: bool = False) -> Tensor:  # fmt: skip
     """CBAM's spatial attention M_s(F) = sigma(f^{k x k}([AvgPool_c(F); MaxPool_c(F)]))
     (arXiv:1807.06521, eq. 3).
 
@@ -136,14 +168,17 @@ def spatial_attention_map(x: Tensor, weight: Tensor, bias: Tensor | None, *,
         pool: the channel pools, concatenated in this order (AvgPool_c first in the paper).
         norm: a module applied to the convolution's output before sigma, e.g. the official
             code's ``nn.BatchNorm2d(1)``; called as is (training mode updates its statistics).
+        merge_pools: timm's light variant instead, sigma(f^{k x k}(mean_k pool_c,k(F))): the
+            pooled maps averaged into one channel (``weight`` then (1, 1, k_h, k_w)).
 
     Returns:
         M_s(F), (N, 1, H, W).
     """
     _check_x(x)
     pool = _check_pool(pool)
-    check_spatial_conv(weight, bias, len(pool))
-    return _spatial_map(x, weight, bias, pool, norm)
+    _check_merge(merge_pools)
+    check_spatial_conv(weight, bias, 1 if merge_pools else len(pool))
+    return _spatial_map(x, weight, bias, pool, norm, merge_pools)
 
 
 def cbam_arrange(
@@ -180,12 +215,12 @@ def cbam_arrange(
     return out if return_maps else out[0]
 
 
-def _cbam(x, w1, b1, w2, b2, conv_weight, conv_bias, pool, norm) -> torch.Tensor:
+def _cbam(x, w1, b1, w2, b2, conv_weight, conv_bias, pool, norm, merge=False) -> torch.Tensor:
     def channel(f):
-        return _channel_map(f, w1, b1, w2, b2, pool)
+        return _channel_map(f, w1, b1, w2, b2, pool, merge)
 
     def spatial(f):
-        return _spatial_map(f, conv_weight, conv_bias, pool, norm)
+        return _spatial_map(f, conv_weight, conv_bias, pool, norm, merge)
 
     return _arrange(x, channel, spatial, "channel_first")[0]
 
@@ -208,3 +243,29 @@ def cbam_reference(x: Tensor, fc1_weight: Tensor, fc1_bias: Tensor | None, fc2_w
         x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias, pool, CBAM_NAMES
     )
     return _cbam(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias, pool, norm)
+
+
+def light_cbam(x: Tensor, fc1_weight: Tensor, fc1_bias: Tensor | None, fc2_weight: Tensor,
+               fc2_bias: Tensor | None, conv_weight: Tensor, conv_bias: Tensor | None, *,
+               pool: Sequence[str] = ("avg", "max"),
+               norm: nn.Module | None = None) -> Tensor:  # fmt: skip
+    """timm's light CBAM (its ``LightCbamModule``; no paper): CBAM's eq. 1, channel first, with
+    the pools averaged before the MLP and before the convolution (``merge_pools=True`` of
+    :func:`channel_attention_map` and :func:`spatial_attention_map`):
+
+        F' = sigma(MLP(mean_p pool_p(F))) * F,   F'' = sigma(BN(f^{k x k}(mean_p pool_c,p(F')))) * F'
+
+    Args:
+        x: F, (N, C, H, W).
+        fc1_weight ... fc2_bias: the MLP's W_1, b_1, W_2, b_2 (timm: no biases).
+        conv_weight, conv_bias: f^{k x k}, (1, 1, k_h, k_w) with odd sizes, and (1,) or None.
+        pool: the pools averaged (timm: ``("avg", "max")``, 0.5 AvgPool + 0.5 MaxPool).
+        norm: a module after f^{k x k} (timm: ``nn.BatchNorm2d(1)``), called as is.
+
+    Returns:
+        F'', (N, C, H, W).
+    """
+    pool = check_cbam(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias,
+                      pool, CBAM_NAMES, merge_pools=True)  # fmt: skip
+    return _cbam(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, conv_weight, conv_bias, pool, norm,
+                 merge=True)  # fmt: skip
