@@ -1,9 +1,11 @@
 """nn.Module layers, one file per mechanism, and the attention registry."""
 
 from ._common import reduced_channels
-from .cbam import CBAM, ChannelAttention, SpatialAttention
+from .cbam import CBAM, ChannelAttention, LightCBAM, LightSpatialAttention, SpatialAttention
 from .fusion import batchnorm_attention
+from .non_local import NonLocal
 from .registry import create_attention, list_attention, register_attention
+from .simam import SimAM
 from .spatial_transformer import GridGenerator, SpatialTransformer, default_localisation
 from .squeeze_excite import SqueezeExcite
 
@@ -11,6 +13,10 @@ __all__ = [
     "CBAM",
     "ChannelAttention",
     "GridGenerator",
+    "LightCBAM",
+    "LightSpatialAttention",
+    "NonLocal",
+    "SimAM",
     "SpatialAttention",
     "SpatialTransformer",
     "SqueezeExcite",

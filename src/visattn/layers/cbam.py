@@ -23,6 +23,18 @@ kernels by default (:mod:`visattn.kernels`), the plain formula under
 the two parts' maps (:func:`visattn.functional.channel_attention_map`,
 :func:`visattn.functional.spatial_attention_map`).
 
+timm's light CBAM (its ``LightCbamModule``; a variant of timm's own, with no paper) is
+:class:`LightCBAM`: the same arrangement, channel first, with the pools averaged before the MLP
+and before the convolution (``merge_pools=True`` of the maps):
+
+    M_c'(F) = sigma(MLP(0.5 AvgPool(F) + 0.5 MaxPool(F)))
+    M_s'(F) = sigma(BN(f^{k x k}(0.5 AvgPool_c(F) + 0.5 MaxPool_c(F))))
+
+Its parts are a :class:`ChannelAttention` with ``merge_pools=True`` and no MLP biases
+(``channel.fc1`` / ``channel.fc2``) and a :class:`LightSpatialAttention` (``spatial.conv.conv``,
+``spatial.conv.bn``): timm's names, so its state_dict loads with ``strict=True``. It runs
+:func:`visattn.functional.light_cbam`.
+
 Tests: ``tests/layers/test_layers_cbam.py``, ``tests/kernels/test_kernels_se_cbam.py``.
 """
 
@@ -34,7 +46,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from .._checks import check_choice, check_int
+from .._checks import check_choice, check_int, describe
 from ..functional.attention import _check_pool
 from ..functional.cbam_block import (
     ORDERS,
@@ -42,12 +54,27 @@ from ..functional.cbam_block import (
     _spatial_map,
     cbam_arrange,
     channel_attention_map,
+    light_cbam,
     spatial_attention_map,
 )
 from ..functional.fused import cbam
 from ._common import add_bottleneck, bottleneck_weights, check_channels, reduced_channels
 
-__all__ = ["CBAM", "ChannelAttention", "SpatialAttention"]
+__all__ = ["CBAM", "ChannelAttention", "LightCBAM", "LightSpatialAttention", "SpatialAttention"]
+
+
+def _check_kernel_size(kernel_size: int) -> None:
+    check_int(kernel_size, "kernel_size", minimum=1)
+    if kernel_size % 2 == 0:
+        raise ValueError(
+            f"kernel_size: expected an odd size so the map keeps its position, got {kernel_size}"
+        )
+
+
+def _check_bool(value, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected a bool, got {describe(value)}")
+    return value
 
 
 class _MapAttention(nn.Module):
@@ -72,6 +99,8 @@ class ChannelAttention(_MapAttention):
         reduction: r of the shared MLP (C/r hidden channels).
         pool: global pools whose MLP outputs are summed, ``("avg", "max")`` as in the paper.
         bias: biases in the MLP.
+        merge_pools: timm's light variant: one MLP pass on the pools' mean,
+            sigma(MLP(mean_p pool_p(F))), instead of the sum of one pass per pool.
 
     Shape: (N, C, H, W) -> (N, C, H, W). ``attention(x)`` returns M_c, shape (N, C, 1, 1).
     """
@@ -86,6 +115,7 @@ class ChannelAttention(_MapAttention):
         pool: Sequence[str] = ("avg", "max"),
         bias: bool = True,
         divisor: int = 1,
+        merge_pools: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -93,19 +123,23 @@ class ChannelAttention(_MapAttention):
         hidden = reduced_channels(channels, reduction, divisor=divisor)
         self.channels = channels
         self.pool = _check_pool(pool, distinct=True)
+        self.merge_pools = _check_bool(merge_pools, "merge_pools")
         add_bottleneck(self, channels, hidden, bias, {"device": device, "dtype": dtype})
 
     def _attention(self, x: torch.Tensor) -> torch.Tensor:
         """M_c(F), x unchecked (the caller checked it)."""
-        return _channel_map(x, *bottleneck_weights(self), self.pool)
+        return _channel_map(x, *bottleneck_weights(self), self.pool, self.merge_pools)
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """M_c(F), shape (N, C, 1, 1) (:func:`visattn.functional.channel_attention_map`)."""
         check_channels(x, self.channels)
-        return channel_attention_map(x, *bottleneck_weights(self), pool=self.pool)
+        return channel_attention_map(
+            x, *bottleneck_weights(self), pool=self.pool, merge_pools=self.merge_pools
+        )
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, pool={self.pool}"
+        merge = ", merge_pools=True" if self.merge_pools else ""
+        return f"channels={self.channels}, pool={self.pool}{merge}"
 
 
 class SpatialAttention(_MapAttention):
@@ -131,11 +165,7 @@ class SpatialAttention(_MapAttention):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        check_int(kernel_size, "kernel_size", minimum=1)
-        if kernel_size % 2 == 0:
-            raise ValueError(
-                f"kernel_size: expected an odd size so the map keeps its position, got {kernel_size}"
-            )
+        _check_kernel_size(kernel_size)
         self.pool = _check_pool(pool, distinct=True)
         self.kernel_size = kernel_size
         factory = {"device": device, "dtype": dtype}
@@ -218,3 +248,122 @@ class CBAM(nn.Module):
 
     def extra_repr(self) -> str:
         return f"order={self.order!r}"
+
+
+class _ConvNorm(nn.Module):
+    """f^{k x k} (1 -> 1 channel) and the BatchNorm after it, as ``conv`` / ``bn``: the layout
+    of timm's ``ConvNormAct`` in its ``LightSpatialAttn`` (keys ``conv.weight``, ``bn.*``)."""
+
+    def __init__(self, kernel_size: int, norm: bool, factory: dict) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, kernel_size, padding=kernel_size // 2, bias=not norm, **factory)
+        self.bn = nn.BatchNorm2d(1, **factory) if norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(x))
+
+
+class LightSpatialAttention(_MapAttention):
+    """timm's light spatial attention (``LightSpatialAttn``; no paper): F' = M_s'(F) * F,
+    M_s'(F) = sigma(BN(f^{k x k}(mean_p pool_c,p(F)))), the pooled maps averaged into one
+    channel (0.5 AvgPool_c + 0.5 MaxPool_c by default).
+
+    Args:
+        kernel_size: k, odd (7 in timm).
+        pool: the channel pools averaged.
+        norm: BatchNorm after the convolution (timm has it; without it the convolution has a
+            bias).
+
+    Submodules: ``conv.conv`` (f^{k x k}, 1 -> 1 channel) and ``conv.bn``, timm's names.
+    Shape: (N, C, H, W) -> (N, C, H, W). ``attention(x)`` returns M_s', shape (N, 1, H, W).
+    """
+
+    map_kind = "spatial"
+
+    def __init__(
+        self,
+        *,
+        kernel_size: int = 7,
+        pool: Sequence[str] = ("avg", "max"),
+        norm: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        _check_kernel_size(kernel_size)
+        self.pool = _check_pool(pool, distinct=True)
+        self.kernel_size = kernel_size
+        self.conv = _ConvNorm(kernel_size, norm, {"device": device, "dtype": dtype})
+
+    @property
+    def norm(self) -> nn.BatchNorm2d | None:
+        """The BatchNorm after f^{k x k}, or None (``norm=False``)."""
+        return None if isinstance(self.conv.bn, nn.Identity) else self.conv.bn
+
+    def _attention(self, x: torch.Tensor) -> torch.Tensor:
+        """M_s'(F), x unchecked (the caller checked it)."""
+        conv = self.conv.conv
+        return _spatial_map(x, conv.weight, conv.bias, self.pool, self.norm, True)
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        """M_s'(F), shape (N, 1, H, W) (``spatial_attention_map(..., merge_pools=True)``)."""
+        conv = self.conv.conv
+        return spatial_attention_map(
+            x, conv.weight, conv.bias, pool=self.pool, norm=self.norm, merge_pools=True
+        )
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, pool={self.pool}"
+
+
+class LightCBAM(nn.Module):
+    """timm's light CBAM (``LightCbamModule``; a variant of timm's own, there is no paper):
+    CBAM's eq. 1, channel then spatial attention, each from the mean of its pools.
+
+        F' = sigma(MLP(mean_p pool_p(F))) * F,   F'' = sigma(BN(f^{k x k}(mean_p pool_c,p(F')))) * F'
+
+    Defaults are timm's: r = 16, no MLP biases, k = 7, BatchNorm after the convolution, the
+    average and max pools (0.5 each).
+
+    Args:
+        channels: C.
+        reduction, bias, divisor: the channel attention's MLP (r, biases, rounding of C/r).
+        kernel_size: k of the spatial convolution (odd).
+        norm: BatchNorm after the spatial convolution.
+        pool: the pools both parts average.
+
+    Parts: ``channel`` (:class:`ChannelAttention` with ``merge_pools=True``, map kind
+    ``"channel"``) and ``spatial`` (:class:`LightSpatialAttention`, ``"spatial"``).
+    Shape: (N, C, H, W) -> (N, C, H, W).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        reduction: float = 16,
+        bias: bool = False,
+        divisor: int = 1,
+        kernel_size: int = 7,
+        norm: bool = True,
+        pool: Sequence[str] = ("avg", "max"),
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.channel = ChannelAttention(
+            channels, reduction=reduction, pool=pool, bias=bias, divisor=divisor,
+            merge_pools=True, **factory,
+        )  # fmt: skip
+        self.spatial = LightSpatialAttention(kernel_size=kernel_size, pool=pool, norm=norm,
+                                             **factory)  # fmt: skip
+        self.channels = channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_channels(x, self.channels)
+        sp = self.spatial
+        return light_cbam(
+            x, *bottleneck_weights(self.channel), sp.conv.conv.weight, sp.conv.conv.bias,
+            pool=sp.pool, norm=sp.norm,
+        )  # fmt: skip

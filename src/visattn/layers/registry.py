@@ -2,8 +2,9 @@
 
 ``create_attention("se", 256, reduction=8)`` builds ``SqueezeExcite(256, reduction=8)``.
 Registered names: ``"se"`` (SqueezeExcite), ``"cbam"`` (CBAM), ``"channel"`` (CBAM's
-ChannelAttention), ``"spatial"`` (CBAM's SpatialAttention; ignores ``channels``). Third-party
-layers join with :func:`register_attention`.
+ChannelAttention), ``"spatial"`` (CBAM's SpatialAttention; ignores ``channels``), ``"lcbam"``
+(LightCBAM, timm's light CBAM), ``"nonlocal"`` (NonLocal), ``"simam"`` (SimAM; ignores
+``channels``). Third-party layers join with :func:`register_attention`.
 
 Tests: ``tests/layers/test_layers_registry.py``.
 """
@@ -15,7 +16,9 @@ from typing import Any
 
 from torch import nn
 
-from .cbam import CBAM, ChannelAttention, SpatialAttention
+from .cbam import CBAM, ChannelAttention, LightCBAM, SpatialAttention
+from .non_local import NonLocal
+from .simam import SimAM
 from .squeeze_excite import SqueezeExcite
 
 __all__ = ["create_attention", "list_attention", "register_attention"]
@@ -65,3 +68,13 @@ register_attention("se", SqueezeExcite)
 register_attention("cbam", CBAM)
 register_attention("channel", ChannelAttention)
 register_attention("spatial", _spatial)
+
+
+def _simam(channels: int, **kwargs: Any) -> nn.Module:
+    del channels  # parameter-free: works for any number of channels
+    return SimAM(**kwargs)
+
+
+register_attention("lcbam", LightCBAM)
+register_attention("nonlocal", NonLocal)
+register_attention("simam", _simam)
