@@ -160,12 +160,13 @@ def _non_local_response(x, theta_weight, theta_bias, phi_weight, phi_bias, g_wei
     g = _linear(x, g_weight, g_bias)
     if subsample:
         g = _subsample(g)
-    g = g.flatten(2)  # (N, C', N_j)
-    if _channels_last(x):  # y_i = sum_j a_ij g_j as (N, HW, C'): a channels_last view of y
-        y = torch.bmm(a, g.transpose(1, 2)).transpose(1, 2)
-    else:  # as (N, C', HW): y contiguous
-        y = torch.bmm(g, a.transpose(1, 2))
-    out = _linear(y.reshape(n, -1, h, w), z_weight, z_bias)
+    # y_i = sum_j a_ij g_j as (N, HW, C'): the transposed view (N, C', H, W) is channels_last
+    # (no copy); for an NCHW x, one copy of the small y (the softmax's backward then gets a
+    # contiguous gradient, which the other product order would not give it)
+    y = torch.bmm(a, g.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(n, -1, h, w)
+    if not _channels_last(x):
+        y = y.contiguous()
+    out = _linear(y, z_weight, z_bias)
     return out if norm is None else norm(out)
 
 
