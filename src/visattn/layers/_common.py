@@ -57,12 +57,19 @@ def map_kind(module: nn.Module) -> str | None:
 
 
 def reduced_channels(
-    channels: int, reduction: float, *, divisor: int = 1, rd_channels: int | None = None
+    channels: int,
+    reduction: float,
+    *,
+    divisor: int = 1,
+    rd_channels: int | None = None,
+    round_limit: float = 0.9,
 ) -> int:
     """C / r, rounded to a multiple of ``divisor`` the way timm's ``make_divisible`` does.
 
-    ``rd_channels`` overrides the computation. Raises ``ValueError`` when ``reduction`` is
-    larger than ``channels`` (the bottleneck would have less than one channel).
+    ``rd_channels`` overrides the computation. ``round_limit``: a result below this fraction of
+    C / r gets one ``divisor`` more (timm's default 0.9; its CBAM modules pass 0, never more).
+    Raises ``ValueError`` when ``reduction`` is larger than ``channels`` (the bottleneck would
+    have less than one channel).
     """
     check_int(channels, "channels", minimum=1)
     if rd_channels is not None:
@@ -77,7 +84,7 @@ def reduced_channels(
     value = channels / reduction
     check_int(divisor, "divisor", minimum=1)
     rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
-    if rounded < 0.9 * value:
+    if rounded < round_limit * value:
         rounded += divisor
     return rounded
 

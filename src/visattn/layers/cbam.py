@@ -32,8 +32,9 @@ and before the convolution (``merge_pools=True`` of the maps):
 
 Its parts are a :class:`ChannelAttention` with ``merge_pools=True`` and no MLP biases
 (``channel.fc1`` / ``channel.fc2``) and a :class:`LightSpatialAttention` (``spatial.conv.conv``,
-``spatial.conv.bn``): timm's names, so its state_dict loads with ``strict=True``. It runs
-:func:`visattn.functional.light_cbam`.
+``spatial.conv.bn``): timm's names, so its state_dict loads with ``strict=True``. Its forward
+runs the two parts as modules (what :func:`visattn.functional.light_cbam` computes, and what
+lets the visualisation record both maps).
 
 Tests: ``tests/layers/test_layers_cbam.py``, ``tests/kernels/test_kernels_se_cbam.py``.
 """
@@ -54,7 +55,6 @@ from ..functional.cbam_block import (
     _spatial_map,
     cbam_arrange,
     channel_attention_map,
-    light_cbam,
     spatial_attention_map,
 )
 from ..functional.fused import cbam
@@ -99,6 +99,8 @@ class ChannelAttention(_MapAttention):
         reduction: r of the shared MLP (C/r hidden channels).
         pool: global pools whose MLP outputs are summed, ``("avg", "max")`` as in the paper.
         bias: biases in the MLP.
+        divisor: round C/r to a multiple of this (:func:`visattn.layers.reduced_channels`).
+        rd_channels: the hidden width given directly (overrides ``reduction``).
         merge_pools: timm's light variant: one MLP pass on the pools' mean,
             sigma(MLP(mean_p pool_p(F))), instead of the sum of one pass per pool.
 
@@ -115,12 +117,13 @@ class ChannelAttention(_MapAttention):
         pool: Sequence[str] = ("avg", "max"),
         bias: bool = True,
         divisor: int = 1,
+        rd_channels: int | None = None,
         merge_pools: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        hidden = reduced_channels(channels, reduction, divisor=divisor)
+        hidden = reduced_channels(channels, reduction, divisor=divisor, rd_channels=rd_channels)
         self.channels = channels
         self.pool = _check_pool(pool, distinct=True)
         self.merge_pools = _check_bool(merge_pools, "merge_pools")
@@ -323,11 +326,13 @@ class LightCBAM(nn.Module):
         F' = sigma(MLP(mean_p pool_p(F))) * F,   F'' = sigma(BN(f^{k x k}(mean_p pool_c,p(F')))) * F'
 
     Defaults are timm's: r = 16, no MLP biases, k = 7, BatchNorm after the convolution, the
-    average and max pools (0.5 each).
+    average and max pools (0.5 each); C/r is rounded as timm's CBAM modules do (to the nearest
+    multiple of ``divisor``, never rounded up as :class:`CBAM` does below 0.9 C/r).
 
     Args:
         channels: C.
         reduction, bias, divisor: the channel attention's MLP (r, biases, rounding of C/r).
+        rd_channels: the MLP's hidden width given directly (overrides ``reduction``).
         kernel_size: k of the spatial convolution (odd).
         norm: BatchNorm after the spatial convolution.
         pool: the pools both parts average.
@@ -344,6 +349,7 @@ class LightCBAM(nn.Module):
         reduction: float = 16,
         bias: bool = False,
         divisor: int = 1,
+        rd_channels: int | None = None,
         kernel_size: int = 7,
         norm: bool = True,
         pool: Sequence[str] = ("avg", "max"),
@@ -352,18 +358,18 @@ class LightCBAM(nn.Module):
     ) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
+        if rd_channels is None:  # timm's rounding (make_divisible with round_limit 0)
+            rd_channels = reduced_channels(channels, reduction, divisor=divisor, round_limit=0.0)
         self.channel = ChannelAttention(
-            channels, reduction=reduction, pool=pool, bias=bias, divisor=divisor,
-            merge_pools=True, **factory,
-        )  # fmt: skip
+            channels, pool=pool, bias=bias, rd_channels=rd_channels, merge_pools=True, **factory
+        )
         self.spatial = LightSpatialAttention(kernel_size=kernel_size, pool=pool, norm=norm,
                                              **factory)  # fmt: skip
         self.channels = channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """F'' = M_s'(F') F', F' = M_c'(F) F: the parts run as modules (each calls its public
+        map function), so :func:`visattn.viz.capture` records both maps through the parts'
+        hooks; the same operations as :func:`visattn.functional.light_cbam`."""
         check_channels(x, self.channels)
-        sp = self.spatial
-        return light_cbam(
-            x, *bottleneck_weights(self.channel), sp.conv.conv.weight, sp.conv.conv.bias,
-            pool=sp.pool, norm=sp.norm,
-        )  # fmt: skip
+        return self.spatial(self.channel(x))

@@ -17,6 +17,7 @@ from typing import Any
 
 from torch import nn
 
+from ..functional.simam_block import SIMAM_LAMBDA
 from .cbam import CBAM, ChannelAttention, LightCBAM, SpatialAttention
 from .non_local import NonLocal
 from .simam import SimAM
@@ -85,9 +86,9 @@ register_attention("channel", ChannelAttention)
 register_attention("spatial", _spatial)
 
 
-def _simam(channels: int, **kwargs: Any) -> nn.Module:
+def _simam(channels: int, *, e_lambda: float = SIMAM_LAMBDA) -> nn.Module:
     del channels  # parameter-free: works for any number of channels
-    return SimAM(**kwargs)
+    return SimAM(e_lambda=e_lambda)
 
 
 register_attention("lcbam", LightCBAM)
