@@ -1,8 +1,11 @@
-"""Tests of ChannelAttention, SpatialAttention and CBAM (CBAM paper eq. 1-3; src/visattn/layers/cbam.py).
+"""Tests of ChannelAttention, SpatialAttention and CBAM (CBAM paper eq. 1-3; src/visattn/layers/cbam.py),
+and of timm's light CBAM (LightSpatialAttention, LightCBAM, ChannelAttention's merge_pools: a
+variant of timm's own, no paper).
 
 The battery of layer_tester.py (smoke, exception, cardinality, feature against the NumPy formulas
 written here, with an explicit k x k correlation loop, gradcheck, autocast, compile,
-channels_last, ONNX) runs for each of the three layers; their own tests follow.
+channels_last, ONNX) runs for each of the five layers; their own tests follow, with the light
+CBAM's against timm's LightCbamModule.
 """
 
 from __future__ import annotations
@@ -11,9 +14,13 @@ import numpy as np
 import pytest
 import torch
 from layer_tester import KINK_MARGIN, LayerTester, min_gap
+from timm.layers import make_divisible
+from timm.layers.cbam import LightCbamModule
 from torch import nn
 
-from visattn import CBAM, ChannelAttention, SpatialAttention
+from visattn import CBAM, ChannelAttention, LightCBAM, SpatialAttention
+from visattn.functional import light_cbam
+from visattn.layers import LightSpatialAttention, reduced_channels
 
 PAPER_POOL = ("avg", "max")
 BN_EPS = 1e-5  # nn.BatchNorm2d's default
@@ -23,13 +30,17 @@ def sigmoid(v):
     return 1 / (1 + np.exp(-v))
 
 
-def numpy_channel(x, p, pool=PAPER_POOL, prefix="", **_):
-    """M_c(F) = sigma(sum_pool W_1 relu(W_0 pool(F) + b_0) + b_1) (eq. 2), shape (N, C, 1, 1)."""
+def numpy_channel(x, p, pool=PAPER_POOL, prefix="", merge_pools=False, **_):
+    """M_c(F) = sigma(sum_pool W_1 relu(W_0 pool(F) + b_0) + b_1) (eq. 2), shape (N, C, 1, 1);
+    ``merge_pools`` (timm's light variant): sigma(W_1 relu(W_0 mean_pool pool(F) + b_0) + b_1)."""
     pool = (pool,) if isinstance(pool, str) else pool
     w0, w1 = p[prefix + "fc1.weight"][:, :, 0, 0], p[prefix + "fc2.weight"][:, :, 0, 0]
     b0, b1 = p.get(prefix + "fc1.bias", 0.0), p.get(prefix + "fc2.bias", 0.0)
     flat = x.reshape(*x.shape[:2], -1)
     pooled = {"avg": flat.mean(-1), "max": flat.max(-1)}
+    if merge_pools:
+        z = sum(pooled[q] for q in pool) / len(pool)
+        return sigmoid(np.maximum(0, z @ w0.T + b0) @ w1.T + b1)[:, :, None, None]
     logits = sum(np.maximum(0, pooled[q] @ w0.T + b0) @ w1.T + b1 for q in pool)
     return sigmoid(logits)[:, :, None, None]
 
@@ -75,12 +86,48 @@ def numpy_cbam(x, p, order="channel_first", pool=PAPER_POOL, norm=False, **_):
     return mc(x) * ms(x) * x  # "parallel"
 
 
+def numpy_light_spatial(x, p, pool=PAPER_POOL, norm=True, prefix="", **_):
+    """timm's light spatial map sigma(BN(f^{k x k}(m))), m = the mean of the channel pools (one
+    map), zero padding k // 2; f^{k x k} is ``conv.conv``, the BatchNorm ``conv.bn`` (running
+    statistics), or a bias without it; shape (N, 1, H, W)."""
+    pool = (pool,) if isinstance(pool, str) else pool
+    maps = {"avg": x.mean(1), "max": x.max(1)}
+    m = sum(maps[q] for q in pool) / len(pool)  # (N, H, W)
+    w = p[prefix + "conv.conv.weight"][0, 0]  # (k, k)
+    k = w.shape[-1]
+    r = k // 2
+    n, h, wd = m.shape
+    padded = np.pad(m, ((0, 0), (r, r), (r, r)))
+    out = np.zeros((n, h, wd))
+    for a in range(k):  # cross-correlation, as nn.Conv2d
+        for b in range(k):
+            out += padded[:, a : a + h, b : b + wd] * w[a, b]
+    if norm:
+        mean, var = p[prefix + "conv.bn.running_mean"], p[prefix + "conv.bn.running_var"]
+        out = (out - mean) / np.sqrt(var + BN_EPS) * p[prefix + "conv.bn.weight"]
+        out = out + p[prefix + "conv.bn.bias"]
+    else:
+        out = out + p[prefix + "conv.conv.bias"]
+    return sigmoid(out)[:, None]
+
+
+def numpy_light_cbam(x, p, pool=PAPER_POOL, norm=True, **_):
+    """CBAM's eq. 1, channel first, with the two light maps (timm's LightCbamModule)."""
+    f1 = numpy_channel(x, p, pool, prefix="channel.", merge_pools=True) * x
+    return numpy_light_spatial(f1, p, pool, norm, prefix="spatial.") * f1
+
+
 def channel_params(config) -> int:
     """W_0 in R^{C/r x C}, W_1 in R^{C x C/r} (eq. 2), biases C/r + C."""
     c = config["channels"]
     hidden = c / config.get("reduction", 16)
     assert hidden == int(hidden)
     return int(2 * c * hidden + (hidden + c if config.get("bias", True) else 0))
+
+
+def light_spatial_params(config) -> int:
+    """f^{k x k} on one (averaged) map: k^2 weights, plus its bias or the BatchNorm's 2."""
+    return config.get("kernel_size", 7) ** 2 + (2 if config.get("norm", True) else 1)
 
 
 def spatial_params(config) -> int:
@@ -106,11 +153,13 @@ def channel_margin(ca: ChannelAttention, u: torch.Tensor) -> float:
     """Distance of M_c at u from the MLP's ReLU corner and from max-pool ties."""
     margins = []
     bias = ca.fc1.bias if ca.fc1.bias is not None else 0
-    for q in ca.pool:
-        z = u.mean((2, 3)) if q == "avg" else u.amax((2, 3))
+    pooled = [u.mean((2, 3)) if q == "avg" else u.amax((2, 3)) for q in ca.pool]
+    if ca.merge_pools:  # one MLP pass on the pools' mean
+        pooled = [sum(pooled) / len(pooled)]
+    for z in pooled:
         margins.append(float((z @ ca.fc1.weight[:, :, 0, 0].T + bias).abs().min()))
-        if q == "max":
-            margins.append(min_gap(u.flatten(2), -1))
+    if "max" in ca.pool:
+        margins.append(min_gap(u.flatten(2), -1))
     return min(margins)
 
 
@@ -129,8 +178,11 @@ class TestChannelAttention(LayerTester):
         "max": {"channels": 16, "reduction": 4, "pool": "max"},
         "no_bias": {"channels": 16, "reduction": 4, "bias": False},
         "small": {"channels": 8, "reduction": 2},
+        # timm's light variant (LightChannelAttn): one MLP pass on 0.5 avg + 0.5 max, no biases
+        "merge": {"channels": 16, "reduction": 4, "merge_pools": True, "bias": False},
+        "small_merge": {"channels": 8, "reduction": 2, "merge_pools": True},
     }
-    gradcheck_configs = ("small",)
+    gradcheck_configs = ("small", "small_merge")
     compile_configs = ("small",)
     # forward only: compiling the backward of this formula doubled the test's cost (~25 s cold
     # on 2 cores); its gradients are gradcheck's, CBAM's compile test checks the block's
@@ -141,7 +193,8 @@ class TestChannelAttention(LayerTester):
     tolerances = {  # noqa: RUF012
         **LayerTester.tolerances,
         # float32 against the float64 formula, measured over 30 seeds x every configuration x
-        # 3 shapes x both backends: max |error| 3.7e-7 (outputs up to ~4); atol ~3x that
+        # 3 shapes x both backends: max |error| 3.7e-7 (outputs up to ~4); atol ~3x that (the
+        # merge_pools configurations, 100 seeds: 3.2e-7)
         "float32": {"rtol": 1e-6, "atol": 1.2e-6},
         # bfloat16 autocast: measured max |error| 1.4e-2
     }
@@ -165,6 +218,11 @@ class TestChannelAttention(LayerTester):
             ValueError,
             r"x: expected 32 channels, got shape \(2, 8, 4, 4\)",
             lambda: ChannelAttention(32)(torch.randn(2, 8, 4, 4)),
+        ),
+        "merge_not_bool": (
+            TypeError,
+            r"merge_pools: expected a bool, got 'yes' \(str\)",
+            lambda: ChannelAttention(32, merge_pools="yes"),
         ),
     }
 
@@ -334,6 +392,170 @@ class TestCBAM(LayerTester):
         else:
             margin = min(channel_margin(ca, x), spatial_margin(sa, x))
         return margin > KINK_MARGIN
+
+
+class TestLightSpatialAttention(LayerTester):
+    layer = LightSpatialAttention
+    configs = {  # noqa: RUF012
+        "timm": {},  # k = 7, 0.5 AvgPool_c + 0.5 MaxPool_c, BatchNorm
+        "k3": {"kernel_size": 3},
+        "no_norm": {"norm": False},
+        "max_k5": {"kernel_size": 5, "pool": ("max",)},
+    }
+    gradcheck_configs = ("k3", "no_norm")
+    compile_configs = ("k3",)
+    compile_gradients = False  # as for ChannelAttention
+    test_onnx_export = None  # exported as part of LightCBAM (TestLightCBAM.test_onnx_export)
+    tolerances = {  # noqa: RUF012
+        **LayerTester.tolerances,
+        # float32 against the float64 formula, measured over 100 seeds x every configuration x
+        # the tester's shapes x both backends: max |error| 3.9e-7 (outputs up to ~3.6); atol 3x
+        # that. bfloat16 autocast: measured max |error| 1.0e-2
+        "float32": {"rtol": 1e-6, "atol": 1.2e-6},
+    }
+    errors = {  # noqa: RUF012
+        "even_kernel": (
+            ValueError,
+            r"kernel_size: expected an odd size so the map keeps its position, got 6",
+            lambda: LightSpatialAttention(kernel_size=6),
+        ),
+        "repeated_pool": (
+            ValueError,
+            r"pool: expected a non-empty tuple of distinct names, got \('max', 'max'\)",
+            lambda: LightSpatialAttention(pool=("max", "max")),
+        ),
+        "wrong_rank": (
+            ValueError,
+            r"x: expected a 4-D tensor \(N, C, H, W\), got a 3-D tensor of shape \(8, 4, 4\)",
+            lambda: LightSpatialAttention()(torch.randn(8, 4, 4)),
+        ),
+    }
+
+    def build(self, config):
+        return randomise_norm(LightSpatialAttention(**config))
+
+    def input_shape(self, config):
+        return (2, 5, 9, 7)
+
+    def formula(self, x, p, config):
+        return numpy_light_spatial(x, p, **config) * x
+
+    def expected_num_params(self, config):
+        return light_spatial_params(config)
+
+    def smooth_at(self, layer, x):
+        return min_gap(x, 1) > KINK_MARGIN
+
+
+class TestLightCBAM(LayerTester):
+    layer = LightCBAM
+    configs = {  # noqa: RUF012
+        "timm": {"channels": 32},  # r = 16, no MLP biases, k = 7, BatchNorm
+        "r4_bias": {"channels": 16, "reduction": 4, "bias": True},
+        "no_norm_k3": {"channels": 16, "reduction": 4, "kernel_size": 3, "norm": False},
+        "avg": {"channels": 16, "reduction": 4, "pool": ("avg",)},
+        "small": {"channels": 8, "reduction": 2, "kernel_size": 3},
+    }
+    gradcheck_configs = ("small",)
+    compile_configs = ("small",)
+    onnx_configs = ("timm",)
+    tolerances = {  # noqa: RUF012
+        **LayerTester.tolerances,
+        # float32 against the float64 formula, measured over 100 seeds x every configuration x
+        # the tester's shapes x both backends: max |error| 2.9e-7 (outputs up to ~2); atol 4x
+        # that. bfloat16 autocast: measured max |error| 9.1e-3
+        "float32": {"rtol": 1e-6, "atol": 1.2e-6},
+    }
+    errors = {  # noqa: RUF012
+        "reduction": (
+            ValueError,
+            r"reduction: expected a value <= channels \(4\)",
+            lambda: LightCBAM(4),
+        ),
+        "even_kernel": (
+            ValueError,
+            r"kernel_size: expected an odd size .*got 4",
+            lambda: LightCBAM(32, kernel_size=4),
+        ),
+        "wrong_channels": (
+            ValueError,
+            r"x: expected 32 channels, got shape \(2, 8, 4, 4\)",
+            lambda: LightCBAM(32)(torch.randn(2, 8, 4, 4)),
+        ),
+        "wrong_rank": (
+            ValueError,
+            r"x: expected a 4-D tensor \(N, C, H, W\), got a 5-D tensor",
+            lambda: LightCBAM(32)(torch.randn(1, 32, 2, 4, 4)),
+        ),
+    }
+
+    def build(self, config):
+        return randomise_norm(LightCBAM(**config))
+
+    def input_shape(self, config):
+        return (2, config["channels"], 9, 7)
+
+    def formula(self, x, p, config):
+        return numpy_light_cbam(x, p, **config)
+
+    def expected_num_params(self, config):
+        light = {"merge_pools": True, "bias": config.get("bias", False), **config}
+        return channel_params(light) + light_spatial_params(config)
+
+    def smooth_at(self, layer, x):
+        ca = layer.channel
+        return min(channel_margin(ca, x), min_gap(ca(x), 1)) > KINK_MARGIN
+
+
+def randomise_all(layer: nn.Module) -> nn.Module:
+    """Every parameter random (timm's LightCbamModule starts from its own initialisation), the
+    BatchNorm statistics too."""
+    with torch.no_grad():
+        for param in layer.parameters():
+            param.normal_(0, 0.5)
+    return randomise_norm(layer)
+
+
+@pytest.mark.parametrize(("channels", "kernel"), [(64, 7), (48, 3), (22, 5)])
+def test_light_cbam_loads_timm_and_equals_it(channels, kernel):
+    """timm's LightCbamModule state_dict (channel.fc1/fc2, spatial.conv.conv, spatial.conv.bn)
+    loads with strict=True, both give the same outputs in evaluation and training mode, and
+    timm loads ours back. C = 22: C/r = 1.375 rounds to 1 in timm (never up), as here."""
+    theirs = randomise_all(LightCbamModule(channels, spatial_kernel_size=kernel)).double()
+    ours = LightCBAM(channels, kernel_size=kernel).double()
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    x = torch.randn(2, channels, 9, 7, dtype=torch.float64)
+    for train in (False, True):
+        ours.train(train), theirs.train(train)
+        torch.testing.assert_close(ours(x), theirs(x))
+    back = LightCbamModule(channels, spatial_kernel_size=kernel).double()
+    back.load_state_dict(ours.state_dict(), strict=True)
+    back.eval(), ours.eval()
+    torch.testing.assert_close(back(x), ours(x))
+
+
+def test_light_cbam_width_rounds_like_timm():
+    """C/r to the nearest multiple of the divisor, never rounded up (timm's CBAM modules:
+    make_divisible with round_limit 0), unlike the 0.9 rule of the other layers."""
+    for c in range(16, 130):
+        for d in (1, 8):
+            want = make_divisible(c / 16, d, round_limit=0.0)
+            assert LightCBAM(c, divisor=d).channel.fc1.out_channels == want, (c, d)
+    assert reduced_channels(22, 16) == 2 and reduced_channels(22, 16, round_limit=0.0) == 1
+    assert LightCBAM(64, rd_channels=5).channel.fc1.out_channels == 5
+
+
+def test_light_cbam_parts_declare_their_kinds():
+    """Its parts carry the maps (channel, spatial) and the block is the formula light_cbam."""
+    m = randomise_norm(LightCBAM(16, reduction=4)).eval()
+    x = torch.randn(2, 16, 5, 3)
+    assert m.channel.map_kind == "channel" and m.spatial.map_kind == "spatial"
+    assert m.channel.attention(x).shape == (2, 16, 1, 1)
+    assert m.spatial.attention(x).shape == (2, 1, 5, 3)
+    conv = m.spatial.conv.conv
+    want = light_cbam(x, m.channel.fc1.weight, None, m.channel.fc2.weight, None, conv.weight,
+                      None, norm=m.spatial.conv.bn)  # fmt: skip
+    torch.testing.assert_close(m(x), want)
 
 
 def test_options():

@@ -6,16 +6,32 @@ import pytest
 import torch
 from torch import nn
 
-from visattn import CBAM, SqueezeExcite, create_attention, list_attention, register_attention
+from visattn import (
+    CBAM,
+    LightCBAM,
+    NonLocal,
+    SimAM,
+    SqueezeExcite,
+    create_attention,
+    list_attention,
+    register_attention,
+)
 
 
 def test_list_and_create():
-    assert {"se", "cbam", "channel", "spatial"} <= set(list_attention())
+    assert {"se", "cbam", "channel", "spatial", "lcbam", "nonlocal", "simam"} <= set(
+        list_attention()
+    )
     se = create_attention("se", 64, reduction=8)
     assert isinstance(se, SqueezeExcite) and se.fc1.out_channels == 8
     assert isinstance(create_attention("cbam", 32), CBAM)
     x = torch.randn(1, 32, 4, 4)
     assert create_attention("spatial", 32, kernel_size=3)(x).shape == x.shape
+    assert isinstance(create_attention("lcbam", 64), LightCBAM)
+    nl = create_attention("nonlocal", 64, pairwise="dot_product")
+    assert isinstance(nl, NonLocal) and nl.inter_channels == 32 and nl.pairwise == "dot_product"
+    simam = create_attention("simam", 64, e_lambda=0.5)  # parameter-free: ignores channels
+    assert isinstance(simam, SimAM) and simam.e_lambda == 0.5
 
 
 def test_unknown_name():
