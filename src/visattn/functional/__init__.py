@@ -13,7 +13,9 @@ shapes (``docs/core.md`` maps them to the tests).
 - CBAM (arXiv:1807.06521, :mod:`.cbam_block`): :func:`channel_attention_map`,
   :func:`spatial_attention_map`, :func:`cbam_arrange`, :func:`cbam_reference`.
 - The fused blocks (:mod:`.fused`): :func:`squeeze_excite` and :func:`cbam` choose the reference
-  or the kernels of :mod:`visattn.kernels` and are what the layers run.
+  or the kernels of :mod:`visattn.kernels` and are what the layers run; :func:`channel_gate`
+  does the same for any x * E(pool(x)) with an excitation E registered by
+  :func:`register_excitation` (:func:`channel_gate_reference`: the plain formula).
 
 Symbols of the bottleneck MLP, in every docstring of the package: W_1, b_1 are ``fc1``'s weight
 and bias (C -> C/r), W_2, b_2 are ``fc2``'s (C/r -> C), r the reduction ratio, so the MLP is
@@ -44,7 +46,13 @@ from .cbam_block import (
     channel_attention_map,
     spatial_attention_map,
 )
-from .fused import cbam, squeeze_excite
+from .fused import (
+    cbam,
+    channel_gate,
+    channel_gate_reference,
+    register_excitation,
+    squeeze_excite,
+)
 from .grids import *  # noqa: F403 (the grid generators: grids.__all__)
 from .grids import __all__ as _grid_names
 from .sampling import PADDING_MODES, bilinear_sample, bilinear_sample_reference
@@ -64,11 +72,14 @@ __all__ = [
     "cbam_arrange",
     "cbam_reference",
     "channel_attention_map",
+    "channel_gate",
+    "channel_gate_reference",
     "channel_pool",
     "channel_scale",
     "excitation",
     "gate",
     "global_pool",
+    "register_excitation",
     "spatial_attention_map",
     "squeeze_excite",
     "squeeze_excite_reference",
