@@ -159,6 +159,10 @@ def _numpy_gate(name, z, params):
     return sigmoid(z)
 
 
+ONLY_NATIVE = pytest.mark.skipif(INTERPRETED, reason="no kernel involved: run once, natively")
+
+
+@ONLY_NATIVE
 @pytest.mark.parametrize("squeeze", ["avg", "max"])
 @pytest.mark.parametrize("name", list(EXCITATIONS))
 @pytest.mark.parametrize("shape", [(1, 7, 3, 5), (3, 12, 4, 1)])
@@ -175,6 +179,7 @@ def test_reference_matches_numpy(name, squeeze, shape):
                                rtol=1e-12, atol=1e-12)  # fmt: skip
 
 
+@ONLY_NATIVE
 @pytest.mark.parametrize("squeeze", ["avg", "max"])
 @pytest.mark.parametrize("name", ["test_eca", "test_eca_circular", "test_ese", "test_sigmoid"])
 def test_gradcheck_float64(name, squeeze):
@@ -308,7 +313,8 @@ def test_opcheck(device):
     _fast_impl_expected(device)
     with use_backend(FAST):
         impl = select_impl(torch.empty(1, device=device))
-    for name, squeeze in (("test_eca", "avg"), ("test_ese", "max"), ("test_sigmoid", "avg")):
+    cases = (("test_eca", "avg"), ("test_ese", "max"), ("test_sigmoid", "avg"))
+    for name, squeeze in cases[:1] if INTERPRETED else cases:  # the interpreter is slow
         x = torch.randn(2, 10, 4, 5, device=device, requires_grad=True)
         params = [p.requires_grad_(True) for p in _params(name, 10, device)]
         torch.library.opcheck(torch.ops.visattn.channel_gate.default,
@@ -352,6 +358,40 @@ def test_torch_compile_matches_eager():
     torch.testing.assert_close(wc.grad, we.grad, rtol=1e-5, atol=1e-6)
 
 
+class _EcaLike(torch.nn.Module):
+    """A stand-in for a layer wired to the channel gate: it owns the parameter, its forward is
+    one call of the dispatch function."""
+
+    def __init__(self, k: int = 3) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv1d(1, 1, k, padding=k // 2, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return channel_gate(x, "test_eca", [self.conv.weight])
+
+
+@ONLY_NATIVE
+def test_onnx_export_runs_the_plain_formula(tmp_path):
+    """ONNX has no visattn:: operators: export traces the plain formula (opset 18, as the layer
+    tester exports), and onnxruntime reproduces the fused eager output."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    layer = _EcaLike().eval()
+    x = torch.randn(2, 12, 5, 7)
+    path = str(tmp_path / "gate.onnx")
+    torch.onnx.export(layer, (x,), path, opset_version=18, input_names=["x"],
+                      output_names=["y"])  # fmt: skip
+    model = onnx.load(path)
+    onnx.checker.check_model(model)
+    assert not any(node.domain.startswith("visattn") for node in model.graph.node)
+    got = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})
+    with torch.no_grad():
+        want = layer(x).numpy()
+    np.testing.assert_allclose(got[0], want, rtol=1e-4, atol=1e-5)
+
+
+@ONLY_NATIVE
 def test_flop_counter_counts_like_the_formula():
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -370,6 +410,7 @@ def test_flop_counter_counts_like_the_formula():
 # ----------------------------------------------------------------------------- errors
 
 
+@ONLY_NATIVE
 def test_bad_arguments_name_the_argument():
     x = torch.randn(1, 8, 3, 3)
     w = _params("test_eca", 8)
@@ -398,6 +439,7 @@ def test_a_gate_of_the_wrong_shape_names_the_excitation(backend):
         channel_gate(x, "test_wrong_shape")
 
 
+@ONLY_NATIVE
 def test_register_excitation_checks_its_arguments():
     register_excitation("test_eca", _eca)  # the same function again: fine
     with pytest.raises(ValueError, match=r"name: excitation 'test_eca' is already registered"):

@@ -38,6 +38,14 @@ last pass writes
 which is BatchNorm's backward: SE + BatchNorm then take 4 passes forward (the statistics, the
 pool, the product) and 5 backward, against 3 + 5 for the BatchNorm alone.
 
+The channel gate ``visattn::channel_gate`` (x, [params], excitation, squeeze, impl) is SE with
+a pluggable excitation: y = x * s, s = E(z, *params), z = pool_p(x), E registered by name
+(:func:`visattn.kernels._excite.register_excitation`); SE's full-size passes, and E's backward
+by autograd on the (N, C) tensors inside ``visattn::channel_gate_backward``::
+
+    q_c = sum_p dy x,   (dz, dparams) = vjp_E(z, params)(q),   dx = s_c dy + dz_c / (H W)   (avg)
+                                                               dx = s_c dy + [x == z_c] dz_c / n_c  (max)
+
 Extra outputs (s / a, b, the pooled statistics, the MLP's hidden units h and SE's logits l) are
 internal, marked non-differentiable, and handed to the backward operator.
 Double backward is not supported.
@@ -50,8 +58,8 @@ the schemas are written, so that
 ``torch.ops.visattn.cbam(x, *CbamParams(...), in_norm, *CbamOptions(...))`` is the call. The
 functions called on a backend are those of :class:`visattn.kernels._contract.BlockKernels`.
 Tests: ``tests/kernels/test_kernels_se_cbam.py`` (opcheck, reference comparisons,
-torch.compile), ``tests/kernels/test_kernels_contract.py`` (the schemas and the backends'
-contract).
+torch.compile), ``tests/kernels/test_kernels_channel_gate.py`` (the channel gate),
+``tests/kernels/test_kernels_contract.py`` (the schemas and the backends' contract).
 """
 
 from __future__ import annotations
