@@ -16,7 +16,9 @@ shapes (``docs/core.md`` maps them to the tests).
   without reduction (:mod:`.eca_block`): :func:`eca`, :func:`eca_gate`, :func:`eca_kernel_size`,
   :func:`ese`, :func:`ese_gate`.
 - The fused blocks (:mod:`.fused`): :func:`squeeze_excite` and :func:`cbam` choose the reference
-  or the kernels of :mod:`visattn.kernels` and are what the layers run.
+  or the kernels of :mod:`visattn.kernels` and are what the layers run; :func:`channel_gate`
+  does the same for any x * E(pool(x)) with an excitation E registered by
+  :func:`register_excitation` (:func:`channel_gate_reference`: the plain formula).
 
 Symbols of the bottleneck MLP, in every docstring of the package: W_1, b_1 are ``fc1``'s weight
 and bias (C -> C/r), W_2, b_2 are ``fc2``'s (C/r -> C), r the reduction ratio, so the MLP is
@@ -48,7 +50,13 @@ from .cbam_block import (
     spatial_attention_map,
 )
 from .eca_block import eca, eca_gate, eca_kernel_size, ese, ese_gate
-from .fused import cbam, squeeze_excite
+from .fused import (
+    cbam,
+    channel_gate,
+    channel_gate_reference,
+    register_excitation,
+    squeeze_excite,
+)
 from .grids import *  # noqa: F403 (the grid generators: grids.__all__)
 from .grids import __all__ as _grid_names
 from .sampling import PADDING_MODES, bilinear_sample, bilinear_sample_reference
@@ -68,6 +76,8 @@ __all__ = [
     "cbam_arrange",
     "cbam_reference",
     "channel_attention_map",
+    "channel_gate",
+    "channel_gate_reference",
     "channel_pool",
     "channel_scale",
     "eca",
@@ -78,6 +88,7 @@ __all__ = [
     "excitation",
     "gate",
     "global_pool",
+    "register_excitation",
     "spatial_attention_map",
     "squeeze_excite",
     "squeeze_excite_reference",
