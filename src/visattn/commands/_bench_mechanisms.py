@@ -8,10 +8,10 @@ and ``timm`` (the module of :data:`TIMM_EQUIVALENTS` built to compute the same t
 ratio visattn / timm. A name that timm lacks gets the visattn row only. Nothing here knows a
 mechanism's class: the layer comes from the registry, timm's module from the table.
 
-Before timing, each module runs one forward + backward at N = 2 (``peak_bytes``) and that peak
-is scaled linearly to the batch; a module whose estimate exceeds the memory limit is skipped at
-that shape, with a printed note and a "skipped" cell in :func:`mechanism_table` (non-local's
-H W x H W attention matrices are the case this is for). The estimate counts the parameter
+Before timing (unless the limit is 0), each module runs one forward + backward at N = 2
+(``peak_bytes``) and that peak is scaled linearly to the batch; a module whose estimate exceeds
+the memory limit is skipped at that shape, with a printed note and a "skipped" cell in
+:func:`mechanism_table` (non-local's H W x H W attention matrices are the case this is for). The estimate counts the parameter
 gradients N / 2 times: it errs on the large side.
 
 Tests: ``tests/kernels/test_kernels_bench_mechanisms.py`` (also the table against the
