@@ -12,6 +12,9 @@ shapes (``docs/core.md`` maps them to the tests).
   :func:`squeeze_excite_reference`.
 - CBAM (arXiv:1807.06521, :mod:`.cbam_block`): :func:`channel_attention_map`,
   :func:`spatial_attention_map`, :func:`cbam_arrange`, :func:`cbam_reference`.
+- ECA (arXiv:1910.03151), circular ECA and effective SE (arXiv:1911.06667), the channel gates
+  without reduction (:mod:`.eca_block`): :func:`eca`, :func:`eca_gate`, :func:`eca_kernel_size`,
+  :func:`ese`, :func:`ese_gate`.
 - The fused blocks (:mod:`.fused`): :func:`squeeze_excite` and :func:`cbam` choose the reference
   or the kernels of :mod:`visattn.kernels` and are what the layers run.
 
@@ -44,6 +47,7 @@ from .cbam_block import (
     channel_attention_map,
     spatial_attention_map,
 )
+from .eca_block import eca, eca_gate, eca_kernel_size, ese, ese_gate
 from .fused import cbam, squeeze_excite
 from .grids import *  # noqa: F403 (the grid generators: grids.__all__)
 from .grids import __all__ as _grid_names
@@ -66,6 +70,11 @@ __all__ = [
     "channel_attention_map",
     "channel_pool",
     "channel_scale",
+    "eca",
+    "eca_gate",
+    "eca_kernel_size",
+    "ese",
+    "ese_gate",
     "excitation",
     "gate",
     "global_pool",
