@@ -12,6 +12,8 @@ shapes (``docs/core.md`` maps them to the tests).
   :func:`squeeze_excite_reference`.
 - CBAM (arXiv:1807.06521, :mod:`.cbam_block`): :func:`channel_attention_map`,
   :func:`spatial_attention_map`, :func:`cbam_arrange`, :func:`cbam_reference`.
+- Selective Kernel (arXiv:1903.06586, :mod:`.sk_block`): :func:`sk_attention`,
+  :func:`selective_kernel` (fuse and select of the SK convolution), :func:`sk_attention_channels`.
 - The fused blocks (:mod:`.fused`): :func:`squeeze_excite` and :func:`cbam` choose the reference
   or the kernels of :mod:`visattn.kernels` and are what the layers run.
 
@@ -49,6 +51,7 @@ from .grids import *  # noqa: F403 (the grid generators: grids.__all__)
 from .grids import __all__ as _grid_names
 from .sampling import PADDING_MODES, bilinear_sample, bilinear_sample_reference
 from .se_block import excitation, squeeze_excite_reference
+from .sk_block import selective_kernel, sk_attention, sk_attention_channels
 
 __all__ = [
     "GATES",
@@ -69,6 +72,9 @@ __all__ = [
     "excitation",
     "gate",
     "global_pool",
+    "selective_kernel",
+    "sk_attention",
+    "sk_attention_channels",
     "spatial_attention_map",
     "squeeze_excite",
     "squeeze_excite_reference",

@@ -4,6 +4,7 @@ from ._common import reduced_channels
 from .cbam import CBAM, ChannelAttention, SpatialAttention
 from .fusion import batchnorm_attention
 from .registry import create_attention, list_attention, register_attention
+from .selective_kernel import SelectiveKernel
 from .spatial_transformer import GridGenerator, SpatialTransformer, default_localisation
 from .squeeze_excite import SqueezeExcite
 
@@ -11,6 +12,7 @@ __all__ = [
     "CBAM",
     "ChannelAttention",
     "GridGenerator",
+    "SelectiveKernel",
     "SpatialAttention",
     "SpatialTransformer",
     "SqueezeExcite",

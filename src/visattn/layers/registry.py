@@ -2,8 +2,9 @@
 
 ``create_attention("se", 256, reduction=8)`` builds ``SqueezeExcite(256, reduction=8)``.
 Registered names: ``"se"`` (SqueezeExcite), ``"cbam"`` (CBAM), ``"channel"`` (CBAM's
-ChannelAttention), ``"spatial"`` (CBAM's SpatialAttention; ignores ``channels``). Third-party
-layers join with :func:`register_attention`.
+ChannelAttention), ``"spatial"`` (CBAM's SpatialAttention; ignores ``channels``), ``"sk"``
+(SelectiveKernel(channels, channels): a convolution replacement, not a module to insert).
+Third-party layers join with :func:`register_attention`.
 
 Tests: ``tests/layers/test_layers_registry.py``.
 """
@@ -16,6 +17,7 @@ from typing import Any
 from torch import nn
 
 from .cbam import CBAM, ChannelAttention, SpatialAttention
+from .selective_kernel import SelectiveKernel
 from .squeeze_excite import SqueezeExcite
 
 __all__ = ["create_attention", "list_attention", "register_attention"]
@@ -65,3 +67,4 @@ register_attention("se", SqueezeExcite)
 register_attention("cbam", CBAM)
 register_attention("channel", ChannelAttention)
 register_attention("spatial", _spatial)
+register_attention("sk", SelectiveKernel)
