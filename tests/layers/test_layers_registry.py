@@ -6,16 +6,25 @@ import pytest
 import torch
 from torch import nn
 
-from visattn import CBAM, SqueezeExcite, create_attention, list_attention, register_attention
+from visattn import (
+    CBAM,
+    SelectiveKernel,
+    SqueezeExcite,
+    create_attention,
+    list_attention,
+    register_attention,
+)
 
 
 def test_list_and_create():
-    assert {"se", "cbam", "channel", "spatial"} <= set(list_attention())
+    assert {"se", "cbam", "channel", "sk", "spatial"} <= set(list_attention())
     se = create_attention("se", 64, reduction=8)
     assert isinstance(se, SqueezeExcite) and se.fc1.out_channels == 8
     assert isinstance(create_attention("cbam", 32), CBAM)
     x = torch.randn(1, 32, 4, 4)
     assert create_attention("spatial", 32, kernel_size=3)(x).shape == x.shape
+    sk = create_attention("sk", 64)  # SelectiveKernel(64, 64): shape preserving
+    assert isinstance(sk, SelectiveKernel) and sk.out_channels == 64
 
 
 def test_unknown_name():
