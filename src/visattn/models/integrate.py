@@ -45,7 +45,7 @@ from .._checks import check_choice
 from ..layers import CBAM, ChannelAttention, SpatialAttention, SqueezeExcite
 from ..layers._common import MAP_KINDS, map_kind
 from ..layers.registry import create_attention
-from .resnet import PLACEMENTS, BasicBlock, Bottleneck, _Block
+from .resnet import PLACEMENTS, BasicBlock, Bottleneck, _Block, refuse_convolution_replacement
 
 __all__ = ["AttentionReport", "Insertion", "PreservedAttention", "add_attention"]
 
@@ -189,6 +189,7 @@ class _Builder:
                 raise TypeError(
                     f"kind: expected the factory to return an nn.Module, got {type(att).__name__}"
                 )
+        refuse_convolution_replacement(att, "kind", self.kind)  # Selective Kernel
         ref = _reference_tensor(like)
         if ref is not None:
             att = att.to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
