@@ -25,6 +25,9 @@ from . import functional, models
 from .kernels import use_backend
 from .layers import (
     CBAM,
+    CECA,
+    ECA,
+    ESE,
     ChannelAttention,
     GridGenerator,
     SelectiveKernel,
@@ -63,6 +66,9 @@ def __getattr__(name: str):
 
 __all__ = [
     "CBAM",
+    "CECA",
+    "ECA",
+    "ESE",
     "AttentionReport",
     "ChannelAttention",
     "GridGenerator",

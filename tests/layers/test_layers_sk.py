@@ -338,11 +338,18 @@ def test_channels_last_output_stays_channels_last():
     assert sk(x).is_contiguous(memory_format=torch.channels_last)
 
 
-def test_registry_builds_a_shape_preserving_unit():
-    sk = create_attention("sk", 64)
-    assert isinstance(sk, SelectiveKernel) and sk.out_channels == 64
-    x = torch.randn(2, 64, 5, 7)
+@pytest.mark.parametrize(("c", "g"), [(64, 32), (256, 32), (48, 16), (16, 16), (10, 2), (7, 1)])
+def test_registry_builds_a_shape_preserving_unit_for_any_channels(c, g):
+    """create_attention("sk", C): SelectiveKernel(C, C) with G = gcd(32, C) (the paper's 32
+    where 32 divides C); groups= overrides it."""
+    sk = create_attention("sk", c)
+    assert isinstance(sk, SelectiveKernel) and sk.out_channels == c and sk.groups == g
+    x = torch.randn(2, c, 5, 7)
     assert sk(x).shape == x.shape
-    assert create_attention("sk", 16, **TIMM_SK_OPTIONS)(torch.randn(2, 16, 3, 3)).shape == (
-        2, 16, 3, 3,
-    )  # fmt: skip
+    assert create_attention("sk", 64, groups=4).groups == 4
+
+
+def test_registry_passes_the_options():
+    sk = create_attention("sk", 16, **TIMM_SK_OPTIONS)  # timm's defaults: groups 1, split, d = 8
+    assert sk.groups == 1 and sk.split_input and sk.attn_channels == 8
+    assert sk(torch.randn(2, 16, 3, 3)).shape == (2, 16, 3, 3)

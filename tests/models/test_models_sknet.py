@@ -2,7 +2,7 @@
 skresnet34, skresnet50 and skresnext50_32x4d (the paper's SKNet-50) load into ours with
 strict=True and give the same logits (random weights, no download); parameter counts; where the
 SK unit sits; the attention slot, zero_init_residual and add_attention on SK ResNets; "sk"
-refused as a module to insert (add_attention, create_model(attention=...)).
+refused by add_attention.
 """
 
 from __future__ import annotations
@@ -90,19 +90,13 @@ def test_add_attention_fills_sk_blocks_and_preserves_the_output():
     torch.testing.assert_close(after, before, rtol=0, atol=1e-5)
 
 
-def test_sk_is_not_a_module_to_insert():
-    """SK replaces a convolution: add_attention and create_model(attention=) refuse it."""
+def test_add_attention_refuses_sk():
+    """SK replaces a convolution: add_attention refuses the registered "sk", model untouched."""
     model = create_model("resnet18", num_classes=10)
     names = [n for n, _ in model.named_modules()]
-    message = (
-        r"kind: expected an attention module to insert, got 'sk', which builds SelectiveKernel, "
-        r"a replacement for a convolution \(map_kind 'select'\); use a network built with it"
-    )
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=r"kind: 'sk' is a convolution replacement"):
         add_attention(model, "sk")
-    assert [n for n, _ in model.named_modules()] == names  # nothing changed
-    with pytest.raises(ValueError, match=r"attention: expected an attention module to insert"):
-        create_model("resnet18", attention="sk")
+    assert [n for n, _ in model.named_modules()] == names
 
 
 @pytest.mark.parametrize(

@@ -12,10 +12,15 @@ shapes (``docs/core.md`` maps them to the tests).
   :func:`squeeze_excite_reference`.
 - CBAM (arXiv:1807.06521, :mod:`.cbam_block`): :func:`channel_attention_map`,
   :func:`spatial_attention_map`, :func:`cbam_arrange`, :func:`cbam_reference`.
+- ECA (arXiv:1910.03151), circular ECA and effective SE (arXiv:1911.06667), the channel gates
+  without reduction (:mod:`.eca_block`): :func:`eca`, :func:`eca_gate`, :func:`eca_kernel_size`,
+  :func:`ese`, :func:`ese_gate`.
 - Selective Kernel (arXiv:1903.06586, :mod:`.sk_block`): :func:`sk_attention`,
   :func:`selective_kernel` (fuse and select of the SK convolution), :func:`sk_attention_channels`.
 - The fused blocks (:mod:`.fused`): :func:`squeeze_excite` and :func:`cbam` choose the reference
-  or the kernels of :mod:`visattn.kernels` and are what the layers run.
+  or the kernels of :mod:`visattn.kernels` and are what the layers run; :func:`channel_gate`
+  does the same for any x * E(pool(x)) with an excitation E registered by
+  :func:`register_excitation` (:func:`channel_gate_reference`: the plain formula).
 
 Symbols of the bottleneck MLP, in every docstring of the package: W_1, b_1 are ``fc1``'s weight
 and bias (C -> C/r), W_2, b_2 are ``fc2``'s (C/r -> C), r the reduction ratio, so the MLP is
@@ -46,7 +51,14 @@ from .cbam_block import (
     channel_attention_map,
     spatial_attention_map,
 )
-from .fused import cbam, squeeze_excite
+from .eca_block import eca, eca_gate, eca_kernel_size, ese, ese_gate
+from .fused import (
+    cbam,
+    channel_gate,
+    channel_gate_reference,
+    register_excitation,
+    squeeze_excite,
+)
 from .grids import *  # noqa: F403 (the grid generators: grids.__all__)
 from .grids import __all__ as _grid_names
 from .sampling import PADDING_MODES, bilinear_sample, bilinear_sample_reference
@@ -67,11 +79,19 @@ __all__ = [
     "cbam_arrange",
     "cbam_reference",
     "channel_attention_map",
+    "channel_gate",
+    "channel_gate_reference",
     "channel_pool",
     "channel_scale",
+    "eca",
+    "eca_gate",
+    "eca_kernel_size",
+    "ese",
+    "ese_gate",
     "excitation",
     "gate",
     "global_pool",
+    "register_excitation",
     "selective_kernel",
     "sk_attention",
     "sk_attention_channels",

@@ -2,6 +2,7 @@
 
 from ._common import reduced_channels
 from .cbam import CBAM, ChannelAttention, SpatialAttention
+from .eca import CECA, ECA, ESE
 from .fusion import batchnorm_attention
 from .registry import create_attention, list_attention, register_attention
 from .selective_kernel import SelectiveKernel
@@ -10,6 +11,9 @@ from .squeeze_excite import SqueezeExcite
 
 __all__ = [
     "CBAM",
+    "CECA",
+    "ECA",
+    "ESE",
     "ChannelAttention",
     "GridGenerator",
     "SelectiveKernel",

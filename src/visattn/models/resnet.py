@@ -43,7 +43,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._checks import check_choice, check_int, check_pair
-from ..layers._common import map_kind
 from ..layers.fusion import batchnorm_attention
 from ..layers.registry import create_attention
 
@@ -71,19 +70,6 @@ CIFAR_ATTENTION_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-def refuse_convolution_replacement(module: nn.Module, argument: str, spec: Any) -> nn.Module:
-    """Raise ``ValueError`` when ``module`` replaces a convolution (``map_kind`` ``"select"``,
-    Selective Kernel) instead of being a module to insert after one; else return it."""
-    if map_kind(module) == "select":
-        name = spec if isinstance(spec, str) else getattr(spec, "__name__", type(spec).__name__)
-        raise ValueError(
-            f"{argument}: expected an attention module to insert, got {name!r}, which builds "
-            f"{type(module).__name__}, a replacement for a convolution (map_kind 'select'); use "
-            "a network built with it, e.g. create_model('skresnet50')"
-        )
-    return module
-
-
 def build_attention(
     attention: AttentionSpec,
     channels: int,
@@ -100,8 +86,7 @@ def build_attention(
     kw = dict((defaults or {}).get(attention, {})) if isinstance(attention, str) else {}
     kw.update(attention_kw or {})
     if isinstance(attention, str):
-        module = create_attention(attention, channels, **kw)
-        return refuse_convolution_replacement(module, "attention", attention)
+        return create_attention(attention, channels, **kw)
     if callable(attention):
         module = attention(channels, **kw)
         if not isinstance(module, nn.Module):
@@ -109,7 +94,7 @@ def build_attention(
                 f"attention: expected the factory to return an nn.Module, got "
                 f"{type(module).__name__}"
             )
-        return refuse_convolution_replacement(module, "attention", attention)
+        return module
     raise TypeError(
         f"attention: expected a registry name, a factory channels -> nn.Module or None, got "
         f"{type(attention).__name__}"
