@@ -11,6 +11,7 @@ from visattn import (
     CECA,
     ECA,
     ESE,
+    SelectiveKernel,
     SqueezeExcite,
     create_attention,
     list_attention,
@@ -19,7 +20,7 @@ from visattn import (
 
 
 def test_list_and_create():
-    assert {"se", "cbam", "channel", "spatial", "eca", "ceca", "ese"} <= set(list_attention())
+    assert {"se", "cbam", "channel", "spatial", "eca", "ceca", "ese", "sk"} <= set(list_attention())
     se = create_attention("se", 64, reduction=8)
     assert isinstance(se, SqueezeExcite) and se.fc1.out_channels == 8
     assert isinstance(create_attention("cbam", 32), CBAM)
@@ -28,6 +29,8 @@ def test_list_and_create():
     assert type(create_attention("ese", 64)) is ESE
     x = torch.randn(1, 32, 4, 4)
     assert create_attention("spatial", 32, kernel_size=3)(x).shape == x.shape
+    sk = create_attention("sk", 64)  # SelectiveKernel(64, 64): shape preserving
+    assert isinstance(sk, SelectiveKernel) and sk.out_channels == 64
 
 
 def test_unknown_name():

@@ -5,6 +5,7 @@ from .cbam import CBAM, ChannelAttention, SpatialAttention
 from .eca import CECA, ECA, ESE
 from .fusion import batchnorm_attention
 from .registry import create_attention, list_attention, register_attention
+from .selective_kernel import SelectiveKernel
 from .spatial_transformer import GridGenerator, SpatialTransformer, default_localisation
 from .squeeze_excite import SqueezeExcite
 
@@ -15,6 +16,7 @@ __all__ = [
     "ESE",
     "ChannelAttention",
     "GridGenerator",
+    "SelectiveKernel",
     "SpatialAttention",
     "SpatialTransformer",
     "SqueezeExcite",
