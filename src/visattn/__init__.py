@@ -24,12 +24,15 @@ Below them, ``_checks`` (argument checks) and ``_modes`` (the gates, pools and B
 from . import functional, models
 from .kernels import use_backend
 from .layers import (
+    BAM,
     CBAM,
     ChannelAttention,
+    CoordAttention,
     GridGenerator,
     SpatialAttention,
     SpatialTransformer,
     SqueezeExcite,
+    TripletAttention,
     create_attention,
     list_attention,
     register_attention,
@@ -61,15 +64,18 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "BAM",
     "CBAM",
     "AttentionReport",
     "ChannelAttention",
+    "CoordAttention",
     "GridGenerator",
     "ModelSummary",
     "PreservedAttention",
     "SpatialAttention",
     "SpatialTransformer",
     "SqueezeExcite",
+    "TripletAttention",
     "__version__",
     "add_attention",
     "create_attention",

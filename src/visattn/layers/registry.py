@@ -2,8 +2,9 @@
 
 ``create_attention("se", 256, reduction=8)`` builds ``SqueezeExcite(256, reduction=8)``.
 Registered names: ``"se"`` (SqueezeExcite), ``"cbam"`` (CBAM), ``"channel"`` (CBAM's
-ChannelAttention), ``"spatial"`` (CBAM's SpatialAttention; ignores ``channels``). Third-party
-layers join with :func:`register_attention`.
+ChannelAttention), ``"spatial"`` (CBAM's SpatialAttention; ignores ``channels``), ``"bam"``
+(BAM), ``"coord"`` (CoordAttention), ``"triplet"`` (TripletAttention; ignores ``channels``).
+Third-party layers join with :func:`register_attention`.
 
 Tests: ``tests/layers/test_layers_registry.py``.
 """
@@ -15,8 +16,11 @@ from typing import Any
 
 from torch import nn
 
+from .bam import BAM
 from .cbam import CBAM, ChannelAttention, SpatialAttention
+from .coord import CoordAttention
 from .squeeze_excite import SqueezeExcite
+from .triplet import TripletAttention
 
 __all__ = ["create_attention", "list_attention", "register_attention"]
 
@@ -61,7 +65,15 @@ def _spatial(channels: int, **kwargs: Any) -> nn.Module:
     return SpatialAttention(**kwargs)
 
 
+def _triplet(channels: int, **kwargs: Any) -> nn.Module:
+    del channels  # triplet attention works for any number of channels
+    return TripletAttention(**kwargs)
+
+
 register_attention("se", SqueezeExcite)
 register_attention("cbam", CBAM)
 register_attention("channel", ChannelAttention)
 register_attention("spatial", _spatial)
+register_attention("bam", BAM)
+register_attention("coord", CoordAttention)
+register_attention("triplet", _triplet)
