@@ -14,10 +14,9 @@ Defaults are the paper's code's: C/r = max(8, C // 32), convolutions with biases
 sigmoid. timm 1.0's ``CoordAttn`` differs in two defaults: its bottleneck is C * (1/16) * (2/3)
 = C/24 rounded to the nearest multiple of 8 (``make_divisible``, no round-down limit), at least
 8, and its convolutions have no bias: ``CoordAttention(C, reduction=24, divisor=8, bias=False)``
-builds its layout (``rd_channels=`` sets the width exactly, e.g. to a given timm module's
-``conv1.out_channels``: timm multiplies by 1/16 and 2/3 in floating point, which rounds C/24
-below a multiple of 8 at a few C such as 288). Its h-swish, BatchNorm and sigmoid are the
-paper's (``gate="hard_sigmoid"`` is timm's ``gate_layer="hardsigmoid"``).
+builds its layout (the same width as timm's for every C up to 20000, checked;
+``rd_channels=`` sets the width directly, as timm's ``rd_channels``). Its h-swish, BatchNorm
+and sigmoid are the paper's (``gate="hard_sigmoid"`` is timm's ``gate_layer="hardsigmoid"``).
 
 The formulas are :mod:`visattn.functional.coord_block`'s; ``attention(x)`` is g^h * g^w,
 (N, C, H, W) (``map_kind = "mixed"``).
