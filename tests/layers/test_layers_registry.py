@@ -6,21 +6,33 @@ import pytest
 import torch
 from torch import nn
 
-from visattn import CBAM, SqueezeExcite, create_attention, list_attention, register_attention
+from visattn import (
+    BAM,
+    CBAM,
+    CoordAttention,
+    SqueezeExcite,
+    TripletAttention,
+    create_attention,
+    list_attention,
+    register_attention,
+)
 
 
 def test_list_and_create():
-    assert {"se", "cbam", "channel", "spatial"} <= set(list_attention())
+    assert {"bam", "cbam", "channel", "coord", "se", "spatial", "triplet"} <= set(list_attention())
     se = create_attention("se", 64, reduction=8)
     assert isinstance(se, SqueezeExcite) and se.fc1.out_channels == 8
     assert isinstance(create_attention("cbam", 32), CBAM)
     x = torch.randn(1, 32, 4, 4)
     assert create_attention("spatial", 32, kernel_size=3)(x).shape == x.shape
+    assert isinstance(create_attention("bam", 64), BAM)
+    assert isinstance(create_attention("coord", 64), CoordAttention)
+    assert isinstance(create_attention("triplet", 64), TripletAttention)
 
 
 def test_unknown_name():
-    with pytest.raises(ValueError, match=r"name: expected one of .*'se'.*got 'bam'"):
-        create_attention("bam", 32)
+    with pytest.raises(ValueError, match=r"name: expected one of .*'se'.*got 'bam2'"):
+        create_attention("bam2", 32)
 
 
 def test_register():
