@@ -201,7 +201,7 @@ class TestBAM(LayerTester):
 
 
 def test_official_state_dict_names():
-    """The keys of the official code's BAM (``MODELS/bam.py`` of the paper's repository): its
+    """The keys of the official code's BAM (the authors' repository): its
     checkpoints load with strict=True into variant="official"."""
     convs = ["gate_s_conv_reduce0", "gate_s_conv_di_0", "gate_s_conv_di_1", "gate_s_conv_final"]
     bns = ["gate_s_bn_reduce0", "gate_s_bn_di_0", "gate_s_bn_di_1"]

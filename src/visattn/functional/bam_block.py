@@ -18,7 +18,7 @@ last by the branch's BatchNorm (eq. 4's BN). The BatchNorms are callables (``nn.
 (N, C/r) and (N, C) in the channel branch, ``nn.BatchNorm2d`` in the spatial one), applied as
 they are (training mode uses and updates the batch statistics).
 
-The paper and the official code (the BMVC 2018 repository's ``MODELS/bam.py``) differ:
+The paper and its official code (the authors' PyTorch repository) differ:
 
 - the combination: the official code computes 1 + sigma(M_c * M_s), a product, where eq. 2 has
   the sum (``combine="product"`` reproduces it);
@@ -140,8 +140,8 @@ def _bam_spatial(x, weights, biases, norms, dilation: int) -> Tensor:
     y = x
     last = len(weights) - 1
     for i, (w, b, norm) in enumerate(zip(weights, biases, norms, strict=True)):
-        d = dilation if 0 < i < last else 1  # f_0 and f_last are 1 x 1
-        y = F.conv2d(y, w, b, padding=d if 0 < i < last else 0, dilation=d)
+        d = dilation if 0 < i < last else 1  # f_0 and f_last are 1 x 1 (padding 0)
+        y = F.conv2d(y, w, b, padding=d * (w.shape[-1] // 2), dilation=d)
         if norm is not None:
             y = norm(y)
         if i < last:
