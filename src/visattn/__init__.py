@@ -26,6 +26,9 @@ from .kernels import use_backend
 from .layers import (
     BAM,
     CBAM,
+    CECA,
+    ECA,
+    ESE,
     ChannelAttention,
     CoordAttention,
     GridGenerator,
@@ -66,6 +69,9 @@ def __getattr__(name: str):
 __all__ = [
     "BAM",
     "CBAM",
+    "CECA",
+    "ECA",
+    "ESE",
     "AttentionReport",
     "ChannelAttention",
     "CoordAttention",

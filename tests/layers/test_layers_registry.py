@@ -9,6 +9,9 @@ from torch import nn
 from visattn import (
     BAM,
     CBAM,
+    CECA,
+    ECA,
+    ESE,
     CoordAttention,
     SqueezeExcite,
     TripletAttention,
@@ -19,10 +22,24 @@ from visattn import (
 
 
 def test_list_and_create():
-    assert {"bam", "cbam", "channel", "coord", "se", "spatial", "triplet"} <= set(list_attention())
+    assert {
+        "bam",
+        "cbam",
+        "ceca",
+        "channel",
+        "coord",
+        "eca",
+        "ese",
+        "se",
+        "spatial",
+        "triplet",
+    } <= set(list_attention())
     se = create_attention("se", 64, reduction=8)
     assert isinstance(se, SqueezeExcite) and se.fc1.out_channels == 8
     assert isinstance(create_attention("cbam", 32), CBAM)
+    assert type(create_attention("eca", 64)) is ECA and create_attention("eca", 64).kernel_size == 3
+    assert type(create_attention("ceca", 64, kernel_size=5)) is CECA
+    assert type(create_attention("ese", 64)) is ESE
     x = torch.randn(1, 32, 4, 4)
     assert create_attention("spatial", 32, kernel_size=3)(x).shape == x.shape
     assert isinstance(create_attention("bam", 64), BAM)

@@ -18,8 +18,13 @@ shapes (``docs/core.md`` maps them to the tests).
   :func:`coord_attention_map`, :func:`coord_attention`.
 - Triplet Attention (arXiv:2010.03045, :mod:`.triplet_block`): :func:`triplet_attention_maps`,
   :func:`triplet_attention_map`, :func:`triplet_attention`.
+- ECA (arXiv:1910.03151), circular ECA and effective SE (arXiv:1911.06667), the channel gates
+  without reduction (:mod:`.eca_block`): :func:`eca`, :func:`eca_gate`, :func:`eca_kernel_size`,
+  :func:`ese`, :func:`ese_gate`.
 - The fused blocks (:mod:`.fused`): :func:`squeeze_excite` and :func:`cbam` choose the reference
-  or the kernels of :mod:`visattn.kernels` and are what the layers run.
+  or the kernels of :mod:`visattn.kernels` and are what the layers run; :func:`channel_gate`
+  does the same for any x * E(pool(x)) with an excitation E registered by
+  :func:`register_excitation` (:func:`channel_gate_reference`: the plain formula).
 
 Symbols of the bottleneck MLP, in every docstring of the package: W_1, b_1 are ``fc1``'s weight
 and bias (C -> C/r), W_2, b_2 are ``fc2``'s (C/r -> C), r the reduction ratio, so the MLP is
@@ -58,7 +63,14 @@ from .cbam_block import (
     spatial_attention_map,
 )
 from .coord_block import ACTIVATIONS, coord_attention, coord_attention_gates, coord_attention_map
-from .fused import cbam, squeeze_excite
+from .eca_block import eca, eca_gate, eca_kernel_size, ese, ese_gate
+from .fused import (
+    cbam,
+    channel_gate,
+    channel_gate_reference,
+    register_excitation,
+    squeeze_excite,
+)
 from .grids import *  # noqa: F403 (the grid generators: grids.__all__)
 from .grids import __all__ as _grid_names
 from .sampling import PADDING_MODES, bilinear_sample, bilinear_sample_reference
@@ -85,14 +97,22 @@ __all__ = [
     "cbam_arrange",
     "cbam_reference",
     "channel_attention_map",
+    "channel_gate",
+    "channel_gate_reference",
     "channel_pool",
     "channel_scale",
     "coord_attention",
     "coord_attention_gates",
     "coord_attention_map",
+    "eca",
+    "eca_gate",
+    "eca_kernel_size",
+    "ese",
+    "ese_gate",
     "excitation",
     "gate",
     "global_pool",
+    "register_excitation",
     "spatial_attention_map",
     "squeeze_excite",
     "squeeze_excite_reference",

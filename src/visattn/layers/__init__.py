@@ -4,6 +4,7 @@ from ._common import reduced_channels
 from .bam import BAM
 from .cbam import CBAM, ChannelAttention, SpatialAttention
 from .coord import CoordAttention
+from .eca import CECA, ECA, ESE
 from .fusion import batchnorm_attention
 from .registry import create_attention, list_attention, register_attention
 from .spatial_transformer import GridGenerator, SpatialTransformer, default_localisation
@@ -13,6 +14,9 @@ from .triplet import TripletAttention
 __all__ = [
     "BAM",
     "CBAM",
+    "CECA",
+    "ECA",
+    "ESE",
     "ChannelAttention",
     "CoordAttention",
     "GridGenerator",

@@ -3,8 +3,9 @@
 ``create_attention("se", 256, reduction=8)`` builds ``SqueezeExcite(256, reduction=8)``.
 Registered names: ``"se"`` (SqueezeExcite), ``"cbam"`` (CBAM), ``"channel"`` (CBAM's
 ChannelAttention), ``"spatial"`` (CBAM's SpatialAttention; ignores ``channels``), ``"bam"``
-(BAM), ``"coord"`` (CoordAttention), ``"triplet"`` (TripletAttention; ignores ``channels``).
-Third-party layers join with :func:`register_attention`.
+(BAM), ``"ceca"`` (CECA), ``"coord"`` (CoordAttention), ``"eca"`` (ECA), ``"ese"`` (ESE),
+``"triplet"`` (TripletAttention; ignores ``channels``). Third-party layers join with
+:func:`register_attention`.
 
 Tests: ``tests/layers/test_layers_registry.py``.
 """
@@ -20,6 +21,7 @@ from torch import nn
 from .bam import BAM
 from .cbam import CBAM, ChannelAttention, SpatialAttention
 from .coord import CoordAttention
+from .eca import CECA, ECA, ESE
 from .squeeze_excite import SqueezeExcite
 from .triplet import TripletAttention
 
@@ -92,3 +94,6 @@ register_attention("spatial", _spatial)
 register_attention("bam", BAM)
 register_attention("coord", CoordAttention)
 register_attention("triplet", _triplet)
+register_attention("ceca", CECA)
+register_attention("eca", ECA)
+register_attention("ese", ESE)
