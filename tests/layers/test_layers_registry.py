@@ -13,6 +13,7 @@ from visattn import (
     ECA,
     ESE,
     CoordAttention,
+    SelectiveKernel,
     SqueezeExcite,
     TripletAttention,
     create_attention,
@@ -31,6 +32,7 @@ def test_list_and_create():
         "eca",
         "ese",
         "se",
+        "sk",
         "spatial",
         "triplet",
     } <= set(list_attention())
@@ -45,6 +47,8 @@ def test_list_and_create():
     assert isinstance(create_attention("bam", 64), BAM)
     assert isinstance(create_attention("coord", 64), CoordAttention)
     assert isinstance(create_attention("triplet", 64), TripletAttention)
+    sk = create_attention("sk", 64)  # SelectiveKernel(64, 64): shape preserving
+    assert isinstance(sk, SelectiveKernel) and sk.out_channels == 64
 
 
 def test_unknown_name():

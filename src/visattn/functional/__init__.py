@@ -21,6 +21,8 @@ shapes (``docs/core.md`` maps them to the tests).
 - ECA (arXiv:1910.03151), circular ECA and effective SE (arXiv:1911.06667), the channel gates
   without reduction (:mod:`.eca_block`): :func:`eca`, :func:`eca_gate`, :func:`eca_kernel_size`,
   :func:`ese`, :func:`ese_gate`.
+- Selective Kernel (arXiv:1903.06586, :mod:`.sk_block`): :func:`sk_attention`,
+  :func:`selective_kernel` (fuse and select of the SK convolution), :func:`sk_attention_channels`.
 - The fused blocks (:mod:`.fused`): :func:`squeeze_excite` and :func:`cbam` choose the reference
   or the kernels of :mod:`visattn.kernels` and are what the layers run; :func:`channel_gate`
   does the same for any x * E(pool(x)) with an excitation E registered by
@@ -75,6 +77,7 @@ from .grids import *  # noqa: F403 (the grid generators: grids.__all__)
 from .grids import __all__ as _grid_names
 from .sampling import PADDING_MODES, bilinear_sample, bilinear_sample_reference
 from .se_block import excitation, squeeze_excite_reference
+from .sk_block import selective_kernel, sk_attention, sk_attention_channels
 from .triplet_block import triplet_attention, triplet_attention_map, triplet_attention_maps
 
 __all__ = [
@@ -113,6 +116,9 @@ __all__ = [
     "gate",
     "global_pool",
     "register_excitation",
+    "selective_kernel",
+    "sk_attention",
+    "sk_attention_channels",
     "spatial_attention_map",
     "squeeze_excite",
     "squeeze_excite_reference",

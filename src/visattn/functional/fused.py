@@ -203,10 +203,16 @@ def channel_gate(x: Tensor, excitation: str, params: Sequence[Tensor] = (), *,
     backend ``"reference"``) the plain formula :func:`channel_gate_reference`.
     """
     params = check_channel_gate(x, excitation, params, squeeze)
+    return _fused_channel_gate(x, excitation, params, squeeze)
+
+
+def _fused_channel_gate(x: Tensor, excitation: str, params: list[Tensor], squeeze: str) -> Tensor:
+    """:func:`channel_gate` without its checks: the dispatch, for formulas that have validated
+    their own arguments (``eca``, ``ese``, ...)."""
     impl = select_impl(x) if x.numel() > 0 else None
     impl = tuned_impl(
         impl, ("channel_gate", excitation, squeeze), x,
-        lambda u: channel_gate(u, excitation, params, squeeze=squeeze), params,
+        lambda u: _fused_channel_gate(u, excitation, params, squeeze), params,
     )  # fmt: skip
     if impl is None:
         return _channel_gate(x, excitation, params, squeeze)

@@ -7,6 +7,7 @@ from .coord import CoordAttention
 from .eca import CECA, ECA, ESE
 from .fusion import batchnorm_attention
 from .registry import create_attention, list_attention, register_attention
+from .selective_kernel import SelectiveKernel
 from .spatial_transformer import GridGenerator, SpatialTransformer, default_localisation
 from .squeeze_excite import SqueezeExcite
 from .triplet import TripletAttention
@@ -20,6 +21,7 @@ __all__ = [
     "ChannelAttention",
     "CoordAttention",
     "GridGenerator",
+    "SelectiveKernel",
     "SpatialAttention",
     "SpatialTransformer",
     "SqueezeExcite",

@@ -4,7 +4,9 @@
 Registered names: ``"se"`` (SqueezeExcite), ``"cbam"`` (CBAM), ``"channel"`` (CBAM's
 ChannelAttention), ``"spatial"`` (CBAM's SpatialAttention; ignores ``channels``), ``"bam"``
 (BAM), ``"ceca"`` (CECA), ``"coord"`` (CoordAttention), ``"eca"`` (ECA), ``"ese"`` (ESE),
-``"triplet"`` (TripletAttention; ignores ``channels``). Third-party layers join with
+``"sk"`` (SelectiveKernel(channels, channels), a convolution replacement; groups gcd(32,
+channels) unless given, so that any channel count works: the paper's G = 32 where 32 divides
+it), ``"triplet"`` (TripletAttention; ignores ``channels``). Third-party layers join with
 :func:`register_attention`.
 
 Tests: ``tests/layers/test_layers_registry.py``.
@@ -13,6 +15,7 @@ Tests: ``tests/layers/test_layers_registry.py``.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +25,7 @@ from .bam import BAM
 from .cbam import CBAM, ChannelAttention, SpatialAttention
 from .coord import CoordAttention
 from .eca import CECA, ECA, ESE
+from .selective_kernel import SelectiveKernel
 from .squeeze_excite import SqueezeExcite
 from .triplet import TripletAttention
 
@@ -82,6 +86,15 @@ def _spatial(channels: int, **kwargs: Any) -> nn.Module:
     return SpatialAttention(**kwargs)
 
 
+def _selective_kernel(channels: int, *, groups: int | None = None, **kwargs: Any) -> nn.Module:
+    """SelectiveKernel(channels, channels) with G = gcd(32, channels) unless ``groups`` is given:
+    the paper's G = 32 where 32 divides C (all of SKNet's widths), its largest divisor else."""
+    if groups is None:
+        valid = isinstance(channels, int) and not isinstance(channels, bool) and channels > 0
+        groups = math.gcd(32, channels) if valid else 32  # invalid: SelectiveKernel says why
+    return SelectiveKernel(channels, channels, groups=groups, **kwargs)
+
+
 def _triplet(channels: int, **kwargs: Any) -> nn.Module:
     del channels  # triplet attention works for any number of channels
     return TripletAttention(**kwargs)
@@ -97,3 +110,4 @@ register_attention("triplet", _triplet)
 register_attention("ceca", CECA)
 register_attention("eca", ECA)
 register_attention("ese", ESE)
+register_attention("sk", _selective_kernel)
