@@ -26,6 +26,8 @@ from .kernels import use_backend
 from .layers import (
     CBAM,
     ChannelAttention,
+    GatherExcite,
+    GlobalContext,
     GridGenerator,
     SpatialAttention,
     SpatialTransformer,
@@ -64,6 +66,8 @@ __all__ = [
     "CBAM",
     "AttentionReport",
     "ChannelAttention",
+    "GatherExcite",
+    "GlobalContext",
     "GridGenerator",
     "ModelSummary",
     "PreservedAttention",

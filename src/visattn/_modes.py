@@ -18,7 +18,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-__all__ = ["GATES", "GATE_FUNCTIONS", "GATE_IDS", "POOLS", "BnMode"]
+__all__ = ["GATES", "GATE_FUNCTIONS", "GATE_IDS", "GC_FUSIONS", "GE_GLOBAL_PADDINGS", "POOLS",
+           "BnMode"]  # fmt: skip
 
 #: Gate functions sigma of the excitation s = sigma(W_2 ReLU(W_1 z)): SE's sigmoid and the
 #: alternatives of its Table 12 ablation (arXiv:1709.01507).
@@ -37,6 +38,15 @@ GATE_IDS: dict[str, int] = {name: i for i, name in enumerate(GATES)}
 
 #: Global / channel pools of SE's squeeze and CBAM's maps.
 POOLS: tuple[str, ...] = ("avg", "max")
+
+#: How the Global Context block (arXiv:1904.11492) fuses its transform t with x: ``"add"``,
+#: x + t (the paper's GC block), or ``"scale"``, x * sigmoid(t) (its fusion ablation).
+GC_FUSIONS: tuple[str, ...] = ("add", "scale")
+
+#: Padding of Gather-Excite's global depthwise gather (arXiv:1810.12348, GE-theta): ``"none"``,
+#: the kernel covers the whole map (a 1 x 1 context, the paper's global gather); ``"timm"``,
+#: padding (k - 1) // 2 as timm 1.0.31's ``GatherExcite`` (a context about the map's size).
+GE_GLOBAL_PADDINGS: tuple[str, ...] = ("none", "timm")
 
 
 class BnMode(enum.IntEnum):

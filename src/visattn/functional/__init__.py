@@ -12,6 +12,10 @@ shapes (``docs/core.md`` maps them to the tests).
   :func:`squeeze_excite_reference`.
 - CBAM (arXiv:1807.06521, :mod:`.cbam_block`): :func:`channel_attention_map`,
   :func:`spatial_attention_map`, :func:`cbam_arrange`, :func:`cbam_reference`.
+- Gather-Excite (arXiv:1810.12348, :mod:`.ge_block`): :func:`ge_gather`,
+  :func:`gather_excite_map`, :func:`gather_excite`.
+- Global Context (arXiv:1904.11492, :mod:`.gc_block`): :func:`gc_context_weights`,
+  :func:`global_context_map`, :func:`global_context`.
 - The fused blocks (:mod:`.fused`): :func:`squeeze_excite` and :func:`cbam` choose the reference
   or the kernels of :mod:`visattn.kernels` and are what the layers run.
 
@@ -45,6 +49,8 @@ from .cbam_block import (
     spatial_attention_map,
 )
 from .fused import cbam, squeeze_excite
+from .gc_block import gc_context_weights, global_context, global_context_map
+from .ge_block import gather_excite, gather_excite_map, ge_gather
 from .grids import *  # noqa: F403 (the grid generators: grids.__all__)
 from .grids import __all__ as _grid_names
 from .sampling import PADDING_MODES, bilinear_sample, bilinear_sample_reference
@@ -68,6 +74,12 @@ __all__ = [
     "channel_scale",
     "excitation",
     "gate",
+    "gather_excite",
+    "gather_excite_map",
+    "gc_context_weights",
+    "ge_gather",
+    "global_context",
+    "global_context_map",
     "global_pool",
     "spatial_attention_map",
     "squeeze_excite",

@@ -3,6 +3,8 @@
 from ._common import reduced_channels
 from .cbam import CBAM, ChannelAttention, SpatialAttention
 from .fusion import batchnorm_attention
+from .gather_excite import GatherExcite
+from .global_context import GlobalContext
 from .registry import create_attention, list_attention, register_attention
 from .spatial_transformer import GridGenerator, SpatialTransformer, default_localisation
 from .squeeze_excite import SqueezeExcite
@@ -10,6 +12,8 @@ from .squeeze_excite import SqueezeExcite
 __all__ = [
     "CBAM",
     "ChannelAttention",
+    "GatherExcite",
+    "GlobalContext",
     "GridGenerator",
     "SpatialAttention",
     "SpatialTransformer",

@@ -2,7 +2,8 @@
 
 ``create_attention("se", 256, reduction=8)`` builds ``SqueezeExcite(256, reduction=8)``.
 Registered names: ``"se"`` (SqueezeExcite), ``"cbam"`` (CBAM), ``"channel"`` (CBAM's
-ChannelAttention), ``"spatial"`` (CBAM's SpatialAttention; ignores ``channels``). Third-party
+ChannelAttention), ``"spatial"`` (CBAM's SpatialAttention; ignores ``channels``), ``"gc"``
+(GlobalContext), ``"ge"`` (GatherExcite). Third-party
 layers join with :func:`register_attention`.
 
 Tests: ``tests/layers/test_layers_registry.py``.
@@ -16,6 +17,8 @@ from typing import Any
 from torch import nn
 
 from .cbam import CBAM, ChannelAttention, SpatialAttention
+from .gather_excite import GatherExcite
+from .global_context import GlobalContext
 from .squeeze_excite import SqueezeExcite
 
 __all__ = ["create_attention", "list_attention", "register_attention"]
@@ -65,3 +68,5 @@ register_attention("se", SqueezeExcite)
 register_attention("cbam", CBAM)
 register_attention("channel", ChannelAttention)
 register_attention("spatial", _spatial)
+register_attention("gc", GlobalContext)
+register_attention("ge", GatherExcite)
