@@ -6,14 +6,24 @@ import pytest
 import torch
 from torch import nn
 
-from visattn import CBAM, SqueezeExcite, create_attention, list_attention, register_attention
+from visattn import (
+    CBAM,
+    GatherExcite,
+    GlobalContext,
+    SqueezeExcite,
+    create_attention,
+    list_attention,
+    register_attention,
+)
 
 
 def test_list_and_create():
-    assert {"se", "cbam", "channel", "spatial"} <= set(list_attention())
+    assert {"se", "cbam", "channel", "spatial", "gc", "ge"} <= set(list_attention())
     se = create_attention("se", 64, reduction=8)
     assert isinstance(se, SqueezeExcite) and se.fc1.out_channels == 8
     assert isinstance(create_attention("cbam", 32), CBAM)
+    assert isinstance(create_attention("gc", 64), GlobalContext)
+    assert isinstance(create_attention("ge", 64), GatherExcite)
     x = torch.randn(1, 32, 4, 4)
     assert create_attention("spatial", 32, kernel_size=3)(x).shape == x.shape
 
