@@ -25,6 +25,9 @@ from . import functional, models
 from .kernels import use_backend
 from .layers import (
     CBAM,
+    CECA,
+    ECA,
+    ESE,
     ChannelAttention,
     GatherExcite,
     GlobalContext,
@@ -64,6 +67,9 @@ def __getattr__(name: str):
 
 __all__ = [
     "CBAM",
+    "CECA",
+    "ECA",
+    "ESE",
     "AttentionReport",
     "ChannelAttention",
     "GatherExcite",

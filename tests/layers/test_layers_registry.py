@@ -8,6 +8,9 @@ from torch import nn
 
 from visattn import (
     CBAM,
+    CECA,
+    ECA,
+    ESE,
     GatherExcite,
     GlobalContext,
     SqueezeExcite,
@@ -18,10 +21,14 @@ from visattn import (
 
 
 def test_list_and_create():
-    assert {"se", "cbam", "channel", "spatial", "gc", "ge"} <= set(list_attention())
+    assert {"se", "cbam", "channel", "spatial", "eca", "ceca", "ese"} <= set(list_attention())
     se = create_attention("se", 64, reduction=8)
     assert isinstance(se, SqueezeExcite) and se.fc1.out_channels == 8
     assert isinstance(create_attention("cbam", 32), CBAM)
+    assert type(create_attention("eca", 64)) is ECA and create_attention("eca", 64).kernel_size == 3
+    assert type(create_attention("ceca", 64, kernel_size=5)) is CECA
+    assert type(create_attention("ese", 64)) is ESE
+    assert {"gc", "ge"} <= set(list_attention())
     assert isinstance(create_attention("gc", 64), GlobalContext)
     assert isinstance(create_attention("ge", 64), GatherExcite)
     x = torch.randn(1, 32, 4, 4)

@@ -12,6 +12,9 @@ shapes (``docs/core.md`` maps them to the tests).
   :func:`squeeze_excite_reference`.
 - CBAM (arXiv:1807.06521, :mod:`.cbam_block`): :func:`channel_attention_map`,
   :func:`spatial_attention_map`, :func:`cbam_arrange`, :func:`cbam_reference`.
+- ECA (arXiv:1910.03151), circular ECA and effective SE (arXiv:1911.06667), the channel gates
+  without reduction (:mod:`.eca_block`): :func:`eca`, :func:`eca_gate`, :func:`eca_kernel_size`,
+  :func:`ese`, :func:`ese_gate`.
 - Gather-Excite (arXiv:1810.12348, :mod:`.ge_block`): :func:`ge_gather`,
   :func:`gather_excite_map`, :func:`gather_excite`.
 - Global Context (arXiv:1904.11492, :mod:`.gc_block`): :func:`gc_context_weights`,
@@ -48,6 +51,7 @@ from .cbam_block import (
     channel_attention_map,
     spatial_attention_map,
 )
+from .eca_block import eca, eca_gate, eca_kernel_size, ese, ese_gate
 from .fused import cbam, squeeze_excite
 from .gc_block import gc_context_weights, global_context, global_context_map
 from .ge_block import gather_excite, gather_excite_map, ge_gather
@@ -72,6 +76,11 @@ __all__ = [
     "channel_attention_map",
     "channel_pool",
     "channel_scale",
+    "eca",
+    "eca_gate",
+    "eca_kernel_size",
+    "ese",
+    "ese_gate",
     "excitation",
     "gate",
     "gather_excite",

@@ -2,6 +2,7 @@
 
 from ._common import reduced_channels
 from .cbam import CBAM, ChannelAttention, SpatialAttention
+from .eca import CECA, ECA, ESE
 from .fusion import batchnorm_attention
 from .gather_excite import GatherExcite
 from .global_context import GlobalContext
@@ -11,6 +12,9 @@ from .squeeze_excite import SqueezeExcite
 
 __all__ = [
     "CBAM",
+    "CECA",
+    "ECA",
+    "ESE",
     "ChannelAttention",
     "GatherExcite",
     "GlobalContext",

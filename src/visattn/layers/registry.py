@@ -2,26 +2,28 @@
 
 ``create_attention("se", 256, reduction=8)`` builds ``SqueezeExcite(256, reduction=8)``.
 Registered names: ``"se"`` (SqueezeExcite), ``"cbam"`` (CBAM), ``"channel"`` (CBAM's
-ChannelAttention), ``"spatial"`` (CBAM's SpatialAttention; ignores ``channels``), ``"gc"``
-(GlobalContext), ``"ge"`` (GatherExcite). Third-party
-layers join with :func:`register_attention`.
+ChannelAttention), ``"spatial"`` (CBAM's SpatialAttention; ignores ``channels``), ``"ceca"``
+(CECA), ``"eca"`` (ECA), ``"ese"`` (ESE), ``"gc"`` (GlobalContext), ``"ge"`` (GatherExcite).
+Third-party layers join with :func:`register_attention`.
 
 Tests: ``tests/layers/test_layers_registry.py``.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
 from .cbam import CBAM, ChannelAttention, SpatialAttention
+from .eca import CECA, ECA, ESE
 from .gather_excite import GatherExcite
 from .global_context import GlobalContext
 from .squeeze_excite import SqueezeExcite
 
-__all__ = ["create_attention", "list_attention", "register_attention"]
+__all__ = ["attention_options", "create_attention", "list_attention", "register_attention"]
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -59,6 +61,20 @@ def create_attention(name: str, channels: int, **kwargs: Any) -> nn.Module:
     return _REGISTRY[name](channels, **kwargs)
 
 
+def attention_options(name: str) -> frozenset[str]:
+    """The keyword options the factory of ``name`` names in its signature (besides the channel
+    count), e.g. ``{"reduction", "squeeze", ...}`` for ``"se"``: what a caller may pass to every
+    mechanism that takes it (the demo passes ``reduction`` only to those that name it). A factory
+    that forwards ``**kwargs`` names none."""
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ValueError(
+            f"name: expected one of {', '.join(map(repr, list_attention()))}, got {name!r}"
+        )
+    params = inspect.signature(_REGISTRY[name]).parameters.values()
+    named = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return frozenset(p.name for p in params if p.kind in named) - {"channels", "self"}
+
+
 def _spatial(channels: int, **kwargs: Any) -> nn.Module:
     del channels  # spatial attention works for any number of channels
     return SpatialAttention(**kwargs)
@@ -68,5 +84,8 @@ register_attention("se", SqueezeExcite)
 register_attention("cbam", CBAM)
 register_attention("channel", ChannelAttention)
 register_attention("spatial", _spatial)
+register_attention("ceca", CECA)
+register_attention("eca", ECA)
+register_attention("ese", ESE)
 register_attention("gc", GlobalContext)
 register_attention("ge", GatherExcite)
