@@ -13,6 +13,7 @@ from visattn import (
     ESE,
     GatherExcite,
     GlobalContext,
+    SelectiveKernel,
     SqueezeExcite,
     create_attention,
     list_attention,
@@ -21,7 +22,7 @@ from visattn import (
 
 
 def test_list_and_create():
-    assert {"se", "cbam", "channel", "spatial", "eca", "ceca", "ese"} <= set(list_attention())
+    assert {"se", "cbam", "channel", "spatial", "eca", "ceca", "ese", "sk"} <= set(list_attention())
     se = create_attention("se", 64, reduction=8)
     assert isinstance(se, SqueezeExcite) and se.fc1.out_channels == 8
     assert isinstance(create_attention("cbam", 32), CBAM)
@@ -33,6 +34,8 @@ def test_list_and_create():
     assert isinstance(create_attention("ge", 64), GatherExcite)
     x = torch.randn(1, 32, 4, 4)
     assert create_attention("spatial", 32, kernel_size=3)(x).shape == x.shape
+    sk = create_attention("sk", 64)  # SelectiveKernel(64, 64): shape preserving
+    assert isinstance(sk, SelectiveKernel) and sk.out_channels == 64
 
 
 def test_unknown_name():

@@ -31,6 +31,7 @@ def test_list_models_contents() -> None:
     for name in ("resnet20_cifar", "resnet32_cifar", "resnet56_cifar", "resnet110_cifar"):
         assert name in names
     assert {"fcn", "cnn", "stfcn", "stcnn"} <= set(names)
+    assert {"skresnet18", "skresnet34", "skresnet50", "skresnext50_32x4d"} <= set(names)
     assert vm.list_models("seresnet1*") == ["seresnet101", "seresnet152", "seresnet18"]
 
 

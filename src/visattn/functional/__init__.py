@@ -19,8 +19,12 @@ shapes (``docs/core.md`` maps them to the tests).
   :func:`gather_excite_map`, :func:`gather_excite`.
 - Global Context (arXiv:1904.11492, :mod:`.gc_block`): :func:`gc_context_weights`,
   :func:`global_context_map`, :func:`global_context`.
+- Selective Kernel (arXiv:1903.06586, :mod:`.sk_block`): :func:`sk_attention`,
+  :func:`selective_kernel` (fuse and select of the SK convolution), :func:`sk_attention_channels`.
 - The fused blocks (:mod:`.fused`): :func:`squeeze_excite` and :func:`cbam` choose the reference
-  or the kernels of :mod:`visattn.kernels` and are what the layers run.
+  or the kernels of :mod:`visattn.kernels` and are what the layers run; :func:`channel_gate`
+  does the same for any x * E(pool(x)) with an excitation E registered by
+  :func:`register_excitation` (:func:`channel_gate_reference`: the plain formula).
 
 Symbols of the bottleneck MLP, in every docstring of the package: W_1, b_1 are ``fc1``'s weight
 and bias (C -> C/r), W_2, b_2 are ``fc2``'s (C/r -> C), r the reduction ratio, so the MLP is
@@ -52,13 +56,20 @@ from .cbam_block import (
     spatial_attention_map,
 )
 from .eca_block import eca, eca_gate, eca_kernel_size, ese, ese_gate
-from .fused import cbam, squeeze_excite
+from .fused import (
+    cbam,
+    channel_gate,
+    channel_gate_reference,
+    register_excitation,
+    squeeze_excite,
+)
 from .gc_block import gc_context_weights, global_context, global_context_map
 from .ge_block import gather_excite, gather_excite_map, ge_gather
 from .grids import *  # noqa: F403 (the grid generators: grids.__all__)
 from .grids import __all__ as _grid_names
 from .sampling import PADDING_MODES, bilinear_sample, bilinear_sample_reference
 from .se_block import excitation, squeeze_excite_reference
+from .sk_block import selective_kernel, sk_attention, sk_attention_channels
 
 __all__ = [
     "GATES",
@@ -74,6 +85,8 @@ __all__ = [
     "cbam_arrange",
     "cbam_reference",
     "channel_attention_map",
+    "channel_gate",
+    "channel_gate_reference",
     "channel_pool",
     "channel_scale",
     "eca",
@@ -90,6 +103,10 @@ __all__ = [
     "global_context",
     "global_context_map",
     "global_pool",
+    "register_excitation",
+    "selective_kernel",
+    "sk_attention",
+    "sk_attention_channels",
     "spatial_attention_map",
     "squeeze_excite",
     "squeeze_excite_reference",

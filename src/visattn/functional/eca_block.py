@@ -28,8 +28,11 @@ weight of ``nn.Conv1d(1, 1, k, bias=False)`` (``ECA.conv``, timm's layout); eSE'
 
 Each block is pool -> excitation -> gate -> scale. The excitation step alone, from the pooled
 descriptor z (N, C) to the gate s (N, C), is :func:`_eca_excitation` and
-:func:`_ese_excitation`: the pluggable step a fused pool/scale kernel calls. The public
-functions validate once (:func:`check_eca`, :func:`check_ese`) and call the private ones.
+:func:`_ese_excitation`, registered as the excitations ``"eca"``, ``"ceca"`` and ``"ese"`` of
+the fused channel gate (:func:`visattn.functional.channel_gate`): the blocks :func:`eca` and
+:func:`ese` run on SE's fused pool / scale kernels where the backend has them (float32 /
+bfloat16 on CPU and CUDA), the plain formula elsewhere. The public functions validate once
+(:func:`check_eca`, :func:`check_ese`) and call the private ones.
 
 Tests: ``tests/functional/test_functional_eca.py``, ``tests/layers/test_layers_eca.py``.
 """
@@ -37,6 +40,7 @@ Tests: ``tests/functional/test_functional_eca.py``, ``tests/layers/test_layers_e
 from __future__ import annotations
 
 import math
+from functools import partial
 from numbers import Real
 
 import torch
@@ -53,6 +57,7 @@ from .attention import (
     _linear,
     channel_scale,
 )
+from .fused import _fused_channel_gate, register_excitation
 
 __all__ = ["check_eca", "check_ese", "eca", "eca_gate", "eca_kernel_size", "ese", "ese_gate"]
 
@@ -159,7 +164,7 @@ def eca(x: Tensor, weight: Tensor, *, circular: bool = False) -> Tensor:
     run.
     """
     check_eca(x, weight, circular)
-    return channel_scale(x, _eca_gate(x, weight, circular))
+    return _fused_channel_gate(x, "ceca" if circular else "eca", [weight], "avg")
 
 
 def _ese_excitation(z: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -189,4 +194,12 @@ def ese(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     Arguments as :func:`ese_gate`. What ``ESE`` runs.
     """
     check_ese(x, weight, bias)
-    return channel_scale(x, _ese_gate(x, weight, bias))
+    if bias is None:  # the fused operator takes tensors only: no fast path without the bias
+        return channel_scale(x, _ese_gate(x, weight, bias))
+    return _fused_channel_gate(x, "ese", [weight, bias], "avg")
+
+
+# The excitation steps of the fused channel gate (visattn.functional.fused.channel_gate).
+register_excitation("eca", partial(_eca_excitation, circular=False))
+register_excitation("ceca", partial(_eca_excitation, circular=True))
+register_excitation("ese", _ese_excitation)

@@ -7,6 +7,7 @@ from .fusion import batchnorm_attention
 from .gather_excite import GatherExcite
 from .global_context import GlobalContext
 from .registry import create_attention, list_attention, register_attention
+from .selective_kernel import SelectiveKernel
 from .spatial_transformer import GridGenerator, SpatialTransformer, default_localisation
 from .squeeze_excite import SqueezeExcite
 
@@ -19,6 +20,7 @@ __all__ = [
     "GatherExcite",
     "GlobalContext",
     "GridGenerator",
+    "SelectiveKernel",
     "SpatialAttention",
     "SpatialTransformer",
     "SqueezeExcite",

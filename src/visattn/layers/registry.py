@@ -3,8 +3,11 @@
 ``create_attention("se", 256, reduction=8)`` builds ``SqueezeExcite(256, reduction=8)``.
 Registered names: ``"se"`` (SqueezeExcite), ``"cbam"`` (CBAM), ``"channel"`` (CBAM's
 ChannelAttention), ``"spatial"`` (CBAM's SpatialAttention; ignores ``channels``), ``"ceca"``
-(CECA), ``"eca"`` (ECA), ``"ese"`` (ESE), ``"gc"`` (GlobalContext), ``"ge"`` (GatherExcite).
-Third-party layers join with :func:`register_attention`.
+(CECA), ``"eca"`` (ECA), ``"ese"`` (ESE), ``"gc"`` (GlobalContext), ``"ge"``
+(GatherExcite), ``"sk"`` (SelectiveKernel(channels, channels), a
+convolution replacement; groups gcd(32, channels) unless given, so that any channel count
+works: the paper's G = 32 where 32 divides it). Third-party layers join with
+:func:`register_attention`.
 
 Tests: ``tests/layers/test_layers_registry.py``.
 """
@@ -12,6 +15,7 @@ Tests: ``tests/layers/test_layers_registry.py``.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +25,7 @@ from .cbam import CBAM, ChannelAttention, SpatialAttention
 from .eca import CECA, ECA, ESE
 from .gather_excite import GatherExcite
 from .global_context import GlobalContext
+from .selective_kernel import SelectiveKernel
 from .squeeze_excite import SqueezeExcite
 
 __all__ = ["attention_options", "create_attention", "list_attention", "register_attention"]
@@ -80,6 +85,15 @@ def _spatial(channels: int, **kwargs: Any) -> nn.Module:
     return SpatialAttention(**kwargs)
 
 
+def _selective_kernel(channels: int, *, groups: int | None = None, **kwargs: Any) -> nn.Module:
+    """SelectiveKernel(channels, channels) with G = gcd(32, channels) unless ``groups`` is given:
+    the paper's G = 32 where 32 divides C (all of SKNet's widths), its largest divisor else."""
+    if groups is None:
+        valid = isinstance(channels, int) and not isinstance(channels, bool) and channels > 0
+        groups = math.gcd(32, channels) if valid else 32  # invalid: SelectiveKernel says why
+    return SelectiveKernel(channels, channels, groups=groups, **kwargs)
+
+
 register_attention("se", SqueezeExcite)
 register_attention("cbam", CBAM)
 register_attention("channel", ChannelAttention)
@@ -89,3 +103,4 @@ register_attention("eca", ECA)
 register_attention("ese", ESE)
 register_attention("gc", GlobalContext)
 register_attention("ge", GatherExcite)
+register_attention("sk", _selective_kernel)

@@ -5,6 +5,8 @@ Registered names (see docs/models.md):
 - ImageNet ResNets (He et al., arXiv:1512.03385): ``resnet18`` ... ``resnet152``; with
   Squeeze-and-Excitation (Hu et al., arXiv:1709.01507) ``seresnet18`` ... ``seresnet152``; with
   CBAM (Woo et al., arXiv:1807.06521) ``cbam_resnet18`` ... ``cbam_resnet152``.
+- Selective Kernel ResNets (Li et al., arXiv:1903.06586), timm's layouts: ``skresnet18``,
+  ``skresnet34``, ``skresnet50``, and the paper's SKNet-50, ``skresnext50_32x4d``.
 - CIFAR ResNets: ``resnet20_cifar``, ``resnet32_cifar``, ``resnet44_cifar``, ``resnet56_cifar``,
   ``resnet110_cifar``.
 - Spatial Transformer paper networks (Jaderberg et al., arXiv:1506.02025): ``fcn``, ``cnn``,
@@ -25,6 +27,7 @@ from torch import nn
 
 from .._checks import check_int
 from .resnet import cifar_resnet, imagenet_resnet
+from .sknet import sk_resnet
 from .stn_nets import cnn, fcn, stcnn, stfcn
 
 __all__ = ["ModelEntry", "create_model", "list_models", "register_model"]
@@ -147,6 +150,17 @@ for _depth in (18, 34, 50, 101, 152):
         description=f"CBAM-ResNet-{_depth} (official CBAM layout)",
         fixed_attention="cbam",
     )
+for _depth in (18, 34, 50):
+    register_model(
+        f"skresnet{_depth}",
+        partial(sk_resnet, _depth),
+        description=f"SK-ResNet-{_depth} (timm's skresnet{_depth} layout: split input, no groups)",
+    )
+register_model(
+    "skresnext50_32x4d",
+    partial(sk_resnet, 50, cardinality=32, base_width=4, sk_kw={}),
+    description="SKNet-50 of the SK paper (ResNeXt-50 32x4d, SK[M=2, G=32, r=16], L=32)",
+)
 for _depth in (20, 32, 44, 56, 110):
     register_model(
         f"resnet{_depth}_cifar",
