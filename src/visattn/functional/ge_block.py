@@ -43,6 +43,7 @@ from torch import Tensor
 from .. import _modes
 from .._checks import check_choice, check_tensor, describe
 from .attention import _check_mlp, _check_x, _mlp
+from .fused import _fused_channel_gate, register_excitation
 
 __all__ = ["gather_excite", "gather_excite_map", "ge_extent", "ge_gather"]
 
@@ -221,8 +222,16 @@ def gather_excite(x: Tensor, *, extent: int | str = 0, conv_weights: Sequence[Te
     """The Gather-Excite block y = x * f(interp(x^)) (arXiv:1810.12348, §3-4), (N, C, H, W).
 
     Arguments as :func:`gather_excite_map`'s; what ``GatherExcite.forward`` runs. The defaults
-    are GE-theta^- with a global extent: y = x * sigmoid(GAP(x)).
+    are GE-theta^- with a global extent: y = x * sigmoid(GAP(x)), which runs on the fused
+    channel gate (:func:`visattn.functional.channel_gate` with the excitation ``"ge_global"``,
+    :func:`_ge_excitation`); the other pairings are the formula op by op.
     """
     mlp = (fc1_weight, fc1_bias, fc2_weight, fc2_bias)
     extent = check_gather_excite(x, extent, conv_weights, norms, mlp, global_padding)
+    if extent == 0 and not conv_weights and mlp[0] is None:
+        return _fused_channel_gate(x, "ge_global", [], "avg")
     return x * _ge_map(x, extent, conv_weights, norms, mlp, global_padding)
+
+
+# The parameter-free global excitation, for the fused channel gate (functional.fused.channel_gate).
+register_excitation("ge_global", _ge_excitation)
