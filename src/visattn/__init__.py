@@ -24,11 +24,13 @@ Below them, ``_checks`` (argument checks) and ``_modes`` (the gates, pools and B
 from . import functional, models
 from .kernels import use_backend
 from .layers import (
+    BAM,
     CBAM,
     CECA,
     ECA,
     ESE,
     ChannelAttention,
+    CoordAttention,
     GatherExcite,
     GlobalContext,
     GridGenerator,
@@ -36,6 +38,7 @@ from .layers import (
     SpatialAttention,
     SpatialTransformer,
     SqueezeExcite,
+    TripletAttention,
     create_attention,
     list_attention,
     register_attention,
@@ -67,12 +70,14 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "BAM",
     "CBAM",
     "CECA",
     "ECA",
     "ESE",
     "AttentionReport",
     "ChannelAttention",
+    "CoordAttention",
     "GatherExcite",
     "GlobalContext",
     "GridGenerator",
@@ -82,6 +87,7 @@ __all__ = [
     "SpatialAttention",
     "SpatialTransformer",
     "SqueezeExcite",
+    "TripletAttention",
     "__version__",
     "add_attention",
     "create_attention",
