@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["ACTIVATIONS", "ACTIVATION_FUNCTIONS", "BAM_COMBINES", "BAM_VARIANTS", "GATES",
-           "GATE_FUNCTIONS", "GATE_IDS", "POOLS", "BnMode"]  # fmt: skip
+           "GATE_FUNCTIONS", "GATE_IDS", "GC_FUSIONS", "GE_GLOBAL_PADDINGS", "POOLS",
+           "BnMode"]  # fmt: skip
 
 #: Gate functions sigma of the excitation s = sigma(W_2 ReLU(W_1 z)): SE's sigmoid and the
 #: alternatives of its Table 12 ablation (arXiv:1709.01507).
@@ -56,6 +57,15 @@ BAM_COMBINES: tuple[str, ...] = ("sum", "product")
 
 #: BAM's layouts: the paper's (eq. 2-4) and the official code's (BatchNorm places, product).
 BAM_VARIANTS: tuple[str, ...] = ("paper", "official")
+
+#: How the Global Context block (arXiv:1904.11492) fuses its transform t with x: ``"add"``,
+#: x + t (the paper's GC block), or ``"scale"``, x * sigmoid(t) (its fusion ablation).
+GC_FUSIONS: tuple[str, ...] = ("add", "scale")
+
+#: Padding of Gather-Excite's global depthwise gather (arXiv:1810.12348, GE-theta): ``"none"``,
+#: the kernel covers the whole map (a 1 x 1 context, the paper's global gather); ``"timm"``,
+#: padding (k - 1) // 2 as timm 1.0.31's ``GatherExcite`` (a context about the map's size).
+GE_GLOBAL_PADDINGS: tuple[str, ...] = ("none", "timm")
 
 
 class BnMode(enum.IntEnum):

@@ -13,6 +13,8 @@ from visattn import (
     ECA,
     ESE,
     CoordAttention,
+    GatherExcite,
+    GlobalContext,
     SelectiveKernel,
     SqueezeExcite,
     TripletAttention,
@@ -42,6 +44,9 @@ def test_list_and_create():
     assert type(create_attention("eca", 64)) is ECA and create_attention("eca", 64).kernel_size == 3
     assert type(create_attention("ceca", 64, kernel_size=5)) is CECA
     assert type(create_attention("ese", 64)) is ESE
+    assert {"gc", "ge"} <= set(list_attention())
+    assert isinstance(create_attention("gc", 64), GlobalContext)
+    assert isinstance(create_attention("ge", 64), GatherExcite)
     x = torch.randn(1, 32, 4, 4)
     assert create_attention("spatial", 32, kernel_size=3)(x).shape == x.shape
     assert isinstance(create_attention("bam", 64), BAM)

@@ -21,6 +21,10 @@ shapes (``docs/core.md`` maps them to the tests).
 - ECA (arXiv:1910.03151), circular ECA and effective SE (arXiv:1911.06667), the channel gates
   without reduction (:mod:`.eca_block`): :func:`eca`, :func:`eca_gate`, :func:`eca_kernel_size`,
   :func:`ese`, :func:`ese_gate`.
+- Gather-Excite (arXiv:1810.12348, :mod:`.ge_block`): :func:`ge_gather`,
+  :func:`gather_excite_map`, :func:`gather_excite`.
+- Global Context (arXiv:1904.11492, :mod:`.gc_block`): :func:`gc_context_weights`,
+  :func:`global_context_map`, :func:`global_context`.
 - Selective Kernel (arXiv:1903.06586, :mod:`.sk_block`): :func:`sk_attention`,
   :func:`selective_kernel` (fuse and select of the SK convolution), :func:`sk_attention_channels`.
 - The fused blocks (:mod:`.fused`): :func:`squeeze_excite` and :func:`cbam` choose the reference
@@ -73,6 +77,8 @@ from .fused import (
     register_excitation,
     squeeze_excite,
 )
+from .gc_block import gc_context_weights, global_context, global_context_map
+from .ge_block import gather_excite, gather_excite_map, ge_gather
 from .grids import *  # noqa: F403 (the grid generators: grids.__all__)
 from .grids import __all__ as _grid_names
 from .sampling import PADDING_MODES, bilinear_sample, bilinear_sample_reference
@@ -114,6 +120,12 @@ __all__ = [
     "ese_gate",
     "excitation",
     "gate",
+    "gather_excite",
+    "gather_excite_map",
+    "gc_context_weights",
+    "ge_gather",
+    "global_context",
+    "global_context_map",
     "global_pool",
     "register_excitation",
     "selective_kernel",

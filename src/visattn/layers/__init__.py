@@ -6,6 +6,8 @@ from .cbam import CBAM, ChannelAttention, SpatialAttention
 from .coord import CoordAttention
 from .eca import CECA, ECA, ESE
 from .fusion import batchnorm_attention
+from .gather_excite import GatherExcite
+from .global_context import GlobalContext
 from .registry import create_attention, list_attention, register_attention
 from .selective_kernel import SelectiveKernel
 from .spatial_transformer import GridGenerator, SpatialTransformer, default_localisation
@@ -20,6 +22,8 @@ __all__ = [
     "ESE",
     "ChannelAttention",
     "CoordAttention",
+    "GatherExcite",
+    "GlobalContext",
     "GridGenerator",
     "SelectiveKernel",
     "SpatialAttention",

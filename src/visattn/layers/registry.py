@@ -4,9 +4,9 @@
 Registered names: ``"se"`` (SqueezeExcite), ``"cbam"`` (CBAM), ``"channel"`` (CBAM's
 ChannelAttention), ``"spatial"`` (CBAM's SpatialAttention; ignores ``channels``), ``"bam"``
 (BAM), ``"ceca"`` (CECA), ``"coord"`` (CoordAttention), ``"eca"`` (ECA), ``"ese"`` (ESE),
-``"sk"`` (SelectiveKernel(channels, channels), a convolution replacement; groups gcd(32,
-channels) unless given, so that any channel count works: the paper's G = 32 where 32 divides
-it), ``"triplet"`` (TripletAttention; ignores ``channels``). Third-party layers join with
+``"gc"`` (GlobalContext), ``"ge"`` (GatherExcite), ``"sk"`` (SelectiveKernel(channels,
+channels), a convolution replacement; groups gcd(32, channels) unless given, so that any channel
+count works: the paper's G = 32 where 32 divides it), ``"triplet"`` (TripletAttention; ignores ``channels``). Third-party layers join with
 :func:`register_attention`.
 
 Tests: ``tests/layers/test_layers_registry.py``.
@@ -25,6 +25,8 @@ from .bam import BAM
 from .cbam import CBAM, ChannelAttention, SpatialAttention
 from .coord import CoordAttention
 from .eca import CECA, ECA, ESE
+from .gather_excite import GatherExcite
+from .global_context import GlobalContext
 from .selective_kernel import SelectiveKernel
 from .squeeze_excite import SqueezeExcite
 from .triplet import TripletAttention
@@ -110,4 +112,6 @@ register_attention("triplet", _triplet)
 register_attention("ceca", CECA)
 register_attention("eca", ECA)
 register_attention("ese", ESE)
+register_attention("gc", GlobalContext)
+register_attention("ge", GatherExcite)
 register_attention("sk", _selective_kernel)
