@@ -73,9 +73,10 @@ Groups (each test method below; ``config`` runs over ``configs`` unless said oth
   class, on ``compile_configs`` (default: the first config only; list a second one only for a
   code path of its own) because each compile costs tens of seconds on CPU.
 - channels_last: the same values and input gradients as NCHW.
-- map: a layer whose class declares ``map_kind`` (``"se"``, ``"channel"``, ``"spatial"``) gives
-  the map it applies as ``attention(x)``, of that kind's shape, and outputs x times it: what the
-  visualisation records (``visattn.viz.capture``).
+- map: a layer that declares a ``map_kind`` (``visattn.layers._common.MAP_KINDS``) gives its
+  map as ``attention(x)``, of that kind's shape, and its output is x times it (x plus it for
+  ``"residual"``; ``"select"`` weights sum to 1 over the branches): what the visualisation
+  records (``visattn.viz.capture``).
 - onnx: export (opset 18), ``onnx.checker`` and onnxruntime against eager on ``onnx_configs``
   (default: the first config); skipped when onnx, onnxruntime or onnxscript is missing.
 
@@ -95,6 +96,7 @@ import torch
 from torch import nn
 
 from visattn.kernels import use_backend
+from visattn.layers._common import MAP_KINDS, map_kind
 
 __all__ = ["KINK_MARGIN", "LayerTester", "min_gap", "state_arrays"]
 
@@ -354,22 +356,35 @@ class LayerTester:
     # -------------------------------------------------------------------------------- map
 
     def test_attention_map(self, config, device):
-        """The visualisation's protocol (``visattn.viz.capture``): a layer that declares a
-        ``map_kind`` gives the map it applies as ``attention(x)``, of the kind's shape (a gate
-        (N, C, 1, 1) for ``"se"`` / ``"channel"``, a map (N, 1, H, W) for ``"spatial"``), and its
-        output is x times that map. Layers without a single map (CBAM: two parts; the spatial
-        transformer: theta and a grid) declare none or ``"stn"`` and are captured otherwise."""
-        kind = getattr(self.layer, "map_kind", None)
-        if kind not in ("se", "channel", "spatial"):
-            pytest.skip(f"{self.layer.__name__} applies no single map (map_kind={kind!r})")
+        """The visualisation's protocol (``visattn.viz.capture``, the kinds of
+        ``visattn.layers._common.MAP_KINDS``): a layer that declares a ``map_kind`` gives its map
+        as ``attention(x)``, of the kind's shape, related to its output as the kind says:
+        x * map for a gate (N, C, 1, 1) (``"se"`` / ``"channel"``), a map (N, 1, H, W)
+        (``"spatial"``) or a map broadcastable to x (``"mixed"``); x + term for ``"residual"``;
+        weights (N, M, C) summing to 1 over the M branches for ``"select"``. Layers without a
+        single map (CBAM: two parts; the spatial transformer: theta and a grid) declare none or
+        ``"stn"`` and are captured otherwise."""
         layer = self.make(config, device).eval()
+        kind = map_kind(layer)
+        if kind not in MAP_KINDS:
+            pytest.skip(f"{type(layer).__name__} applies no single map (map_kind={kind!r})")
         for shape in self.shapes(self.configs[config]):
             x = torch.randn(shape, device=device)
             with torch.no_grad():
                 m, y = layer.attention(x), layer(x)
             n, c, h, w = shape
-            assert m.shape == ((n, 1, h, w) if kind == "spatial" else (n, c, 1, 1)), shape
-            torch.testing.assert_close(y, x * m, **self.tol("float32", config))
+            if kind == "select":
+                assert m.dim() == 3 and m.shape[0] == n, (shape, m.shape)
+                ones = torch.ones(n, m.shape[2], device=device)
+                torch.testing.assert_close(m.sum(1), ones, **self.tol("float32", config))
+                continue
+            want = {"spatial": (n, 1, h, w), "se": (n, c, 1, 1), "channel": (n, c, 1, 1)}
+            if kind in want:
+                assert m.shape == want[kind], (shape, m.shape)
+            else:  # mixed, residual: any shape that broadcasts to x's
+                assert torch.broadcast_shapes(m.shape, x.shape) == x.shape, (shape, m.shape)
+            combined = x + m if kind == "residual" else x * m
+            torch.testing.assert_close(y, combined, **self.tol("float32", config))
 
     # ------------------------------------------------------------------------------- onnx
 

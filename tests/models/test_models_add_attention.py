@@ -258,3 +258,75 @@ def test_a_registered_mechanism_occupies_its_stages_like_the_known_ones(monkeypa
     with pytest.raises(ValueError, match=r"stage 1 of the model .* already has an attention"):
         add_attention(seq, "gate", preserve_output=False)
     assert set(seq.state_dict()) == names
+
+
+def _mechanisms() -> list[str]:
+    return [n for n in visattn.list_attention() if n != "sk"]
+
+
+@pytest.mark.parametrize("family", ["visattn_resnet18", "vgg_sequential"])
+@pytest.mark.parametrize("kind", _mechanisms())
+def test_every_mechanism_preserves_the_output_and_learns(family: str, kind: str) -> None:
+    """Every registered mechanism (at its defaults; Selective Kernel is refused, below):
+    the output is unchanged at insertion, the new modules get gradients, and a few optimiser
+    steps on them alone move the output (a parameter-free mechanism through its scalar gate)."""
+    make, size, expected = FAMILIES[family]
+    torch.manual_seed(torch.initial_seed() % 2**31)
+    model = _pretrained_like(make()).eval()
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        before = model(x)
+    old = {n for n, _ in model.named_parameters()}
+    add_attention(model, kind)
+    assert len(model.visattn_report) == expected
+    after = model(x)
+    assert (after - before).abs().max() <= 1e-5
+    after.square().mean().backward()
+    new = [p for n, p in model.named_parameters() if n not in old]
+    assert new and any(p.grad is not None and p.grad.abs().sum() > 0 for p in new), kind
+    for n, p in model.named_parameters():
+        p.requires_grad_(n not in old)
+    opt = torch.optim.SGD(new, lr=0.5)
+    for _ in range(3):
+        opt.zero_grad()
+        model(x)[:, 0].sum().backward()
+        opt.step()
+    with torch.no_grad():
+        assert (model(x) - before).abs().max() > 1e-5, kind
+
+
+def test_parameter_free_mechanism_gets_a_scalar_gate() -> None:
+    """y = x + alpha (A(x) - x), alpha = 0: preserved, and alpha's gradient is (A(x) - x) . dy."""
+
+    class Square(nn.Module):  # a parameter-free "mechanism"
+        def forward(self, x):
+            return x * x
+
+    wrapped = PreservedAttention(Square())
+    assert wrapped.reference is None and float(wrapped.alpha) == 0.0
+    x = torch.randn(2, 3, 4, 5)
+    y = wrapped(x)
+    assert torch.equal(y, x)
+    y.sum().backward()
+    torch.testing.assert_close(wrapped.alpha.grad, (x * x - x).sum())
+
+
+def test_a_convolution_replacement_is_refused() -> None:
+    """A layer of map kind "select" (Selective Kernel) replaces a convolution: add_attention
+    refuses it with a message naming the argument, before touching the model."""
+
+    class Select(nn.Module):
+        map_kind = "select"
+
+        def __init__(self, channels: int) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv(x)
+
+    model = create_model("resnet18", num_classes=10)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"kind: .* is a convolution replacement"):
+        add_attention(model, Select)
+    assert model.state_dict().keys() == state.keys()

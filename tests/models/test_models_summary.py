@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+import visattn
 from visattn.models import add_attention, create_model, summary
 
 
@@ -100,3 +101,17 @@ def test_attention_scan_and_forward_flops() -> None:
     assert conv.training
     with pytest.raises(TypeError, match="model"):
         attention_modules(nn.Linear)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", visattn.list_attention())
+def test_summary_of_every_mechanism(name: str) -> None:
+    """For every registered mechanism in a ResNet-18: the attention's parameters are exactly
+    what it adds to the plain network, its FLOPs the difference of the two forward passes'
+    (FlopCounterMode, the same rule for both), and its blocks are the eight residual slots."""
+    size = (1, 3, 64, 64)
+    plain = summary(visattn.create_model("resnet18", num_classes=10), size, verbose=False)
+    model = visattn.create_model("resnet18", num_classes=10, attention=name)
+    s = summary(model, size, verbose=False)
+    assert s.attention_params == s.params - plain.params
+    assert s.attention_flops == s.flops - plain.flops
+    assert len(s.attention_blocks) == 8

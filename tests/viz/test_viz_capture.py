@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+import visattn
 from visattn.layers import CBAM, SpatialTransformer, SqueezeExcite
 from visattn.viz import AttentionRecorder, attention_layers, capture
 
@@ -154,3 +155,62 @@ def test_viz_is_reached_from_the_package_alone():
 
     code = "import visattn, sys; assert 'visattn.viz' not in sys.modules; visattn.viz.capture"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+class _Context(nn.Module):
+    """An additive mechanism: x + w * mean(x), declared per instance ("residual") or, with
+    ``scale=True``, as a mixed map x * sigmoid(w x): the instance's attribute wins."""
+
+    map_kind = "residual"
+
+    def __init__(self, channels: int, scale: bool = False) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(channels, 1, 1))
+        if scale:
+            self.map_kind = "mixed"
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        if self.map_kind == "mixed":
+            return torch.sigmoid(self.w * x)
+        return self.w * x.mean((2, 3), keepdim=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.attention(x)
+        return x * a if self.map_kind == "mixed" else x + a
+
+
+def test_every_kind_is_recorded_under_its_field_expanded_to_the_input():
+    """``residual`` and ``mixed`` maps are recorded at the layer input's shape; an instance's
+    ``map_kind`` overrides its class's."""
+    import importlib
+
+    from visattn.layers._common import MAP_KINDS
+
+    capture_module = importlib.import_module("visattn.viz.capture")  # the module, not the function
+    assert set(capture_module._MAPS) == set(MAP_KINDS)  # every kind has a recorder
+    add, mul = _Context(4), _Context(4, scale=True)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), add, mul)
+    x = torch.randn(2, 3, 5, 7)
+    assert attention_layers(model) == {"1": "residual", "2": "mixed"}
+    maps = capture(model, x)
+    u = model[0](x)
+    torch.testing.assert_close(maps.residual["1"], add.attention(u).expand_as(u))
+    torch.testing.assert_close(maps.mixed["2"], mul.attention(add(u)))
+    assert not maps.is_empty() and not maps.channel
+
+
+@pytest.mark.parametrize("name", visattn.list_attention())
+def test_every_registered_mechanism_is_captured(name):
+    """Each name of the registry, in a small network, has its maps recorded by ``capture``
+    (CBAM through its parts), with the batch size first."""
+    layer = visattn.create_attention(name, 32)  # 32: SE-style bottlenecks of C / 16 keep 2
+    model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), layer).eval()
+    maps = capture(model, torch.randn(3, 3, 9, 11))
+    recorded = {
+        kind: getattr(maps, kind)
+        for kind in ("se", "channel", "spatial", "mixed", "residual", "select")
+    }
+    assert any(recorded.values()), name
+    for per_layer in recorded.values():
+        for tensor in per_layer.values():
+            assert tensor.shape[0] == 3 and torch.isfinite(tensor).all()

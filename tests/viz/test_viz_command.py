@@ -15,6 +15,8 @@ from visattn.cli import main
         ("cnn", {"attention": "se", "attention_kw": {"reduction": 2}}, {"se_excitation.png"}),
         ("cnn", {"attention": "cbam", "attention_kw": {"reduction": 2}}, {"cbam_spatial.png"}),
         ("stcnn", {"transform": "affine"}, {"stn_0.png"}),
+        # any other mechanism: its summary (here channel gates per class)
+        ("cnn", {"attention": "channel", "attention_kw": {"reduction": 2}}, {"attention.png"}),
     ],
 )
 def test_viz_dataset(make_run, tmp_path, name, kw, expected):

@@ -57,3 +57,25 @@ def test_demo_bad_options_one_line(tmp_path, capsys):
     assert main(["demo", "--preset", "tiny", "--out", str(tmp_path / "mine")]) == 1
     assert "not empty" in capsys.readouterr().err
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
+
+
+def test_demo_every_mechanism(tmp_path, capsys):
+    """``--preset family`` (here at a few images) trains the baseline, every registered
+    mechanism and the spatial transformer on RTS data; each mechanism other than SE and CBAM
+    (which have figures of their own) gets a summary figure of its maps in the report."""
+    from visattn import list_attention
+
+    out = tmp_path / "family"
+    args = ["--train-size", "96", "--val-size", "32", "--test-size", "48", "--epochs", "1",
+            "--batch-size", "32"]  # fmt: skip
+    assert main(["demo", "--preset", "family", "--out", str(out), "--threads", "1", *args]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    rows = metrics["results"]
+    assert {r["data"] for r in rows} == {"rts"}
+    assert len(rows) == 2 + len(list_attention())  # CNN, ST-CNN and every mechanism
+    summaries = {f"attention_{n}.png" for n in list_attention() if n not in ("se", "cbam")}
+    assert summaries <= set(metrics["figures"])
+    html = (out / "report.html").read_text()
+    assert all(f in html for f in summaries)
+    for r in rows:
+        assert (r["attention_time_share"] == 0) == (r["model"] == "CNN")

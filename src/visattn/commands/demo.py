@@ -18,9 +18,15 @@ the share of inference time spent in the attention layers) and writes ``runs/dem
 of every model (``models/<data>-<model>/``, from ``visattn.engine.train``; readable by
 ``visattn predict`` / ``visattn viz`` / ``visattn eval``).
 
+``--models`` takes any attention name of ``visattn.list_attention()`` (``CNN+<name>``: the
+mechanism after each convolution; the demo's ``reduction`` goes to those that have one) and
+``all``; every mechanism other than SE and CBAM gets a summary figure of its maps
+(:func:`visattn.viz.plot_attention_summary`).
+
 Settings (``--preset``): ``default`` (about 10 minutes on 2 CPU cores), ``quick`` (about 2
-minutes), ``tiny`` (seconds; for tests, numbers are not meaningful) and ``full`` (the whole
-bundled subset, wider nets, more epochs). Every value of a preset can be overridden by a flag.
+minutes), ``tiny`` (seconds; for tests, numbers are not meaningful), ``full`` (the whole
+bundled subset, wider nets, more epochs) and ``family`` (every registered mechanism on the RTS
+data at the quick preset's size). Every value of a preset can be overridden by a flag.
 
 Every model is trained by ``visattn.engine.train`` (AdamW, cosine schedule, the same seed, data
 order and distortions for all models). Measurements: FLOPs are counted by the engine with
@@ -63,24 +69,17 @@ from ..engine import (
     load_model,
     train,
 )
+from ..layers.registry import attention_options, list_attention
 from ..models.scan import attention_modules
-from ..viz import (
-    Figure,
-    capture,
-    grad_cam,
-    plot_confusion_matrix,
-    plot_gradcam,
-    plot_hardest_examples,
-    plot_se_excitation,
-    plot_spatial_attention,
-    plot_stn,
-    plot_training_curves,
-    write_report,
-)
+from ..viz import write_report
 from ..viz._io import public_mode
+from ._demo_figures import demo_figures, ds_title
 
 __all__ = ["PRESETS", "DemoConfig", "add_arguments", "add_parser", "run", "run_demo"]
 
+#: The default models: the baseline, the seed's three mechanisms. ``--models`` also takes every
+#: name of ``visattn.list_attention()`` (a CNN with that mechanism after each convolution) and
+#: ``all`` (the baseline, every registered mechanism and the spatial transformer).
 MODEL_KINDS = ("cnn", "se", "cbam", "stn")
 DATASETS = ("plain", "rts")
 
@@ -118,26 +117,56 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "full": {"train_size": 0, "val_size": 1000, "test_size": 0, "epochs": 12,
              "channels": (32, 32)},
+    # every mechanism on the RTS data, at the quick preset's size
+    "family": {"models": ("all",), "datasets": ("rts",), "train_size": 4000, "val_size": 500,
+               "test_size": 1000, "epochs": 3},
 }  # fmt: skip
+
+#: How the report names a CNN with each mechanism (others: CNN+<name>).
+_LABELS = {"se": "SE", "cbam": "CBAM", "eca": "ECA", "ceca": "CECA", "ese": "eSE", "ge": "GE",
+           "gc": "GC", "bam": "BAM", "coord": "CoordAtt", "triplet": "Triplet", "simam": "SimAM",
+           "nonlocal": "Non-local", "lcbam": "LightCBAM", "sk": "SK",
+           "channel": "CBAM-channel", "spatial": "CBAM-spatial"}  # fmt: skip
+
+
+def model_kinds(models: tuple[str, ...]) -> tuple[str, ...]:
+    """``models`` with ``all`` expanded and every name checked: ``cnn``, ``stn`` or a registered
+    attention name."""
+    names = list_attention()
+    valid = ("cnn", *names, "stn")
+    out: list[str] = []
+    for kind in models:
+        if kind == "all":
+            out += [k for k in valid if k not in out]
+        elif kind not in valid:
+            raise ValueError(f"models: expected names from {', '.join(valid)} or all, got {kind!r}")
+        elif kind not in out:
+            out.append(kind)
+    return tuple(out)
 
 
 def _label(kind: str, transform: str = "affine") -> str:
-    return {"cnn": "CNN", "se": "CNN+SE", "cbam": "CNN+CBAM"}.get(kind, f"ST-CNN ({transform})")
+    if kind == "cnn":
+        return "CNN"
+    if kind == "stn":
+        return f"ST-CNN ({transform})"
+    return f"CNN+{_LABELS.get(kind, kind)}"
 
 
 def _model_specs(cfg: DemoConfig) -> list[tuple[str, str, str | None, dict[str, Any]]]:
     """(label, registry name, attention, model_args) of every model to train."""
     base: dict[str, Any] = {"channels": list(cfg.channels), "kernel_sizes": list(cfg.kernel_sizes)}
     specs: list[tuple[str, str, str | None, dict[str, Any]]] = []
-    for kind in cfg.models:
+    for kind in model_kinds(cfg.models):
         if kind == "stn":
             for t in cfg.transforms:
                 specs.append((_label("stn", t), "stcnn", None, {**base, "transform": t}))
         elif kind == "cnn":
             specs.append((_label(kind), "cnn", None, dict(base)))
         else:
-            kw = {**base, "attention_kw": {"reduction": cfg.reduction}}
-            specs.append((_label(kind), "cnn", kind, kw))
+            # the demo's reduction goes to the mechanisms that have one (SE-style bottlenecks)
+            akw = {"reduction": cfg.reduction} if "reduction" in attention_options(kind) else {}
+            specs.append((_label(kind), "cnn", kind, {**base, "attention_kw": akw}))
     return specs
 
 
@@ -199,108 +228,6 @@ def measure_inference(
     return ips, min(spent[0] / max(total, 1e-9), 1.0)
 
 
-# -- figures -------------------------------------------------------------------------------
-def _pick(labels: torch.Tensor, n: int) -> torch.Tensor:
-    """Indices of up to ``n`` images of distinct classes (then any), in a fixed order."""
-    chosen: list[int] = []
-    classes: set[int] = set()
-    for i, c in enumerate(labels.tolist()):
-        if c not in classes:
-            chosen.append(i)
-            classes.add(c)
-        if len(chosen) == n:
-            break
-    rest = [i for i in range(len(labels)) if i not in chosen]
-    return torch.tensor((chosen + rest)[:n], dtype=torch.long)
-
-
-def _figures(
-    out: Path, runs: dict[tuple[str, str], dict[str, Any]], tests: dict[str, PreparedData],
-    classes: list[str], cfg: DemoConfig,
-) -> list[Figure]:  # fmt: skip
-    figs: list[Figure] = []
-    curves: list[Figure] = []  # shown after the attention figures
-    for ds in cfg.datasets:
-        hist = {label: r["history"] for (d, label), r in runs.items() if d == ds}
-        if hist:
-            name = f"curves_{ds}.png"
-            plot_training_curves(hist, out / name, title=f"Training curves, {_ds_title(ds)}")
-            curves.append(Figure(name, f"Training curves: {_ds_title(ds)}",
-                                 "Loss and accuracy per epoch; solid lines on the training "
-                                 "images, dashed lines on held-out validation images."))  # fmt: skip
-    ds = "rts" if "rts" in cfg.datasets else cfg.datasets[0]
-    test = tests[ds]
-    idx = _pick(test.labels, cfg.figure_images)
-    x, y = test.images[idx], test.labels[idx]
-    for (d, label), r in runs.items():
-        if d != ds or not label.startswith("ST-CNN"):
-            continue
-        maps = capture(r["model"].eval(), x)
-        (name_stn,) = list(maps.grid)[:1]
-        fname = f"stn_{label.split('(')[-1].rstrip(')')}.png"
-        plot_stn(maps.stn_input[name_stn], maps.stn_output[name_stn], maps.grid[name_stn],
-                 out / fname, labels=y, class_names=classes,
-                 title=f"{label} on {_ds_title(ds)}: input, sampling grid, output")  # fmt: skip
-        figs.append(Figure(fname, f"Spatial transformer: {label}",
-                           "Top: distorted test images. Middle: where the transformer samples "
-                           "(red: the border of its output; dotted white: the input's edge). "
-                           "Bottom: the transformer's output, which the classifier sees: the "
-                           "object is moved to the centre and rescaled; rotation is undone "
-                           "only in part."))  # fmt: skip
-    if (ds, "CNN+CBAM") in runs:
-        maps = capture(runs[ds, "CNN+CBAM"]["model"].eval(), x)
-        plot_spatial_attention(x, maps.spatial, out / "cbam_spatial.png",
-                               title=f"CBAM spatial attention $M_s$ per layer, {_ds_title(ds)}")  # fmt: skip
-        figs.append(Figure("cbam_spatial.png", "CBAM spatial attention per layer",
-                           "The spatial attention map M_s of each CBAM layer, upsampled and laid "
-                           "over the input: red regions are kept, blue regions damped."))  # fmt: skip
-    se_ds = "plain" if ("plain", "CNN+SE") in runs else ds
-    if (se_ds, "CNN+SE") in runs:
-        maps = capture(runs[se_ds, "CNN+SE"]["model"].eval(), tests[se_ds].images)
-        plot_se_excitation(maps.se, tests[se_ds].labels, out / "se_excitation.png",
-                           class_names=classes,
-                           title=f"SE excitation per class, {_ds_title(se_ds)}")  # fmt: skip
-        figs.append(Figure("se_excitation.png", "Squeeze-and-Excitation: excitation per class",
-                           "Mean gate value s_c of every channel, per class, for each SE layer "
-                           "(shallow left, deep right); below, each class's difference from the "
-                           "mean over all classes. The SE paper finds early layers weigh channels "
-                           "alike for all classes and deep ones class-specifically; in this "
-                           "shallow two-layer net the differences stay small (see the scale of "
-                           "the lower row)."))  # fmt: skip
-    cams, preds = {}, {}
-    for label in ("CNN", "CNN+SE", "CNN+CBAM"):
-        if (ds, label) in runs:
-            cams[label], logits = grad_cam(runs[ds, label]["model"].eval(), x)
-            preds[label] = logits.argmax(1)
-    if cams:
-        plot_gradcam(x, cams, out / "gradcam.png", labels=y, preds=preds, class_names=classes,
-                     title=f"Grad-CAM of the predicted class, {_ds_title(ds)}")  # fmt: skip
-        figs.append(Figure("gradcam.png", "Grad-CAM: baseline vs SE vs CBAM",
-                           "Where each model looks for its prediction (Grad-CAM on the last "
-                           "convolution stage), on the same test images; green: correct, "
-                           "red: wrong."))  # fmt: skip
-    figs += curves
-    best = max((r for (d, _), r in runs.items() if d == ds), key=lambda r: r["test_acc"])
-    probs = best["logits"].softmax(1)
-    plot_confusion_matrix(test.labels, probs.argmax(1), out / "confusion.png",
-                          class_names=classes, num_classes=len(classes),
-                          title=f"Confusion matrix of {best['label']}, {_ds_title(ds)}")  # fmt: skip
-    figs.append(Figure("confusion.png", f"Confusion matrix: {best['label']} (best on "
-                       f"{_ds_title(ds)})", "Rows: true class, columns: predicted class; the "
-                       "colour is the share of the row, the number the count."))  # fmt: skip
-    plot_hardest_examples(test.images, test.labels, probs, out / "hardest.png",
-                          class_names=classes, k=12,
-                          title=f"Hardest misclassified test images of {best['label']}")  # fmt: skip
-    figs.append(Figure("hardest.png", "Hardest misclassified examples",
-                       "The misclassified test images to which the best model gave the lowest "
-                       "probability for the true class."))  # fmt: skip
-    return figs
-
-
-def _ds_title(ds: str) -> str:
-    return "plain 28x28" if ds == "plain" else "RTS 42x42"
-
-
 # -- orchestration -------------------------------------------------------------------------
 def _table(rows: list[dict[str, Any]]) -> str:
     cols = [
@@ -331,9 +258,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 def run_demo(cfg: DemoConfig, *, log=print) -> dict[str, Any]:
     """Train, measure, draw and write the report; returns the content of ``metrics.json``."""
-    for kind in cfg.models:
-        if kind not in MODEL_KINDS:
-            raise ValueError(f"models: expected names from {', '.join(MODEL_KINDS)}, got {kind!r}")
+    model_kinds(cfg.models)  # checks the names
     for ds in cfg.datasets:
         if ds not in DATASETS:
             raise ValueError(f"datasets: expected names from {', '.join(DATASETS)}, got {ds!r}")
@@ -358,7 +283,7 @@ def run_demo(cfg: DemoConfig, *, log=print) -> dict[str, Any]:
         rows = []
         for ds in cfg.datasets:
             for label, name, attention, model_args in _model_specs(cfg):
-                log(f"  [{_ds_title(ds)}] {label}")
+                log(f"  [{ds_title(ds)}] {label}")
                 run_dir = work / "models" / f"{ds}-{_slug(label)}"
                 opts = TrainOptions(
                     model=name, attention=attention, model_args=model_args,
@@ -397,9 +322,10 @@ def run_demo(cfg: DemoConfig, *, log=print) -> dict[str, Any]:
                 }
                 rows.append(row)
                 runs[ds, label] = {"model": model, "history": history, "test_acc": acc,
-                                   "logits": logits, "label": label}  # fmt: skip
+                                   "logits": logits, "label": label,
+                                   "attention": attention}  # fmt: skip
         log("drawing figures ...")
-        figures = _figures(work, runs, tests, classes, cfg)
+        figures = demo_figures(work, runs, tests, classes, cfg)
         elapsed = time.perf_counter() - started
         metrics = {
             "visattn_version": __version__,
@@ -420,7 +346,7 @@ def run_demo(cfg: DemoConfig, *, log=print) -> dict[str, Any]:
         table = _table(rows)
         report_rows = [
             {
-                "data": _ds_title(r["data"]), "model": r["model"],
+                "data": ds_title(r["data"]), "model": r["model"],
                 "test accuracy": f"{r['test_accuracy']:.1%}", "parameters": r["params"],
                 "MFLOPs / image": f"{r['mflops']:.2f}",
                 "train images/s": f"{r['train_images_per_s']:,.0f}",
@@ -503,9 +429,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/demo", help="report directory")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default",
                         help="default: ~10 min on 2 cores; quick: ~2 min; tiny: seconds (tests); "
-                        "full: all bundled images, wider nets")  # fmt: skip
+                        "full: all bundled images, wider nets; family: every mechanism on RTS")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="same as --preset quick")
-    parser.add_argument("--models", type=_csv, help=f"subset of {','.join(MODEL_KINDS)}")
+    parser.add_argument("--models", type=_csv,
+                        help=f"comma list of cnn, stn and attention names (visattn.list_attention"
+                        f"()), or all (default: {','.join(MODEL_KINDS)})")  # fmt: skip
     parser.add_argument("--transforms", type=_csv,
                         help="spatial-transformer families, e.g. affine,projective,tps")  # fmt: skip
     parser.add_argument("--datasets", type=_csv, help="subset of plain,rts")

@@ -8,6 +8,8 @@ Draws the figures that apply to the model's attention layers and writes them wit
 - spatial transformer (arXiv:1506.02025): inputs, sampling grid, outputs;
 - CBAM (arXiv:1807.06521): spatial-attention maps per layer;
 - SE (arXiv:1709.01507): excitation per class and depth (needs labels: ``--dataset``);
+- any other mechanism (``attention.png``, :func:`visattn.viz.plot_attention_summary`): its maps
+  over positions over the input, or its channel gates per class (needs labels);
 - Grad-CAM (arXiv:1610.02391) of the predicted class, for every model;
 - with ``--dataset``: confusion matrix and hardest misclassified test images.
 
@@ -35,6 +37,7 @@ from ..viz import figures
 from ..viz.capture import capture
 from ..viz.gradcam import grad_cam
 from ..viz.images import load_images
+from ..viz.mechanisms import plot_attention_summary
 from ..viz.report import Figure, write_report
 
 __all__ = ["add_arguments", "add_parser", "dataset_images", "run", "visualise"]
@@ -105,6 +108,16 @@ def visualise(
         )
         figs.append(Figure("se_excitation.png", "SE excitation per class",
                            "Mean gate value per channel and class, shallow to deep layers."))  # fmt: skip
+    # any other mechanism: its maps over positions, or its channel gates per class
+    where = bool(maps.mixed or maps.residual)
+    if (where or maps.select or (maps.channel and not maps.spatial)) and (
+        where or labels is not None
+    ):
+        m, imgs, labs = (maps, x, y) if where else (capture(model, images), images, labels)
+        labs = torch.zeros(len(imgs), dtype=torch.long) if labs is None else labs
+        _, caption = plot_attention_summary(m, imgs, labs, out / "attention.png",
+                                            mechanism="model", class_names=class_names)  # fmt: skip
+        figs.append(Figure("attention.png", "Attention maps", caption))
     cam, logits = grad_cam(model, x)
     # Behind a spatial transformer the last convolution stage sees the transformer's output, so
     # the map is drawn over that output (same size as the map's frame), not over the input.

@@ -19,19 +19,41 @@ from torch import nn
 
 from .._checks import check_int
 
-__all__ = ["MAP_KINDS", "add_bottleneck", "bottleneck_weights", "check_channels", "map_kind",
-           "reduced_channels"]  # fmt: skip
+__all__ = ["GATING_KINDS", "MAP_KINDS", "add_bottleneck", "bottleneck_weights", "check_channels",
+           "map_kind", "reduced_channels"]  # fmt: skip
 
-#: The ``map_kind`` of a layer that multiplies its input by the map ``attention(x)`` returns:
-#: SE's excitation, a channel gate (N, C, 1, 1), a spatial map (N, 1, H, W). The spatial
-#: transformer declares ``"stn"`` (it resamples instead).
-MAP_KINDS: tuple[str, ...] = ("se", "channel", "spatial")
+#: The ``map_kind`` values of attention layers, and what ``attention(x)`` returns for each (x is
+#: the layer's input, (N, C, H, W)):
+#:
+#: - ``"se"``: SE's excitation, a gate (N, C, 1, 1); ``"channel"``: a channel gate (N, C, 1, 1);
+#: - ``"spatial"``: a map over positions (N, 1, H, W);
+#: - ``"mixed"``: a map over channels and positions, broadcastable to x ((N, C, H, W), or a
+#:   product of factors such as (N, C, H, 1) (N, C, 1, W));
+#:
+#: and for all four the layer outputs ``x * attention(x)`` (:data:`GATING_KINDS`);
+#:
+#: - ``"residual"``: a term broadcastable to x that the layer adds: it outputs
+#:   ``x + attention(x)`` (a global-context or non-local block);
+#: - ``"select"``: the selection weights (N, M, C) of a layer that combines M branches with a
+#:   softmax over them (Selective Kernel); its output is not a function of x and the weights
+#:   alone (it replaces a convolution).
+#:
+#: The spatial transformer declares ``"stn"`` (it resamples instead; not in this tuple).
+MAP_KINDS: tuple[str, ...] = ("se", "channel", "spatial", "mixed", "residual", "select")
+
+#: The kinds whose layer outputs ``x * attention(x)``.
+GATING_KINDS: tuple[str, ...] = ("se", "channel", "spatial", "mixed")
 
 
 def map_kind(module: nn.Module) -> str | None:
-    """The attention layers' protocol: the ``map_kind`` a module's class declares, or None. The
-    model scan, ``add_attention`` and the visualisation's capture all ask this one question."""
-    return getattr(type(module), "map_kind", None)
+    """The attention layers' protocol: the ``map_kind`` a module declares, or None. The model
+    scan, ``add_attention`` and the visualisation's capture all ask this one question.
+
+    A class declares it as a class attribute; an instance may override it with a plain attribute
+    when a constructor option changes what ``attention(x)`` is (a gather-excite block with a
+    global extent gives a channel gate, with a finite one a mixed map)."""
+    own = vars(module).get("map_kind")
+    return own if isinstance(own, str) else getattr(type(module), "map_kind", None)
 
 
 def reduced_channels(

@@ -10,6 +10,7 @@ Tests: ``tests/layers/test_layers_registry.py``.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +19,7 @@ from torch import nn
 from .cbam import CBAM, ChannelAttention, SpatialAttention
 from .squeeze_excite import SqueezeExcite
 
-__all__ = ["create_attention", "list_attention", "register_attention"]
+__all__ = ["attention_options", "create_attention", "list_attention", "register_attention"]
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
@@ -54,6 +55,20 @@ def create_attention(name: str, channels: int, **kwargs: Any) -> nn.Module:
             f"name: expected one of {', '.join(map(repr, list_attention()))}, got {name!r}"
         )
     return _REGISTRY[name](channels, **kwargs)
+
+
+def attention_options(name: str) -> frozenset[str]:
+    """The keyword options the factory of ``name`` names in its signature (besides the channel
+    count), e.g. ``{"reduction", "squeeze", ...}`` for ``"se"``: what a caller may pass to every
+    mechanism that takes it (the demo passes ``reduction`` only to those that name it). A factory
+    that forwards ``**kwargs`` names none."""
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ValueError(
+            f"name: expected one of {', '.join(map(repr, list_attention()))}, got {name!r}"
+        )
+    params = inspect.signature(_REGISTRY[name]).parameters.values()
+    named = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return frozenset(p.name for p in params if p.kind in named) - {"channels", "self"}
 
 
 def _spatial(channels: int, **kwargs: Any) -> nn.Module:

@@ -20,6 +20,9 @@ unchanged, while dy/dtheta = dA_theta(x)/dtheta is the ordinary, non-zero gradie
 attention block: every new parameter learns from the first step. (A scalar gate
 y = x + alpha (A(x) - x) with alpha = 0 would give dy/dtheta = 0 for all of A's own parameters.)
 For gating attention (SE, CBAM) the block stays a gate: y = x * (1 + s_theta(x) - s_theta0(x)).
+A parameter-free mechanism (SimAM) gets a scalar gate alpha = 0 instead (see
+:class:`PreservedAttention`). A convolution replacement (Selective Kernel, map kind ``"select"``)
+is refused: it cannot be inserted next to a convolution, only built into the network.
 
 The model is modified in place and returned; ``model.visattn_report`` holds an
 :class:`AttentionReport` (which module went where). Parameter names of the original network do
@@ -76,9 +79,15 @@ class PreservedAttention(nn.Module):
     At construction y == x exactly, and every parameter of ``attention`` gets its ordinary
     gradient dA_theta(x)/dtheta. ``attention`` must map (N, C, H, W) to the same shape.
 
+    A parameter-free mechanism (SimAM, gather-excite theta-minus) has no theta to learn, so the
+    delta form would stay zero for ever; it gets a scalar gate instead,
+    y = x + alpha (A(x) - x) with alpha = 0 at construction (``alpha``, trainable): the output
+    is preserved, and dy/dalpha = A(x) - x lets the network take the mechanism in.
+
     Attributes:
         attention: A_theta (trainable).
-        reference: A_theta0 (its parameters stored as buffers).
+        reference: A_theta0 (its parameters stored as buffers); None for a parameter-free A.
+        alpha: the scalar gate of a parameter-free A (None otherwise).
     """
 
     def __init__(self, attention: nn.Module) -> None:
@@ -86,9 +95,17 @@ class PreservedAttention(nn.Module):
         if not isinstance(attention, nn.Module):
             raise TypeError(f"attention: expected an nn.Module, got {type(attention).__name__}")
         self.attention = attention
-        self.reference = _frozen_copy(attention)
+        like = next(iter(attention.buffers()), None)
+        if any(True for _ in attention.parameters()):
+            self.reference, self.alpha = _frozen_copy(attention), None
+        else:
+            self.reference = None
+            f = {} if like is None else {"device": like.device, "dtype": like.dtype}
+            self.alpha = nn.Parameter(torch.zeros((), **f))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.alpha is not None:
+            return x + self.alpha * (self.attention(x) - x)
         return x + (self.attention(x) - self.reference(x))
 
 
@@ -189,11 +206,20 @@ class _Builder:
                 raise TypeError(
                     f"kind: expected the factory to return an nn.Module, got {type(att).__name__}"
                 )
+        if map_kind(att) == "select":
+            raise ValueError(
+                f"kind: {self.kind!r} is a convolution replacement (its layer selects between "
+                "convolution branches, map kind 'select'); add_attention inserts modules next to "
+                "the network's convolutions and cannot replace them: build the network with it "
+                "instead (e.g. visattn.create_model('skresnet50'))"
+            )
+        if self.preserve_output:
+            att = PreservedAttention(att)
         ref = _reference_tensor(like)
         if ref is not None:
             att = att.to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
         att.train(like.training)
-        return PreservedAttention(att) if self.preserve_output else att
+        return att
 
 
 def _residual_blocks(model: nn.Module) -> list[tuple[str, nn.Module, str]]:

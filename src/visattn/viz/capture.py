@@ -16,9 +16,10 @@ What is recorded, per layer (keyed by the layer's qualified name in ``model.name
   grid (N, H_out, W_out, 2) in normalised [-1, 1] (x, y) coordinates: input and output of the
   layer's ``grid_generator``; also the layer's input U and output V, to draw them.
 
-Any other layer is captured the same way when its class declares ``map_kind`` (``"se"``,
-``"channel"`` or ``"spatial"``) and gives its map as ``attention(x)``: that is all a new mechanism
-needs (``docs/adding-a-mechanism.md``).
+Any other layer is captured the same way when it declares a ``map_kind`` (one of
+:data:`visattn.layers._common.MAP_KINDS`: ``"se"``, ``"channel"``, ``"spatial"``, ``"mixed"``,
+``"residual"``, ``"select"``) and gives its map as ``attention(x)``: that is all a new mechanism
+needs (``docs/adding-a-mechanism.md``). It is recorded under the field of its kind.
 
 The fused SE / CBAM kernels (:mod:`visattn.kernels`) never materialise the maps, so a forward
 hook on each SE / CBAM layer recomputes them from the layer's input with the formula functions
@@ -57,6 +58,10 @@ class AttentionMaps:
         se: SE layer name -> excitation s, (N, C).
         channel: CBAM channel-attention name -> M_c, (N, C).
         spatial: CBAM spatial-attention name -> M_s, (N, 1, H, W).
+        mixed: name -> a map over channels and positions, (N, C, H, W) (expanded to the layer's
+            input shape when ``attention(x)`` returns factors).
+        residual: name -> the term the layer adds to its input, (N, C, H, W) (expanded).
+        select: name -> selection weights over M branches, (N, M, C).
         theta: spatial-transformer name -> theta, (N, P).
         grid: spatial-transformer name -> sampling grid, (N, H_out, W_out, 2), (x, y) in [-1, 1].
         stn_input: spatial-transformer name -> its input U, (N, C, H, W).
@@ -67,20 +72,24 @@ class AttentionMaps:
     se: dict[str, torch.Tensor] = field(default_factory=dict)
     channel: dict[str, torch.Tensor] = field(default_factory=dict)
     spatial: dict[str, torch.Tensor] = field(default_factory=dict)
+    mixed: dict[str, torch.Tensor] = field(default_factory=dict)
+    residual: dict[str, torch.Tensor] = field(default_factory=dict)
+    select: dict[str, torch.Tensor] = field(default_factory=dict)
     theta: dict[str, torch.Tensor] = field(default_factory=dict)
     grid: dict[str, torch.Tensor] = field(default_factory=dict)
     stn_input: dict[str, torch.Tensor] = field(default_factory=dict)
     stn_output: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def is_empty(self) -> bool:
-        """True when the model has no SE, CBAM or spatial-transformer layer."""
-        return not (self.se or self.channel or self.spatial or self.theta)
+        """True when the model has no attention layer (nothing was recorded)."""
+        maps = (self.se, self.channel, self.spatial, self.mixed, self.residual, self.select)
+        return not (any(maps) or self.theta)
 
 
 def attention_layers(model: nn.Module) -> dict[str, str]:
-    """Name -> kind (``"se"``, ``"channel"``, ``"spatial"``, ``"stn"``) of the attention layers:
-    every module whose class declares one of these as its ``map_kind`` (a new mechanism is
-    captured by declaring it and giving its map as ``attention(x)``)."""
+    """Name -> kind (one of :data:`visattn.layers._common.MAP_KINDS`, or ``"stn"``) of the
+    attention layers: every module that declares one of these as its ``map_kind`` (a new
+    mechanism is captured by declaring it and giving its map as ``attention(x)``)."""
     return {
         name: map_kind(m)
         for name, m in attention_modules(model, outermost=False).items()
@@ -106,8 +115,7 @@ class AttentionRecorder:
         self.model = model
         self.kinds = attention_layers(model)
         self._store: dict[str, dict[str, list[torch.Tensor]]] = {
-            k: defaultdict(list)
-            for k in ("se", "channel", "spatial", "theta", "grid", "stn_input", "stn_output")
+            k: defaultdict(list) for k in (*_MAPS, "theta", "grid", "stn_input", "stn_output")
         }
         self._handles: list[Any] = []
 
@@ -140,7 +148,8 @@ class AttentionRecorder:
         self._handles.clear()
 
     def _hook_map(self, name: str, layer: nn.Module, kind: str) -> None:
-        """Record the map of an SE layer or of a CBAM part called as a module."""
+        """Record ``attention(x)`` of a layer that declares a map kind (an SE layer, a CBAM part
+        called as a module, any other mechanism)."""
         records = self._store[kind][name]
         value = _MAPS[kind]
 
@@ -210,12 +219,19 @@ class AttentionRecorder:
                 items.clear()
 
 
+def _expanded(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return layer.attention(x).expand_as(x)
+
+
 #: How each kind of layer gives its map from its input x (formulas: visattn.functional): the
-#: layer's ``attention(x)``, gates flattened to (N, C).
+#: layer's ``attention(x)``, gates flattened to (N, C), maps broadcast to x's shape.
 _MAPS: dict[str, Callable[[Any, torch.Tensor], torch.Tensor]] = {
     "se": lambda layer, x: layer.attention(x).flatten(1),
     "channel": lambda layer, x: layer.attention(x).flatten(1),
     "spatial": lambda layer, x: layer.attention(x),
+    "mixed": _expanded,
+    "residual": _expanded,
+    "select": lambda layer, x: layer.attention(x),
 }
 _KINDS = (*_MAPS, "stn")
 
