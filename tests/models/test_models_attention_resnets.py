@@ -126,7 +126,8 @@ def test_paper_resnets_place_their_mechanism(name: str) -> None:
         m.register_forward_pre_hook(
             lambda mod, args, path=path: seen.__setitem__(path, args[0].shape[1])
         )
-    model(torch.randn(1, 3, 32, 32))
+    with torch.no_grad():
+        model.eval()(torch.randn(1, 3, 32, 32))
     assert set(seen) == set(modules)
     for path, channels in seen.items():
         stage = int(re.search(r"\d", path).group())  # bam<stage>, layer<stage>.<block>.se

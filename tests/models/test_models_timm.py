@@ -12,6 +12,9 @@ with a timm counterpart needs one row here. Implementation: ``src/visattn/models
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import pytest
 import torch
 from test_models_add_attention import _pretrained_like
@@ -22,21 +25,27 @@ from visattn.models import create_model
 
 timm = pytest.importorskip("timm")
 
-# visattn attention name -> (timm's ``attn_layer`` name, ``attention_kw`` that reproduces timm's
-# module in visattn's ImageNet ResNets). The kw is empty where the ImageNet defaults
-# (resnet.IMAGENET_ATTENTION_DEFAULTS, over the layer's paper defaults) already are timm's
-# module; docs/models.md lists why each one differs.
-TIMM_ATTENTION: dict[str, tuple[str, dict]] = {
-    "cbam": ("cbam", {"bias": False}),  # timm's MLP has no biases (the official code's has)
-    "ceca": ("ceca", {}),
-    "coord": ("coord", {}),
-    "eca": ("eca", {}),
-    "ese": ("ese", {}),
-    "gc": ("gc", {}),
-    "ge": ("ge", {}),
-    "lcbam": ("lcbam", {}),
-    "nonlocal": ("nl", {}),
-    "se": ("se", {}),  # ImageNet default divisor=8 is timm's rd_divisor
+# visattn attention name -> (timm's ``attn_layer`` name, keyword arguments of timm's module (empty:
+# timm's defaults), ``attention_kw`` that reproduces that module in visattn's ImageNet ResNets, or
+# a function channels -> kw where timm's option depends on C). Our kw is empty where the ImageNet
+# defaults (resnet.IMAGENET_ATTENTION_DEFAULTS, over the layer's paper defaults) already are
+# timm's module; docs/models.md says why each one differs.
+TIMM_ATTENTION: dict[str, tuple[str, dict, dict | Callable[[int], dict]]] = {
+    "cbam": ("cbam", {}, {"bias": False}),  # timm's MLP has no biases (the official code's has)
+    "ceca": ("ceca", {}, {}),
+    # timm: C * (1/16) * (2/3) hidden channels rounded to 8, no biases (the paper's code: C // 32)
+    "coord": ("coord", {}, {"reduction": 24, "divisor": 8, "bias": False}),
+    "eca": ("eca", {}, {}),
+    "ese": ("ese", {}, {}),
+    # timm: fusion by scaling, r = 8, LayerNorm epsilon 1e-6 (the paper: addition, r = 16, 1e-5)
+    "gc": ("gc", {}, {"fusion": "scale", "reduction": 8, "norm_eps": 1e-6}),
+    # timm 1.0.31 cannot build its default GatherExcite (use_mlp=True passes act_layer twice);
+    # use_mlp=False is the paper's parameter-free GE-theta^- (global), our default
+    "ge": ("ge", {"use_mlp": False}, {}),
+    "lcbam": ("lcbam", {}, {}),
+    # timm: C' = C/8 rounded to 8 and theta^T phi scaled by C^(-1/2) (the paper: C/2, no scale)
+    "nonlocal": ("nl", {}, lambda c: {"reduction": 8, "divisor": 8, "scale": c**-0.5}),
+    "se": ("se", {}, {}),  # the ImageNet default divisor=8 is timm's rd_divisor
 }
 
 # timm model name (registered in visattn under the same name) -> attention it needs, or None.
@@ -79,9 +88,17 @@ def _same_logits(theirs: nn.Module, ours: nn.Module) -> None:
 @pytest.mark.parametrize("name", sorted(TIMM_ATTENTION))
 def test_timm_resnet50_with_attention(name: str) -> None:
     _skip_unless_registered(name)
-    timm_name, kw = TIMM_ATTENTION[name]
-    theirs = timm.create_model("resnet50", pretrained=False, block_args={"attn_layer": timm_name})
-    ours = create_model("resnet50", attention=name, attention_kw=kw or None)
+    timm_name, timm_kw, kw = TIMM_ATTENTION[name]
+    layer = timm.layers.get_attn(timm_name)
+    if timm_kw:
+        layer = functools.partial(layer, **timm_kw)
+    theirs = timm.create_model("resnet50", pretrained=False, block_args={"attn_layer": layer})
+    if callable(kw):  # options that depend on the channels: a factory per module
+        ours = create_model(
+            "resnet50", attention=lambda c: visattn.create_attention(name, c, **kw(c))
+        )
+    else:
+        ours = create_model("resnet50", attention=name, attention_kw=kw or None)
     _same_logits(theirs, ours)
 
 
