@@ -32,10 +32,10 @@ Parameter names follow torchvision and timm (``conv1``, ``bn1``, ``layer1.0.conv
 ``layer2.0.downsample.0`` / ``.1``, ``fc``; the attention module of a block is ``se``), so
 ``torchvision.models.resnet50().state_dict()`` loads into ``ResNet`` for ``resnet50`` and
 ``timm.create_model("seresnet50").state_dict()`` into ``seresnet50`` with ``strict=True``. The
-deep stems are timm's ``conv1`` Sequential (``conv1.0`` / ``.1`` / ``.3`` / ``.4`` / ``.6``: convolution,
-BN, ReLU, convolution, BN, ReLU, convolution) followed by ``bn1``; with ``avg_down`` the
-shortcut is ``downsample.0`` (the pooling, an Identity where the stride is 1), ``.1``
-(convolution) and ``.2`` (BN), so ``timm.create_model("ecaresnet50d")`` loads too.
+deep stems are timm's ``conv1`` Sequential (``conv1.0`` / ``.1`` / ``.3`` / ``.4`` / ``.6``:
+convolution, BN, ReLU, convolution, BN, ReLU, convolution) followed by ``bn1``; with
+``avg_down`` the shortcut is ``downsample.0`` (the pooling, an Identity where the stride is 1),
+``.1`` (convolution) and ``.2`` (BN), so ``timm.create_model("ecaresnet50d")`` loads too.
 
 Attention defaults chosen so that the models match the published numbers (see docs/models.md):
 SE in the ImageNet ResNets uses timm's layout (1 x 1 convolutions with biases, C/16 rounded to a
