@@ -24,12 +24,19 @@ Below them, ``_checks`` (argument checks) and ``_modes`` (the gates, pools and B
 from . import functional, models
 from .kernels import use_backend
 from .layers import (
+    BAM,
     CBAM,
+    CECA,
+    ECA,
+    ESE,
     ChannelAttention,
+    CoordAttention,
     GridGenerator,
+    SelectiveKernel,
     SpatialAttention,
     SpatialTransformer,
     SqueezeExcite,
+    TripletAttention,
     create_attention,
     list_attention,
     register_attention,
@@ -61,15 +68,22 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "BAM",
     "CBAM",
+    "CECA",
+    "ECA",
+    "ESE",
     "AttentionReport",
     "ChannelAttention",
+    "CoordAttention",
     "GridGenerator",
     "ModelSummary",
     "PreservedAttention",
+    "SelectiveKernel",
     "SpatialAttention",
     "SpatialTransformer",
     "SqueezeExcite",
+    "TripletAttention",
     "__version__",
     "add_attention",
     "create_attention",

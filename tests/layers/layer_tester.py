@@ -374,7 +374,8 @@ class LayerTester:
                 m, y = layer.attention(x), layer(x)
             n, c, h, w = shape
             if kind == "select":
-                assert m.dim() == 3 and m.shape[0] == n, (shape, m.shape)
+                # (N, M, C), C the output's channels (a convolution's, not necessarily x's)
+                assert m.dim() == 3 and m.shape[::2] == (n, y.shape[1]), (shape, m.shape)
                 ones = torch.ones(n, m.shape[2], device=device)
                 torch.testing.assert_close(m.sum(1), ones, **self.tol("float32", config))
                 continue

@@ -6,21 +6,54 @@ import pytest
 import torch
 from torch import nn
 
-from visattn import CBAM, SqueezeExcite, create_attention, list_attention, register_attention
+from visattn import (
+    BAM,
+    CBAM,
+    CECA,
+    ECA,
+    ESE,
+    CoordAttention,
+    SelectiveKernel,
+    SqueezeExcite,
+    TripletAttention,
+    create_attention,
+    list_attention,
+    register_attention,
+)
 
 
 def test_list_and_create():
-    assert {"se", "cbam", "channel", "spatial"} <= set(list_attention())
+    assert {
+        "bam",
+        "cbam",
+        "ceca",
+        "channel",
+        "coord",
+        "eca",
+        "ese",
+        "se",
+        "sk",
+        "spatial",
+        "triplet",
+    } <= set(list_attention())
     se = create_attention("se", 64, reduction=8)
     assert isinstance(se, SqueezeExcite) and se.fc1.out_channels == 8
     assert isinstance(create_attention("cbam", 32), CBAM)
+    assert type(create_attention("eca", 64)) is ECA and create_attention("eca", 64).kernel_size == 3
+    assert type(create_attention("ceca", 64, kernel_size=5)) is CECA
+    assert type(create_attention("ese", 64)) is ESE
     x = torch.randn(1, 32, 4, 4)
     assert create_attention("spatial", 32, kernel_size=3)(x).shape == x.shape
+    assert isinstance(create_attention("bam", 64), BAM)
+    assert isinstance(create_attention("coord", 64), CoordAttention)
+    assert isinstance(create_attention("triplet", 64), TripletAttention)
+    sk = create_attention("sk", 64)  # SelectiveKernel(64, 64): shape preserving
+    assert isinstance(sk, SelectiveKernel) and sk.out_channels == 64
 
 
 def test_unknown_name():
-    with pytest.raises(ValueError, match=r"name: expected one of .*'se'.*got 'bam'"):
-        create_attention("bam", 32)
+    with pytest.raises(ValueError, match=r"name: expected one of .*'se'.*got 'bam2'"):
+        create_attention("bam2", 32)
 
 
 def test_register():

@@ -1,6 +1,6 @@
 """Every registered attention mechanism in the ResNets, and the papers' attention ResNets.
 
-- every name of ``visattn.list_attention()`` (but :data:`EXCLUDED`) builds into the CIFAR
+- every name of ``visattn.list_attention()`` builds into the CIFAR
   ResNet-20 (in every block and between stages) and the ImageNet ResNet-18 / -50, runs forward
   and backward, and every module is called once per forward;
 - the named networks of ``PAPER_RESNETS`` (``bam_resnet50``, ``eca_resnet50``, ...) put their
@@ -25,12 +25,9 @@ import visattn
 from visattn.models import create_model
 from visattn.models.registry import PAPER_RESNETS
 
-# Registered names the ResNet tests leave out, with the reason.
-EXCLUDED: dict[str, str] = {
-    "sk": "a convolution replacement (it replaces the 3 x 3 convolution: skresnet18/34/50), "
-    "not a module for the attention slot",
-}
-NAMES = [n for n in visattn.list_attention() if n not in EXCLUDED]
+# Every registered name, "sk" too (an extra Selective Kernel convolution in each slot; the SK
+# paper's networks, where it replaces the 3 x 3 convolution, are test_models_sknet.py's).
+NAMES = visattn.list_attention()
 
 RESNET50_LAYERS = (3, 4, 6, 3)
 

@@ -42,6 +42,7 @@ def test_list_models_contents() -> None:
     assert set(vm.PAPER_RESNETS) <= set(names)
     assert "bam_resnet50" in vm.PAPER_RESNETS and "nonlocal_resnet50" in vm.PAPER_RESNETS
     assert {"fcn", "cnn", "stfcn", "stcnn"} <= set(names)
+    assert {"skresnet18", "skresnet34", "skresnet50", "skresnext50_32x4d"} <= set(names)
     assert vm.list_models("seresnet1*") == ["seresnet101", "seresnet152", "seresnet18"]
 
 

@@ -12,8 +12,21 @@ shapes (``docs/core.md`` maps them to the tests).
   :func:`squeeze_excite_reference`.
 - CBAM (arXiv:1807.06521, :mod:`.cbam_block`): :func:`channel_attention_map`,
   :func:`spatial_attention_map`, :func:`cbam_arrange`, :func:`cbam_reference`.
+- BAM (arXiv:1807.06514, :mod:`.bam_block`): :func:`bam_channel_attention`,
+  :func:`bam_spatial_attention`, :func:`bam_attention`, :func:`bam`.
+- Coordinate Attention (arXiv:2103.02907, :mod:`.coord_block`): :func:`coord_attention_gates`,
+  :func:`coord_attention_map`, :func:`coord_attention`.
+- Triplet Attention (arXiv:2010.03045, :mod:`.triplet_block`): :func:`triplet_attention_maps`,
+  :func:`triplet_attention_map`, :func:`triplet_attention`.
+- ECA (arXiv:1910.03151), circular ECA and effective SE (arXiv:1911.06667), the channel gates
+  without reduction (:mod:`.eca_block`): :func:`eca`, :func:`eca_gate`, :func:`eca_kernel_size`,
+  :func:`ese`, :func:`ese_gate`.
+- Selective Kernel (arXiv:1903.06586, :mod:`.sk_block`): :func:`sk_attention`,
+  :func:`selective_kernel` (fuse and select of the SK convolution), :func:`sk_attention_channels`.
 - The fused blocks (:mod:`.fused`): :func:`squeeze_excite` and :func:`cbam` choose the reference
-  or the kernels of :mod:`visattn.kernels` and are what the layers run.
+  or the kernels of :mod:`visattn.kernels` and are what the layers run; :func:`channel_gate`
+  does the same for any x * E(pool(x)) with an excitation E registered by
+  :func:`register_excitation` (:func:`channel_gate_reference`: the plain formula).
 
 Symbols of the bottleneck MLP, in every docstring of the package: W_1, b_1 are ``fc1``'s weight
 and bias (C -> C/r), W_2, b_2 are ``fc2``'s (C/r -> C), r the reduction ratio, so the MLP is
@@ -37,6 +50,13 @@ from .attention import (
     gate,
     global_pool,
 )
+from .bam_block import (
+    BAM_COMBINES,
+    bam,
+    bam_attention,
+    bam_channel_attention,
+    bam_spatial_attention,
+)
 from .cbam_block import (
     ORDERS,
     cbam_arrange,
@@ -44,19 +64,35 @@ from .cbam_block import (
     channel_attention_map,
     spatial_attention_map,
 )
-from .fused import cbam, squeeze_excite
+from .coord_block import ACTIVATIONS, coord_attention, coord_attention_gates, coord_attention_map
+from .eca_block import eca, eca_gate, eca_kernel_size, ese, ese_gate
+from .fused import (
+    cbam,
+    channel_gate,
+    channel_gate_reference,
+    register_excitation,
+    squeeze_excite,
+)
 from .grids import *  # noqa: F403 (the grid generators: grids.__all__)
 from .grids import __all__ as _grid_names
 from .sampling import PADDING_MODES, bilinear_sample, bilinear_sample_reference
 from .se_block import excitation, squeeze_excite_reference
+from .sk_block import selective_kernel, sk_attention, sk_attention_channels
+from .triplet_block import triplet_attention, triplet_attention_map, triplet_attention_maps
 
 __all__ = [
+    "ACTIVATIONS",
+    "BAM_COMBINES",
     "GATES",
     "ORDERS",
     "PADDING_MODES",
     "POOLS",
     *_grid_names,  # the grid generators
     "apply_gate",
+    "bam",
+    "bam_attention",
+    "bam_channel_attention",
+    "bam_spatial_attention",
     "bilinear_sample",
     "bilinear_sample_reference",
     "bottleneck_mlp",
@@ -64,12 +100,29 @@ __all__ = [
     "cbam_arrange",
     "cbam_reference",
     "channel_attention_map",
+    "channel_gate",
+    "channel_gate_reference",
     "channel_pool",
     "channel_scale",
+    "coord_attention",
+    "coord_attention_gates",
+    "coord_attention_map",
+    "eca",
+    "eca_gate",
+    "eca_kernel_size",
+    "ese",
+    "ese_gate",
     "excitation",
     "gate",
     "global_pool",
+    "register_excitation",
+    "selective_kernel",
+    "sk_attention",
+    "sk_attention_channels",
     "spatial_attention_map",
     "squeeze_excite",
     "squeeze_excite_reference",
+    "triplet_attention",
+    "triplet_attention_map",
+    "triplet_attention_maps",
 ]

@@ -1,19 +1,31 @@
 """nn.Module layers, one file per mechanism, and the attention registry."""
 
 from ._common import reduced_channels
+from .bam import BAM
 from .cbam import CBAM, ChannelAttention, SpatialAttention
+from .coord import CoordAttention
+from .eca import CECA, ECA, ESE
 from .fusion import batchnorm_attention
 from .registry import create_attention, list_attention, register_attention
+from .selective_kernel import SelectiveKernel
 from .spatial_transformer import GridGenerator, SpatialTransformer, default_localisation
 from .squeeze_excite import SqueezeExcite
+from .triplet import TripletAttention
 
 __all__ = [
+    "BAM",
     "CBAM",
+    "CECA",
+    "ECA",
+    "ESE",
     "ChannelAttention",
+    "CoordAttention",
     "GridGenerator",
+    "SelectiveKernel",
     "SpatialAttention",
     "SpatialTransformer",
     "SqueezeExcite",
+    "TripletAttention",
     "batchnorm_attention",
     "create_attention",
     "default_localisation",

@@ -12,6 +12,8 @@ Registered names (see docs/models.md):
   ``ge_resnet50``, ``nonlocal_resnet50``, ``simam_resnet50``, ``triplet_resnet50``. These and
   the ECA networks need their mechanism in ``visattn.list_attention()``; ``create_model`` says
   so when it is missing.
+- Selective Kernel ResNets (Li et al., arXiv:1903.06586), timm's layouts: ``skresnet18``,
+  ``skresnet34``, ``skresnet50``, and the paper's SKNet-50, ``skresnext50_32x4d``.
 - CIFAR ResNets: ``resnet20_cifar``, ``resnet32_cifar``, ``resnet44_cifar``, ``resnet56_cifar``,
   ``resnet110_cifar``.
 - Spatial Transformer paper networks (Jaderberg et al., arXiv:1506.02025): ``fcn``, ``cnn``,
@@ -33,6 +35,7 @@ from torch import nn
 from .._checks import check_int
 from ..layers.registry import list_attention
 from .resnet import cifar_resnet, imagenet_resnet
+from .sknet import sk_resnet
 from .stn_nets import cnn, fcn, stcnn, stfcn
 
 __all__ = ["PAPER_RESNETS", "ModelEntry", "create_model", "list_models", "register_model"]
@@ -224,6 +227,17 @@ for _name, (_attention, _options, _description) in PAPER_RESNETS.items():
         description=_description,
         fixed_attention=_attention,
     )
+for _depth in (18, 34, 50):
+    register_model(
+        f"skresnet{_depth}",
+        partial(sk_resnet, _depth),
+        description=f"SK-ResNet-{_depth} (timm's skresnet{_depth} layout: split input, no groups)",
+    )
+register_model(
+    "skresnext50_32x4d",
+    partial(sk_resnet, 50, cardinality=32, base_width=4, sk_kw={}),
+    description="SKNet-50 of the SK paper (ResNeXt-50 32x4d, SK[M=2, G=32, r=16], L=32)",
+)
 for _depth in (20, 32, 44, 56, 110):
     register_model(
         f"resnet{_depth}_cifar",

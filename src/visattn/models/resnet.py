@@ -155,8 +155,10 @@ class _Block(nn.Module):
     """Shared constructor and forward of the residual blocks; see the module docstring for the
     placements.
 
-    A subclass lists its layers in ``_layer_names`` (the last one is the branch's final norm) and
-    builds them in :meth:`_make_layers`, in torchvision's registration order; ``downsample``,
+    A subclass lists its layers in ``_layer_names`` (the last one is the branch's final norm,
+    :meth:`_last_norm` otherwise) and builds them in :meth:`_make_layers` (which gets the
+    constructor's extra keywords, e.g. the SK blocks' ``sk_kw``), in torchvision's registration
+    order; ``downsample``,
     ``stride``, ``placement`` and the attention slot ``se`` are set here, after the layers, so
     parameter names and order are those of torchvision / timm.
     """
@@ -178,9 +180,11 @@ class _Block(nn.Module):
         placement: str = "standard",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        **layer_kw: Any,
     ) -> None:
         super().__init__()
-        layers = self._make_layers(inplanes, planes, stride, {"device": device, "dtype": dtype})
+        f = {"device": device, "dtype": dtype}
+        layers = self._make_layers(inplanes, planes, stride, f, **layer_kw)
         for name, layer in layers.items():  # registration order: torchvision's
             setattr(self, name, layer)
         self._attach(downsample, stride, placement, se)
@@ -199,15 +203,19 @@ class _Block(nn.Module):
         raise NotImplementedError
 
     def _branch_conv(self, x: torch.Tensor) -> torch.Tensor:
-        """F(x) up to its last convolution: F(x) = norm(_branch_conv(x)), norm the last of
-        ``_layer_names`` (``bn2`` / ``bn3``)."""
+        """F(x) up to its last convolution: F(x) = norm(_branch_conv(x)), norm the
+        :meth:`_last_norm`."""
         raise NotImplementedError
+
+    def _last_norm(self) -> nn.Module:
+        """The branch's final norm: the last of ``_layer_names`` (``bn2`` / ``bn3``)."""
+        return getattr(self, self._layer_names[-1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         se, placement = self.se, self.placement
         out = se(x) if se is not None and placement == "pre" else x
         out = self._branch_conv(out)
-        norm = getattr(self, self._layer_names[-1])
+        norm = self._last_norm()
         if se is not None and placement == "standard":
             # se(norm(out)); SE / CBAM keep only the BatchNorm's input (layers/fusion.py)
             out = batchnorm_attention(norm, se, out)
@@ -305,7 +313,8 @@ class ResNet(nn.Module):
     """ResNet with optional attention in its residual blocks or between its stages.
 
     Args:
-        block: ``BasicBlock`` or ``Bottleneck``.
+        block: ``BasicBlock``, ``Bottleneck`` or another residual block of this module's
+            ``_Block`` kind (the SK blocks of :mod:`visattn.models.sknet`).
         layers: number of blocks per stage, e.g. (3, 4, 6, 3) for ResNet-50.
         num_classes: outputs of ``fc``.
         in_chans: input channels of ``conv1``.
@@ -337,6 +346,7 @@ class ResNet(nn.Module):
         attention_every: within a selected stage, only blocks k - 1, 2k - 1, ... (0-based) get
             attention (k = ``attention_every``; 1: every block, 2: every other block).
         zero_init_residual: start the last BN of every block at zero (torchvision option).
+        block_kw: extra keyword arguments of every block (e.g. the SK blocks' ``sk_kw``).
 
     Shape: (N, in_chans, H, W) -> (N, num_classes). Any H, W >= 1 (global average pooling).
     """
@@ -361,6 +371,7 @@ class ResNet(nn.Module):
         attention_stages: Sequence[int] | None = None,
         attention_every: int = 1,
         zero_init_residual: bool = False,
+        block_kw: dict[str, Any] | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -398,8 +409,11 @@ class ResNet(nn.Module):
                 f"attention_every: attention_at='stage' puts one module per stage; expected 1, "
                 f"got {attention_every}"
             )
-        if block not in (BasicBlock, Bottleneck):
-            raise TypeError(f"block: expected BasicBlock or Bottleneck, got {block!r}")
+        if not (isinstance(block, type) and issubclass(block, _Block)):
+            raise TypeError(
+                f"block: expected BasicBlock, Bottleneck or another residual block class, "
+                f"got {block!r}"
+            )
         layers, widths = tuple(layers), tuple(widths)
         if len(layers) != len(widths) or not layers:
             raise ValueError(
@@ -462,6 +476,7 @@ class ResNet(nn.Module):
                 placement=placement,
                 every=attention_every,
                 factory=f,
+                block_kw=block_kw or {},
             )
             setattr(self, f"layer{stage}", layer)
             after = None
@@ -487,7 +502,7 @@ class ResNet(nn.Module):
 
     def _make_layer(
         self, block, planes, blocks, *, stride, shortcut, avg_down, attention, attention_kw,
-        defaults, placement, every, factory,
+        defaults, placement, every, factory, block_kw,
     ) -> nn.Sequential:  # fmt: skip
         out = planes * block.expansion
         modules = []
@@ -519,9 +534,8 @@ class ResNet(nn.Module):
                 se = build_attention(attention, se_channels, attention_kw, defaults)
             if se is not None:
                 se = se.to(**{k: v for k, v in factory.items() if v is not None})
-            modules.append(
-                block(self.inplanes, planes, s, downsample, se=se, placement=placement, **factory)
-            )
+            kw = {"se": se, "placement": placement, **factory, **block_kw}
+            modules.append(block(self.inplanes, planes, s, downsample, **kw))
             self.inplanes = out
         return nn.Sequential(*modules)
 
@@ -550,10 +564,8 @@ class ResNet(nn.Module):
                 nn.init.zeros_(m.bias)
         if zero_init_residual:
             for m in self.modules():
-                if isinstance(m, Bottleneck):
-                    nn.init.zeros_(m.bn3.weight)
-                elif isinstance(m, BasicBlock):
-                    nn.init.zeros_(m.bn2.weight)
+                if isinstance(m, _Block):
+                    nn.init.zeros_(m._last_norm().weight)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Feature map of the last stage, (N, num_features, H', W')."""
