@@ -7,14 +7,26 @@ See docs/models.md. Tests: ``tests/models/``.
 """
 
 from .integrate import AttentionReport, Insertion, PreservedAttention, add_attention
-from .registry import ModelEntry, create_model, list_models, register_model
-from .resnet import PLACEMENTS, BasicBlock, Bottleneck, ResNet, cifar_resnet, imagenet_resnet
+from .registry import PAPER_RESNETS, ModelEntry, create_model, list_models, register_model
+from .resnet import (
+    ATTENTION_AT,
+    PLACEMENTS,
+    STEMS,
+    BasicBlock,
+    Bottleneck,
+    ResNet,
+    cifar_resnet,
+    imagenet_resnet,
+)
 from .sknet import SelectiveKernelBasic, SelectiveKernelBottleneck, sk_resnet
 from .stn_nets import STNClassifier, cnn, fcn, stcnn, stfcn
 from .summary import ModelSummary, attention_modules, summary
 
 __all__ = [
+    "ATTENTION_AT",
+    "PAPER_RESNETS",
     "PLACEMENTS",
+    "STEMS",
     "AttentionReport",
     "BasicBlock",
     "Bottleneck",
