@@ -18,7 +18,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-__all__ = ["GATES", "GATE_FUNCTIONS", "GATE_IDS", "NONLOCAL_PAIRWISE", "POOLS", "BnMode"]
+__all__ = ["ACTIVATIONS", "ACTIVATION_FUNCTIONS", "BAM_COMBINES", "BAM_VARIANTS", "GATES",
+           "GATE_FUNCTIONS", "GATE_IDS", "GC_FUSIONS", "GE_GLOBAL_PADDINGS", "NONLOCAL_PAIRWISE",
+           "POOLS", "BnMode"]  # fmt: skip
 
 #: Gate functions sigma of the excitation s = sigma(W_2 ReLU(W_1 z)): SE's sigmoid and the
 #: alternatives of its Table 12 ablation (arXiv:1709.01507).
@@ -37,6 +39,33 @@ GATE_IDS: dict[str, int] = {name: i for i, name in enumerate(GATES)}
 
 #: Global / channel pools of SE's squeeze and CBAM's maps.
 POOLS: tuple[str, ...] = ("avg", "max")
+
+#: Non-linearities of a bottleneck's hidden layer: Coordinate Attention's h-swish
+#: x * ReLU6(x + 3) / 6 (arXiv:2103.02907, timm's default too), ReLU and SiLU.
+ACTIVATION_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "hard_swish": F.hardswish,
+    "relu": torch.relu,
+    "silu": F.silu,
+}
+
+#: The activation names.
+ACTIVATIONS: tuple[str, ...] = tuple(ACTIVATION_FUNCTIONS)
+
+#: How BAM puts its branches together: sigma(M_c + M_s) (the paper, arXiv:1807.06514, eq. 2) or
+#: sigma(M_c * M_s) (the official code).
+BAM_COMBINES: tuple[str, ...] = ("sum", "product")
+
+#: BAM's layouts: the paper's (eq. 2-4) and the official code's (BatchNorm places, product).
+BAM_VARIANTS: tuple[str, ...] = ("paper", "official")
+
+#: How the Global Context block (arXiv:1904.11492) fuses its transform t with x: ``"add"``,
+#: x + t (the paper's GC block), or ``"scale"``, x * sigmoid(t) (its fusion ablation).
+GC_FUSIONS: tuple[str, ...] = ("add", "scale")
+
+#: Padding of Gather-Excite's global depthwise gather (arXiv:1810.12348, GE-theta): ``"none"``,
+#: the kernel covers the whole map (a 1 x 1 context, the paper's global gather); ``"timm"``,
+#: padding (k - 1) // 2 as timm 1.0.31's ``GatherExcite`` (a context about the map's size).
+GE_GLOBAL_PADDINGS: tuple[str, ...] = ("none", "timm")
 
 #: The non-local block's pairwise functions f (arXiv:1711.07971, Sec. 3.2; eq. 3, 4, 5), the
 #: paper's default first.

@@ -1,7 +1,8 @@
 """The Triton kernels (SE, CBAM, sampler: arXiv:1709.01507, 1807.06521, 1506.02025) on the CPU.
 
 ``TRITON_INTERPRET=1`` must be set before ``triton`` is imported, so this test reruns
-``test_kernels_se_cbam.py``, ``test_kernels_norm_fusion.py`` and ``test_kernels_sampler.py`` in
+``test_kernels_se_cbam.py``, ``test_kernels_norm_fusion.py``, ``test_kernels_sampler.py`` and
+``test_kernels_channel_gate.py`` in
 a fresh Python process with the interpreter on and the Triton backend forced on CPU tensors (tiny
 shapes only).
 """
@@ -34,6 +35,7 @@ def test_triton_kernels_under_interpreter(tmp_path):
         sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-p", "no:xdist",
         "--rootdir", str(tmp_path), str(HERE / "test_kernels_se_cbam.py"),
         str(HERE / "test_kernels_norm_fusion.py"), str(HERE / "test_kernels_sampler.py"),
+        str(HERE / "test_kernels_channel_gate.py"),
         "-k", "not dtype1 or shape0",  # bfloat16 on the smallest case only: the interpreter is slow
     ]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)

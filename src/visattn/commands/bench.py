@@ -1,7 +1,11 @@
-"""Side-by-side benchmark of SE, CBAM and the bilinear sampler (forward + backward).
+"""Side-by-side benchmark of SE, CBAM, the bilinear sampler and every registered attention
+mechanism (forward + backward).
 
 SE (arXiv:1709.01507), CBAM (arXiv:1807.06521) and the bilinear sampler (arXiv:1506.02025):
-reference formulas, fused kernels, torch.compile, timm, grid_sample.
+reference formulas, fused kernels, torch.compile, timm, grid_sample. Every other name of
+:func:`visattn.list_attention` given to ``--blocks`` (``all``: every one, and the sampler): the
+layer ``create_attention(name, C)`` against timm's module computing the same thing, where timm has
+one (:mod:`._bench_mechanisms`, which also prints the "every mechanism" table).
 
 For every block and shape it prints a markdown table: median time of forward+backward over the
 repeats, **memory passes** = time x measured copy bandwidth / tensor bytes (docs/benchmarks.md:
@@ -21,7 +25,8 @@ On CUDA it also measures training images/s of ``resnet50``, ``seresnet50`` and `
 It never fails on time: it is a measuring tool. Entry points: ``visattn bench`` (CLI),
 ``python -m visattn.bench`` and ``python benchmarks/bench.py`` (both run :func:`main`),
 :func:`main`. The timing and memory measurement is in :mod:`._bench_timing`, the kernel tables in
-:mod:`._bench_kernels`. Test: ``tests/kernels/test_kernels_bench.py``.
+:mod:`._bench_kernels`, the mechanisms against timm in :mod:`._bench_mechanisms`. Test:
+``tests/kernels/test_kernels_bench.py``.
 """
 
 from __future__ import annotations
@@ -36,6 +41,13 @@ import torch
 import torch.nn.functional as F
 
 from ._bench_kernels import bench_kernels, tuning_lines
+from ._bench_mechanisms import (
+    TIMM_EQUIVALENTS,
+    available_memory,
+    bench_mechanism,
+    mechanism_table,
+    timm_available,
+)
 from ._bench_timing import (
     Context,
     Row,
@@ -51,16 +63,19 @@ from ._bench_timing import (
 
 __all__ = [
     "RESNET50_STAGES",
+    "TIMM_EQUIVALENTS",
     "Context",
     "Row",
     "bench_block",
     "bench_kernels",
+    "bench_mechanism",
     "bench_models",
     "bench_sampler",
     "environment",
     "keep_freed_memory",
     "main",
     "measure_bandwidth",
+    "mechanism_table",
     "table",
     "tuning_lines",
 ]
@@ -69,15 +84,9 @@ RESNET50_STAGES = [(256, 56), (512, 28), (1024, 14), (2048, 7)]
 
 
 def _timm_modules() -> dict[str, Callable[[int], torch.nn.Module]]:
-    if importlib.util.find_spec("timm") is None:
+    if not timm_available():
         return {}
-    from timm.layers import SEModule
-    from timm.layers.cbam import CbamModule
-
-    return {
-        "se": lambda c: SEModule(c, rd_ratio=1 / 16),
-        "cbam": lambda c: CbamModule(c, rd_ratio=1 / 16, spatial_kernel_size=7),
-    }
+    return {name: TIMM_EQUIVALENTS[name].build for name in ("se", "cbam")}
 
 
 def bench_block(ctx: Context, block: str, n: int, c: int, size: int, compile_ref: bool) -> None:
@@ -322,8 +331,9 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="visattn bench",
-        description="Side-by-side benchmark of SE / CBAM / sampler: reference, fused, compiled, "
-        "timm, grid_sample (prints a markdown table; never fails on time).",
+        description="Side-by-side benchmark of SE / CBAM / sampler (reference, fused, compiled, "
+        "timm, grid_sample) and of every registered attention mechanism against timm's module "
+        "(prints markdown tables; never fails on time).",
     )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
@@ -331,8 +341,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="default: NCHW on CPU, channels_last on CUDA")  # fmt: skip
     p.add_argument("--batch", type=int, default=None, help="N (default 16 on CPU, 128 on CUDA)")
-    p.add_argument("--blocks", default="se,cbam,sampler", help="comma list of se, cbam, sampler")
+    p.add_argument("--blocks", default="se,cbam,sampler",
+                   help="comma list of registered attention names (visattn.list_attention()) and "
+                   "sampler; all: every one of them (default: se,cbam,sampler)")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="only the first ResNet-50 stage (C=256)")
+    p.add_argument("--shapes", default=None,
+                   help="CxS,... instead of the ResNet-50 stages, e.g. 64x8 (C channels, S x S)")  # fmt: skip
+    p.add_argument("--max-memory-gb", type=float, default=None,
+                   help="skip a mechanism's shape whose estimated peak memory of forward + backward "
+                   "exceeds this, with a note (default: half the memory available at the start; "
+                   "0: no limit)")  # fmt: skip
     p.add_argument(
         "--repeats", type=int, default=None, help="timed repeats (default 5 CPU, 20 GPU)"
     )
@@ -371,11 +389,52 @@ def _sampler_shape(spec: str | None) -> tuple[int, int, int, int] | None:
     return values  # type: ignore[return-value]
 
 
+def _shapes(spec: str | None, quick: bool) -> list[tuple[int, int]]:
+    if spec is None:
+        return RESNET50_STAGES[:1] if quick else RESNET50_STAGES
+    shapes = []
+    for item in spec.split(","):
+        try:
+            c, s = (int(v) for v in item.strip().lower().split("x"))
+        except ValueError:
+            c = s = 0
+        if min(c, s) < 1:
+            raise _UsageError(
+                f"visattn bench: error: --shapes: expected CxS,... with positive ints, got {spec!r}"
+            )
+        shapes.append((c, s))
+    return shapes
+
+
+def _blocks(spec: str) -> list[str]:
+    """The blocks to run, in the order se, cbam, the other registered names (sorted), sampler."""
+    from visattn import list_attention
+
+    known = [*list_attention(), "sampler"]
+    asked = {b.strip() for b in spec.split(",") if b.strip()}
+    unknown = sorted(asked - {*known, "all"})
+    if unknown:
+        raise _UsageError(
+            f"visattn bench: error: --blocks: unknown block {unknown[0]!r} "
+            f"(expected a comma list of {', '.join(['all', *known])})"
+        )
+    if "all" in asked:
+        asked = set(known)
+    first = [b for b in ("se", "cbam") if b in asked]
+    return first + [b for b in known if b in asked and b not in first]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; returns 0, or 2 (one line on stderr) for a command-line mistake."""
     try:
         args = _parser().parse_args(argv)
         sampler_shape = _sampler_shape(args.sampler_shape)
+        stages = _shapes(args.shapes, args.quick)
+        blocks = _blocks(args.blocks)
+        if args.max_memory_gb is not None and args.max_memory_gb < 0:
+            raise _UsageError(
+                f"visattn bench: error: --max-memory-gb: expected >= 0, got {args.max_memory_gb}"
+            )
     except _UsageError as err:
         print(str(err), file=sys.stderr)
         return 2
@@ -404,19 +463,25 @@ def main(argv: list[str] | None = None) -> int:
         keep_freed_memory=kept,
     )
     batch = args.batch or (128 if gpu else 16)
-    blocks = [b.strip() for b in args.blocks.split(",") if b.strip()]
-    for b in blocks:
-        if b not in ("se", "cbam", "sampler"):
-            print(f"visattn bench: error: --blocks: unknown block {b!r}", file=sys.stderr)
-            return 2
-    stages = RESNET50_STAGES[:1] if args.quick else RESNET50_STAGES
     big = max(batch * c * s * s for c, s in stages) * 4
     ctx.bandwidth = measure_bandwidth(ctx, max(big, 64 * 2**20))
     print("\n".join(environment(ctx)), flush=True)
-    for block in ("se", "cbam"):
-        if block in blocks:
-            for c, s in stages:
+    mechanisms = [b for b in blocks if b != "sampler"]
+    if args.max_memory_gb is None:
+        free = available_memory(device)
+        max_bytes = free / 2 if free else None
+    else:
+        max_bytes = args.max_memory_gb * 1e9 or None
+    runs: list[tuple[str, str]] = []
+    status: dict[tuple[str, str, str], str] = {}
+    for block in mechanisms:
+        for c, s in stages:
+            runs.append((block, f"{batch}x{c}x{s}x{s}"))
+            if block in ("se", "cbam"):
                 bench_block(ctx, block, batch, c, s, args.compile)
+                continue
+            skipped = bench_mechanism(ctx, block, batch, c, s, max_bytes)
+            status.update({(block, runs[-1][1], impl): why for impl, why in skipped.items()})
     kernel_lines: list[str] = []
     if args.kernels:
         for c, s in stages:
@@ -434,6 +499,9 @@ def main(argv: list[str] | None = None) -> int:
     report = ["## Results", "", *environment(ctx)]
     if ctx.rows:
         report += ["", *table(ctx.rows)]
+    if any(name not in ("se", "cbam") for name, _ in runs):  # se / cbam alone: as before
+        report += ["", "### Every mechanism against timm (forward + backward, eager)", "",
+                   *mechanism_table(ctx.rows, runs, status)]  # fmt: skip
     if kernel_lines:
         report += ["", "### Each kernel alone", "",
                    "| kernel | shape | median (ms) | passes | share of copy bandwidth |",

@@ -1,4 +1,5 @@
-"""SE and CBAM blocks as single functions that pick the fastest correct backend.
+"""SE, CBAM and generic channel-gate blocks as single functions that pick the fastest correct
+backend.
 
 The one dispatch point of each fused block: :func:`squeeze_excite` and :func:`cbam` validate
 their arguments once, then run the reference formulas (:mod:`visattn.functional.se_block`,
@@ -6,13 +7,20 @@ their arguments once, then run the reference formulas (:mod:`visattn.functional.
 the measured choice between the two (:mod:`visattn.kernels`). With ``input_norm=`` a preceding
 BatchNorm is folded into the operators (:mod:`visattn.functional._norm_fusion`).
 
+:func:`channel_gate` is the same for every pool -> excitation -> gate -> scale mechanism,
+y = x * E(pool(x), *params), with the excitation E registered by name
+(:func:`register_excitation`; ECA, effective SE, Gather-Excite's parameter-free sigmoid, ...):
+the fused SE block's full-size passes around any E, whose backward is autograd on the (N, C)
+tensors (docs/kernels.md, "Channel gates with a pluggable excitation").
+
 Weights are given in the layout of the layers' 1 x 1 / k x k convolutions (``fc1.weight`` of
 shape (C/r, C, 1, 1) or (C/r, C)); symbols as in :mod:`visattn.functional`. The backend is
 ``auto`` unless ``VISATTN_BACKEND`` or ``visattn.kernels.use_backend`` says otherwise. The
 reference branch calls the formulas' unvalidated private forms (``_squeeze_excite``,
 ``_cbam``, looked up in this module at call time), so arguments are validated once per call.
 
-Tests: ``tests/kernels/test_kernels_se_cbam.py``, ``tests/kernels/test_kernels_norm_fusion.py``.
+Tests: ``tests/kernels/test_kernels_se_cbam.py``, ``tests/kernels/test_kernels_norm_fusion.py``,
+``tests/kernels/test_kernels_channel_gate.py``.
 """
 
 from __future__ import annotations
@@ -22,7 +30,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from .._checks import check_choice, describe
 from ..kernels._backend import select_impl
+from ..kernels._excite import (
+    as_gate,
+    excitation_function,
+    excitation_names,
+    register_excitation,
+)
 from ..kernels._tune import tuned_impl
 from ..kernels.ops import CbamOptions, CbamParams, SeOptions, SeParams
 from ._norm_fusion import (
@@ -35,10 +50,12 @@ from ._norm_fusion import (
     update_running_stats,
 )
 from ._norm_fusion import float_batch_stats as float_batch_stats  # its former home: re-exported
+from .attention import POOLS, _check_x, _global_pool
 from .cbam_block import CBAM_NAMES, _cbam, cbam_reference, check_cbam
 from .se_block import FC_NAMES, _squeeze_excite, check_squeeze_excite, squeeze_excite_reference
 
-__all__ = ["cbam", "cbam_reference", "squeeze_excite", "squeeze_excite_reference"]
+__all__ = ["cbam", "cbam_reference", "channel_gate", "channel_gate_reference",
+           "register_excitation", "squeeze_excite", "squeeze_excite_reference"]  # fmt: skip
 
 
 def squeeze_excite(x: Tensor, fc1_weight: Tensor, fc1_bias: Tensor | None, fc2_weight: Tensor,
@@ -134,3 +151,69 @@ def cbam(x: Tensor, fc1_weight: Tensor, fc1_bias: Tensor | None, fc2_weight: Ten
     if norm is not None and norm.training and norm.track_running_stats:
         update_running_stats(norm, stats[0], stats[1], x.shape[0] * x.shape[2] * x.shape[3])
     return y
+
+
+def check_channel_gate(x: Tensor, excitation: str, params: Sequence[Tensor],
+                       squeeze: str) -> list[Tensor]:  # fmt: skip
+    """Validate a channel gate's arguments once: x (N, C, H, W), a registered excitation's
+    name, its parameters (a sequence of tensors), the squeeze; returns the parameters as a
+    list."""
+    _check_x(x)
+    check_choice(excitation, "excitation", excitation_names())
+    if isinstance(params, Tensor) or not isinstance(params, (list, tuple)):
+        raise TypeError(f"params: expected a list or tuple of tensors, got {describe(params)}")
+    for i, p in enumerate(params):
+        if not isinstance(p, Tensor):
+            raise TypeError(f"params[{i}]: expected a torch.Tensor, got {describe(p)}")
+    check_choice(squeeze, "squeeze", POOLS)
+    return list(params)
+
+
+def _channel_gate(x: Tensor, excitation: str, params: Sequence[Tensor], squeeze: str) -> Tensor:
+    z = _global_pool(x, squeeze).flatten(1)  # (N, C)
+    s = as_gate(excitation, excitation_function(excitation)(z, *params), z)
+    return x * s[:, :, None, None]
+
+
+def channel_gate_reference(x: Tensor, excitation: str, params: Sequence[Tensor] = (), *,
+                           squeeze: str = "avg") -> Tensor:  # fmt: skip
+    """The plain channel gate y = x * E(pool(x), *params), op by op (what every fast path of
+    :func:`channel_gate` is tested against). Arguments as :func:`channel_gate`'s."""
+    params = check_channel_gate(x, excitation, params, squeeze)
+    return _channel_gate(x, excitation, params, squeeze)
+
+
+def channel_gate(x: Tensor, excitation: str, params: Sequence[Tensor] = (), *,
+                 squeeze: str = "avg") -> Tensor:  # fmt: skip
+    """A channel gate y = x * E(pool(x), *params), (N, C, H, W) -> (N, C, H, W), fused where
+    possible: pool -> excitation -> gate -> scale mechanisms (SE's MLP, ECA's 1-D convolution
+    across channels, effective SE's single FC, Gather-Excite's parameter-free sigmoid, ...).
+
+    Args:
+        x: the block's input, any memory format (kept).
+        excitation: the name of an excitation E registered with :func:`register_excitation`:
+            s = E(z, *params), z (N, C) -> s (N, C), gate included.
+        params: E's parameters, a list or tuple of tensors (possibly empty).
+        squeeze: ``"avg"`` or ``"max"`` global pooling z = pool(x).
+
+    The fast path (float32 / bfloat16 on CPU and CUDA) is the operator
+    ``visattn::channel_gate``: SE's full-size passes (3 forward, 5 backward, only x saved for
+    backward, max ties sharing the gradient like ``torch.amax``), with E and its gradients
+    (autograd, on (N, C) tensors) in float32; elsewhere (float64, other devices, ONNX export,
+    backend ``"reference"``) the plain formula :func:`channel_gate_reference`.
+    """
+    params = check_channel_gate(x, excitation, params, squeeze)
+    return _fused_channel_gate(x, excitation, params, squeeze)
+
+
+def _fused_channel_gate(x: Tensor, excitation: str, params: list[Tensor], squeeze: str) -> Tensor:
+    """:func:`channel_gate` without its checks: the dispatch, for formulas that have validated
+    their own arguments (``eca``, ``ese``, ...)."""
+    impl = select_impl(x) if x.numel() > 0 else None
+    impl = tuned_impl(
+        impl, ("channel_gate", excitation, squeeze), x,
+        lambda u: _fused_channel_gate(u, excitation, params, squeeze), params,
+    )  # fmt: skip
+    if impl is None:
+        return _channel_gate(x, excitation, params, squeeze)
+    return torch.ops.visattn.channel_gate(x, params, excitation, squeeze, impl)[0]

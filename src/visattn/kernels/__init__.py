@@ -1,6 +1,7 @@
 """Fast kernels behind :mod:`visattn.functional` (docs/kernels.md).
 
-SE (arXiv:1709.01507), CBAM (arXiv:1807.06521) and the bilinear sampler of the Spatial
+SE (arXiv:1709.01507), CBAM (arXiv:1807.06521), channel gates with a pluggable excitation
+(:func:`visattn.kernels._excite.register_excitation`) and the bilinear sampler of the Spatial
 Transformer (arXiv:1506.02025) run as fused kernels: Triton on CUDA
 (:mod:`visattn.kernels.triton_kernels`), C++ with OpenMP on CPU (:mod:`visattn.kernels.cpu`),
 wrapped as ``torch.library`` custom operators ``torch.ops.visattn.*``

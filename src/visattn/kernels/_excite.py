@@ -19,11 +19,19 @@ These (N, C)-sized parts run as PyTorch ops with the C++ kernels (:mod:`visattn.
 block on CUDA launches three kernels instead of about twenty small ops. Tests:
 ``tests/kernels/test_kernels_se_cbam.py`` (through the blocks) and
 ``tests/kernels/test_kernels_triton.py`` (the Triton versions against these).
+
+Below the MLP, the registry of pluggable excitations s = E(z, *params) of the generic channel
+gate y = x * E(pool(x), *params) (SE's MLP, ECA's 1-D convolution, effective SE's single FC,
+Gather-Excite's parameter-free sigmoid, ...): :func:`register_excitation` (called by the
+formulas' modules in :mod:`visattn.functional`), :func:`run_excitation` (the operator's
+forward) and :func:`excitation_vjp` (its backward: autograd on the (N, C)-sized excitation, so
+no mechanism hand-writes one). Tests: ``tests/kernels/test_kernels_channel_gate.py``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +40,9 @@ from torch import Tensor
 from .._checks import check_choice
 from .._modes import GATE_FUNCTIONS, GATES
 
-__all__ = ["GATES", "excite", "excite_backward", "excite_wgrad"]
+__all__ = ["GATES", "Excitation", "as_gate", "excitation_function", "excitation_names", "excitation_vjp",
+           "excite", "excite_backward", "excite_wgrad", "register_excitation",
+           "run_excitation"]  # fmt: skip
 
 # GATES (re-exported here for older imports) and the gate functions are visattn._modes'.
 
@@ -97,3 +107,102 @@ def excite_wgrad(
     dw2 = dl.t() @ (h[0] if h.shape[0] == 1 else h.sum(0))
     db2 = dl.sum(0) if z.shape[0] == 1 else dl.sum(0) * z.shape[0]
     return dh2.t() @ z2, dh2.sum(0), dw2, db2
+
+
+# ----------------------------------------------------------------------------- pluggable excitations
+# The generic channel gate y = x * E(pool(x), *params) (the operator visattn::channel_gate of
+# visattn.kernels.ops) keeps the full-size passes of the fused SE block and takes its (N, C)
+# excitation E from this registry. Each mechanism registers its formula once, from its module in
+# visattn.functional (the formula's single home; the kernels import nothing from there); E's
+# backward comes from autograd on the small tensors, so no mechanism writes one by hand.
+
+#: s = E(z, *params): z float32 (N, C), the parameters float32; s (N, C) (or (N, C, 1, 1)).
+Excitation = Callable[..., Tensor]
+
+_EXCITATIONS: dict[str, Excitation] = {}
+
+
+def register_excitation(name: str, fn: Excitation) -> Excitation:
+    """Register the excitation ``fn`` under ``name`` for :func:`visattn.functional.channel_gate`
+    and the operator ``visattn::channel_gate``; returns ``fn``.
+
+    ``fn(z, *params)`` maps the pooled descriptor z, float32 (N, C), and the mechanism's
+    parameters (tensors, cast to float32 by the operator) to the gate s, (N, C) or (N, C, 1, 1),
+    with differentiable PyTorch ops (the operator's backward differentiates it with autograd).
+    Options that are not tensors (ECA's circular padding, a gate's name) are part of the name:
+    register one name per variant. Registering a name again with another function is an error.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name: expected a non-empty str, got {name!r}")
+    if not callable(fn):
+        raise TypeError(f"fn: expected a callable excitation E(z, *params), got {fn!r}")
+    old = _EXCITATIONS.setdefault(name, fn)
+    if old is not fn:
+        raise ValueError(f"name: excitation {name!r} is already registered, to {old!r}")
+    return fn
+
+
+def excitation_names() -> tuple[str, ...]:
+    """The registered excitations' names, sorted."""
+    return tuple(sorted(_EXCITATIONS))
+
+
+def excitation_function(name: str) -> Excitation:
+    """The function registered as ``name`` (ValueError naming the registered ones otherwise)."""
+    if name not in _EXCITATIONS:
+        check_choice(name, "excitation", excitation_names())
+    return _EXCITATIONS[name]
+
+
+def as_gate(name: str, s: Tensor, z: Tensor) -> Tensor:
+    """The excitation ``name``'s output s reshaped like z, (N, C) (from (N, C) or (N, C, 1, 1)),
+    or a ValueError naming the excitation."""
+    trailing_ones = s.dim() == 4 and s.shape[2:] == (1, 1) and s.shape[:2] == z.shape
+    if s.shape != z.shape and not trailing_ones:
+        raise ValueError(
+            f"excitation {name!r}: expected a gate of shape {tuple(z.shape)} (or with two "
+            f"trailing 1s) for z of shape {tuple(z.shape)}, got shape {tuple(s.shape)}"
+        )
+    return s.reshape(z.shape)
+
+
+def run_excitation(name: str, z: Tensor, params: Sequence[Tensor]) -> Tensor:
+    """s = E(z, *params) of the excitation ``name``, float32 (N, C), contiguous."""
+    return as_gate(name, excitation_function(name)(z, *params), z).float().contiguous()
+
+
+@contextlib.contextmanager
+def _autograd_on() -> Iterator[None]:
+    """Autograd recording inside an operator's implementation.
+
+    A custom operator's implementation runs below the dispatcher's autograd keys (they are in
+    the thread's excluded set there, and grad mode is off in a backward pass): tensors made
+    inside record no graph. This lifts that exclusion and enables grad mode for the block, so
+    that ``torch.autograd.grad`` differentiates the small excitation there. ``torch.func.vjp``
+    would do it too, but its wrapped tensors break under ``torch.library.opcheck``'s schema
+    check (a tensor without storage)."""
+    keys = torch._C.DispatchKey
+    with (
+        torch._C._SetExcludeDispatchKeyGuard(keys.AutogradFunctionality, False),
+        torch._C._SetExcludeDispatchKeyGuard(keys.AutogradOther, False),
+        torch.enable_grad(),
+    ):
+        yield
+
+
+def excitation_vjp(
+    name: str, z: Tensor, params: Sequence[Tensor], ds: Tensor
+) -> tuple[Tensor, list[Tensor]]:
+    """(dz, dparams) of s = E(z, *params) for the cotangent ds = dL/ds (N, C): autograd on the
+    (N, C)-sized excitation, recomputed from z (cheaper than keeping its graph across two
+    operators). Gradients of parameters that E does not use are zeros; all float32."""
+    fn = excitation_function(name)
+    with _autograd_on():
+        leaves = [t.detach().requires_grad_(True) for t in (z, *params)]
+        s = as_gate(name, fn(*leaves), z)
+        if s.requires_grad:
+            grads = torch.autograd.grad(s, leaves, ds.to(s.dtype), allow_unused=True)
+        else:  # a gate that depends on neither z nor a parameter
+            grads = (None,) * len(leaves)
+    grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, leaves, strict=True)]
+    return grads[0], grads[1:]

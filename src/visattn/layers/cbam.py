@@ -182,6 +182,17 @@ class SpatialAttention(_MapAttention):
         """The BatchNorm after f^{k x k}, or None (``norm=False``: ``bn`` is an Identity)."""
         return None if isinstance(self.bn, nn.Identity) else self.bn
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # timm's CbamModule holds f^{k x k} and its BatchNorm in one ConvNormAct, keys
+        # ``conv.conv.*`` / ``conv.bn.*``: read them as ``conv.*`` / ``bn.*`` (with norm=True).
+        if self.norm is not None and f"{prefix}conv.conv.weight" in state_dict:
+            for key in [k for k in state_dict if k.startswith(f"{prefix}conv.")]:
+                rest = key[len(prefix) + len("conv.") :]
+                part, _, tail = rest.partition(".")
+                if part in ("conv", "bn"):
+                    state_dict[f"{prefix}{part}.{tail}"] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def _attention(self, x: torch.Tensor) -> torch.Tensor:
         """M_s(F), x unchecked (the caller checked it)."""
         return _spatial_map(x, self.conv.weight, self.conv.bias, self.pool, self.norm)

@@ -2,9 +2,14 @@
 
 ``create_attention("se", 256, reduction=8)`` builds ``SqueezeExcite(256, reduction=8)``.
 Registered names: ``"se"`` (SqueezeExcite), ``"cbam"`` (CBAM), ``"channel"`` (CBAM's
-ChannelAttention), ``"spatial"`` (CBAM's SpatialAttention; ignores ``channels``), ``"lcbam"``
-(LightCBAM, timm's light CBAM), ``"nonlocal"`` (NonLocal), ``"simam"`` (SimAM; ignores
-``channels``). Third-party layers join with :func:`register_attention`.
+ChannelAttention), ``"spatial"`` (CBAM's SpatialAttention; ignores ``channels``), ``"bam"``
+(BAM), ``"ceca"`` (CECA), ``"coord"`` (CoordAttention), ``"eca"`` (ECA), ``"ese"`` (ESE),
+``"gc"`` (GlobalContext), ``"ge"`` (GatherExcite), ``"lcbam"`` (LightCBAM, timm's light CBAM),
+``"nonlocal"`` (NonLocal), ``"simam"`` (SimAM; ignores ``channels``), ``"sk"``
+(SelectiveKernel(channels, channels), a convolution replacement; groups gcd(32, channels) unless
+given, so that any channel count works: the paper's G = 32 where 32 divides it), ``"triplet"``
+(TripletAttention; ignores ``channels``). Third-party layers join with
+:func:`register_attention`.
 
 Tests: ``tests/layers/test_layers_registry.py``.
 """
@@ -12,16 +17,24 @@ Tests: ``tests/layers/test_layers_registry.py``.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
 from ..functional.simam_block import SIMAM_LAMBDA
+from .bam import BAM
 from .cbam import CBAM, ChannelAttention, LightCBAM, SpatialAttention
+from .coord import CoordAttention
+from .eca import CECA, ECA, ESE
+from .gather_excite import GatherExcite
+from .global_context import GlobalContext
 from .non_local import NonLocal
+from .selective_kernel import SelectiveKernel
 from .simam import SimAM
 from .squeeze_excite import SqueezeExcite
+from .triplet import TripletAttention
 
 __all__ = ["attention_options", "create_attention", "list_attention", "register_attention"]
 
@@ -80,10 +93,18 @@ def _spatial(channels: int, **kwargs: Any) -> nn.Module:
     return SpatialAttention(**kwargs)
 
 
-register_attention("se", SqueezeExcite)
-register_attention("cbam", CBAM)
-register_attention("channel", ChannelAttention)
-register_attention("spatial", _spatial)
+def _selective_kernel(channels: int, *, groups: int | None = None, **kwargs: Any) -> nn.Module:
+    """SelectiveKernel(channels, channels) with G = gcd(32, channels) unless ``groups`` is given:
+    the paper's G = 32 where 32 divides C (all of SKNet's widths), its largest divisor else."""
+    if groups is None:
+        valid = isinstance(channels, int) and not isinstance(channels, bool) and channels > 0
+        groups = math.gcd(32, channels) if valid else 32  # invalid: SelectiveKernel says why
+    return SelectiveKernel(channels, channels, groups=groups, **kwargs)
+
+
+def _triplet(channels: int, **kwargs: Any) -> nn.Module:
+    del channels  # triplet attention works for any number of channels
+    return TripletAttention(**kwargs)
 
 
 def _simam(channels: int, *, e_lambda: float = SIMAM_LAMBDA) -> nn.Module:
@@ -91,6 +112,19 @@ def _simam(channels: int, *, e_lambda: float = SIMAM_LAMBDA) -> nn.Module:
     return SimAM(e_lambda=e_lambda)
 
 
+register_attention("se", SqueezeExcite)
+register_attention("cbam", CBAM)
+register_attention("channel", ChannelAttention)
+register_attention("spatial", _spatial)
+register_attention("bam", BAM)
+register_attention("coord", CoordAttention)
+register_attention("triplet", _triplet)
+register_attention("ceca", CECA)
+register_attention("eca", ECA)
+register_attention("ese", ESE)
+register_attention("gc", GlobalContext)
+register_attention("ge", GatherExcite)
+register_attention("sk", _selective_kernel)
 register_attention("lcbam", LightCBAM)
 register_attention("nonlocal", NonLocal)
 register_attention("simam", _simam)
