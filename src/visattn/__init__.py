@@ -1,7 +1,10 @@
 """visattn: visual attention for convolutional networks in PyTorch.
 
 Spatial Transformer (Jaderberg et al., 2015, arXiv:1506.02025), Squeeze-and-Excitation
-(Hu et al., 2018, arXiv:1709.01507) and CBAM (Woo et al., 2018, arXiv:1807.06521).
+(Hu et al., 2018, arXiv:1709.01507), CBAM (Woo et al., 2018, arXiv:1807.06521) and the rest of the
+field's attention for CNNs: ECA, circular ECA, effective SE, Gather-Excite, Global Context, BAM,
+Selective Kernel, Coordinate and Triplet attention, SimAM, the non-local block and timm's light
+CBAM, each by name through :func:`create_attention` (docs/mechanisms.md lists them).
 
 Sub-packages, in import order (each imports only those before it; docs/architecture.md):
 
