@@ -274,3 +274,38 @@ def test_errors(name):
     exception, match, call = ERRORS[name]
     with pytest.raises(exception, match=match):
         call()
+
+
+@pytest.mark.parametrize("block", ["eca", "ceca", "ese"])
+@pytest.mark.parametrize("shape", [(2, 16, 5, 7), (1, 12, 21, 23)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_channel_gate_matches_the_formula(block, shape, channels_last):
+    """eca / ceca / ese on the fused channel gate (their registered excitations; backend
+    ``cpu`` pins the operator at every size) equal the plain formula (backend ``reference``):
+    output and the gradients of x and of the weights, float32, NCHW and channels_last."""
+    from visattn.kernels import select_impl, use_backend
+
+    x0 = torch.randn(shape)
+    if channels_last:
+        x0 = x0.contiguous(memory_format=torch.channels_last)
+    if select_impl(x0) is None:
+        pytest.skip("no fast kernels for this device / dtype")
+    c = shape[1]
+    if block == "ese":
+        params = [torch.randn(c, c, 1, 1) / c**0.5, torch.randn(c)]
+        run = lambda x, p: vf.ese(x, *p)  # noqa: E731
+    else:
+        params = [torch.randn(1, 1, 3)]
+        run = lambda x, p: vf.eca(x, *p, circular=block == "ceca")  # noqa: E731
+    results = []
+    for backend in ("cpu", "reference"):
+        x = x0.clone().requires_grad_()
+        p = [t.clone().requires_grad_() for t in params]
+        with use_backend(backend):
+            y = run(x, p)
+        dy = torch.ones_like(y) + torch.arange(y.numel()).view_as(y) % 3
+        grads = torch.autograd.grad(y, [x, *p], dy)
+        results.append((y, *grads))
+    assert results[0][0].is_contiguous(memory_format=torch.channels_last) == channels_last
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

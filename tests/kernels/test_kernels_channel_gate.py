@@ -14,6 +14,7 @@ interpreter when ``test_kernels_triton.py`` reruns this file (``VISATTN_TEST_FAS
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -24,8 +25,19 @@ import torch.nn.functional as F
 from visattn.functional import channel_gate, channel_gate_reference, register_excitation
 from visattn.kernels import select_impl, use_backend
 
-FAST = os.environ.get("VISATTN_TEST_FAST_BACKEND", "auto")
-INTERPRETED = FAST == "triton"
+_FAST_ENV = os.environ.get("VISATTN_TEST_FAST_BACKEND")
+INTERPRETED = _FAST_ENV == "triton"
+
+
+def fast(device) -> str:
+    """The backend that pins the operator on ``device`` (``auto`` runs the plain formula for
+    small CPU maps, ``CPU_CHANNEL_GATE_MIN_POSITIONS``): the environment's, else ``cpu`` /
+    ``triton``."""
+    if _FAST_ENV:
+        return _FAST_ENV
+    return "cpu" if torch.device(device).type == "cpu" else "triton"
+
+
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 # (N, C, H, W): odd sizes, N = 1, H W >= 128 (the CPU kernels split a sample's positions in
 # tiles); under the interpreter one shape per Triton tile shape (64 x 64, 32 x 128, 256 x 16).
@@ -95,7 +107,7 @@ def _params(name: str, c: int, device="cpu", dtype=torch.float32) -> list[torch.
 
 
 def _fast_impl_expected(device: str) -> None:
-    with use_backend(FAST):
+    with use_backend(fast(device)):
         impl = select_impl(torch.empty(1, device=device))
     if impl is None:
         pytest.skip("no fast kernel on this machine (no compiler / no triton)")
@@ -129,13 +141,13 @@ def _fast_and_reference(name, x, params, squeeze, dtype):
     rounded values."""
     grad = torch.randn(x.shape, device=x.device).to(dtype)
     xs, ps = x.to(dtype), [p.to(dtype) for p in params]
-    with use_backend(FAST), torch.autograd.profiler.profile() as prof:
-        fast = _run(lambda u, q: channel_gate(u, name, q, squeeze=squeeze), xs, ps, grad)
+    with use_backend(fast(x.device)), torch.autograd.profiler.profile() as prof:
+        got = _run(lambda u, q: channel_gate(u, name, q, squeeze=squeeze), xs, ps, grad)
     assert any(e.name == "visattn::channel_gate_backward" for e in prof.function_events)
     with use_backend("reference"):
         ref = _run(lambda u, q: channel_gate(u, name, q, squeeze=squeeze), xs.float(),
                    [p.float() for p in ps], grad.float())  # fmt: skip
-    return fast, ref
+    return got, ref
 
 
 # ----------------------------------------------------------------------------- the formula
@@ -226,7 +238,7 @@ def test_se_mlp_equals_the_fused_squeeze_excite(device, squeeze):
     same ops for E), gradients within 3.5e-7 relative; tolerance 3e-6 (Triton's SE computes
     its MLP in kernels of its own, so its output is compared with that tolerance too)."""
     _fast_impl_expected(device)
-    with use_backend(FAST):
+    with use_backend(fast(device)):
         impl = select_impl(torch.empty(1, device=device))
     x = torch.randn(3, 24, 7, 5, device=device)
     params = _params("test_se_mlp", 24, device)
@@ -269,7 +281,7 @@ def test_under_autocast_with_float32_parameters(device):
     _fast_impl_expected(device)
     x = torch.randn(2, 20, 6, 5, device=device).bfloat16().requires_grad_(True)
     params = [p.requires_grad_(True) for p in _params("test_ese", 20, device)]
-    with torch.autocast(device, dtype=torch.bfloat16), use_backend(FAST):
+    with torch.autocast(device, dtype=torch.bfloat16), use_backend(fast(device)):
         y = channel_gate(x, "test_ese", params)
     assert y.dtype == torch.bfloat16
     y.float().sum().backward()
@@ -288,7 +300,7 @@ def test_non_contiguous_empty_and_no_grad_inputs(device):
     (y1, g1), (y2, g2) = _fast_and_reference("test_eca", x, params, "avg", torch.float32)
     for a, b in zip([y1, *g1], [y2, *g2], strict=True):
         _close(a, b, TOL[torch.float32], "non-contiguous")
-    with use_backend(FAST):
+    with use_backend(fast(device)):
         empty = torch.randn(0, 10, 4, 4, device=device)
         assert channel_gate(empty, "test_eca", params).shape == empty.shape
         with torch.no_grad():
@@ -297,7 +309,7 @@ def test_non_contiguous_empty_and_no_grad_inputs(device):
         _close(y, channel_gate(x, "test_eca", params), TOL[torch.float32], "no_grad")
     # gradients for the parameters only (x needs none): the operator skips the dx pass
     ps = [p.clone().requires_grad_(True) for p in params]
-    with use_backend(FAST):
+    with use_backend(fast(device)):
         channel_gate(x, "test_eca", ps).sum().backward()
     qs = [p.clone().requires_grad_(True) for p in params]
     with use_backend("reference"):
@@ -311,7 +323,7 @@ def test_non_contiguous_empty_and_no_grad_inputs(device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck(device):
     _fast_impl_expected(device)
-    with use_backend(FAST):
+    with use_backend(fast(device)):
         impl = select_impl(torch.empty(1, device=device))
     cases = (("test_eca", "avg"), ("test_ese", "max"), ("test_sigmoid", "avg"))
     for name, squeeze in cases[:1] if INTERPRETED else cases:  # the interpreter is slow
@@ -337,7 +349,8 @@ def test_torch_compile_matches_eager():
     autograd on E inside the backward operator runs at run time), output and gradients equal
     eager's."""
     _fast_impl_expected("cpu")
-    x = torch.randn(2, 16, 5, 6).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, 16, 20, 21)  # backend auto: H W >= CPU_CHANNEL_GATE_MIN_POSITIONS
+    x = x.contiguous(memory_format=torch.channels_last)
     w = _params("test_eca", 16)[0]
 
     def block(u, weight):
@@ -399,7 +412,7 @@ def test_flop_counter_counts_like_the_formula():
     for name in ("test_eca", "test_ese", "test_se_mlp", "test_sigmoid"):
         params = [p.requires_grad_(True) for p in _params(name, 32)]
         counts = []
-        for backend in (FAST, "reference"):
+        for backend in (fast("cpu"), "reference"):
             with use_backend(backend), FlopCounterMode(display=False) as counter:
                 channel_gate(x, name, params).sum().backward()
             counts.append(counter.get_total_flops())
@@ -431,7 +444,7 @@ def test_bad_arguments_name_the_argument():
 register_excitation("test_wrong_shape", lambda z: torch.sigmoid(z)[:, :1])
 
 
-@pytest.mark.parametrize("backend", [FAST, "reference"])
+@pytest.mark.parametrize("backend", [fast("cpu"), "reference"])
 def test_a_gate_of_the_wrong_shape_names_the_excitation(backend):
     x = torch.randn(2, 8, 3, 3)
     want = r"excitation 'test_wrong_shape': expected a gate of shape \(2, 8\) .* got shape \(2, 1\)"
@@ -448,3 +461,21 @@ def test_register_excitation_checks_its_arguments():
         register_excitation(3, _eca)
     with pytest.raises(TypeError, match=r"fn: expected a callable excitation"):
         register_excitation("test_not_callable", "sigmoid")
+
+
+def test_auto_on_the_cpu_runs_the_operator_from_the_measured_size_up():
+    """Backend ``auto`` on the CPU: the plain formula below ``CPU_CHANNEL_GATE_MIN_POSITIONS``
+    positions (measured slower there), the operator from there up; a pinned backend always
+    runs the operator."""
+    from visattn.functional.fused import CPU_CHANNEL_GATE_MIN_POSITIONS as limit
+
+    _fast_impl_expected("cpu")
+    w = _params("test_eca", 8)[0]
+    side = math.isqrt(limit)
+    for backend, (h, w_) in [("auto", (side - 1, side)), ("auto", (side + 1, side)),
+                             ("cpu", (3, 3))]:  # fmt: skip
+        x = torch.randn(2, 8, h, w_, requires_grad=True)
+        with use_backend(backend), torch.autograd.profiler.profile() as prof:
+            channel_gate(x, "test_eca", [w]).sum().backward()
+        ran = "visattn::channel_gate" in {e.name for e in prof.function_events}
+        assert ran == (backend == "cpu" or h * w_ >= limit), (backend, h, w_)

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_choice, describe
-from ..kernels._backend import select_impl
+from ..kernels._backend import get_backend, select_impl
 from ..kernels._excite import (
     as_gate,
     excitation_function,
@@ -200,16 +200,31 @@ def channel_gate(x: Tensor, excitation: str, params: Sequence[Tensor] = (), *,
     ``visattn::channel_gate``: SE's full-size passes (3 forward, 5 backward, only x saved for
     backward, max ties sharing the gradient like ``torch.amax``), with E and its gradients
     (autograd, on (N, C) tensors) in float32; elsewhere (float64, other devices, ONNX export,
-    backend ``"reference"``) the plain formula :func:`channel_gate_reference`.
+    backend ``"reference"``, and under ``"auto"`` on the CPU for maps of fewer than
+    :data:`CPU_CHANNEL_GATE_MIN_POSITIONS` positions, where it measured slower) the plain formula
+    :func:`channel_gate_reference`.
     """
     params = check_channel_gate(x, excitation, params, squeeze)
     return _fused_channel_gate(x, excitation, params, squeeze)
+
+
+#: Under backend ``"auto"`` on the CPU, the fused channel gate runs from this many positions
+#: H W up, the plain formula below. Measured (docs/benchmarks.md, "Every mechanism"; CPU, 2
+#: threads, N = 8, forward + backward): at ResNet-50's 56 x 56 and 28 x 28 stages the operator
+#: takes 0.3-0.9x the time of timm's ECA / circular ECA / gather-excite modules, at 14 x 14 and
+#: 7 x 7 1.1-1.3x: there the fixed cost of its backward (the excitation's autograd on (N, C)
+#: tensors, two operator calls) outweighs the passes over x it saves. A pinned backend
+#: (``use_backend("cpu")``) always runs the operator.
+CPU_CHANNEL_GATE_MIN_POSITIONS = 400
 
 
 def _fused_channel_gate(x: Tensor, excitation: str, params: list[Tensor], squeeze: str) -> Tensor:
     """:func:`channel_gate` without its checks: the dispatch, for formulas that have validated
     their own arguments (``eca``, ``ese``, ...)."""
     impl = select_impl(x) if x.numel() > 0 else None
+    small = x.shape[2] * x.shape[3] < CPU_CHANNEL_GATE_MIN_POSITIONS
+    if impl == "c" and small and get_backend() == "auto":
+        impl = None
     impl = tuned_impl(
         impl, ("channel_gate", excitation, squeeze), x,
         lambda u: _fused_channel_gate(u, excitation, params, squeeze), params,
