@@ -59,10 +59,13 @@ def _mismatches(module: ModuleType, protocol: type) -> list[str]:
 
 
 def test_contract_lists_what_the_operators_call():
-    """ops.py calls nothing on a backend outside BlockKernels, and all of it but ``fold`` (the
-    folded BatchNorm's forward step, which visattn.functional calls through
-    ``ops.block_kernels`` before the operators)."""
-    called = set(re.findall(r"\bk\.(\w+)\(", inspect.getsource(ops)))
+    """ops.py and gate_ops.py (the channel gate) call nothing on a backend outside
+    BlockKernels, and all of it but ``fold`` (the folded BatchNorm's forward step, which
+    visattn.functional calls through ``ops.block_kernels`` before the operators)."""
+    from visattn.kernels import gate_ops
+
+    source = inspect.getsource(ops) + inspect.getsource(gate_ops)
+    called = set(re.findall(r"\bk\.(\w+)\(", source))
     listed = set(_contract_functions(_contract.BlockKernels))
     assert called <= listed, f"ops.py calls kernels outside the contract: {called - listed}"
     assert listed - called == {"fold"}
