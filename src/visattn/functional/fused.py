@@ -171,8 +171,10 @@ def check_channel_gate(x: Tensor, excitation: str, params: Sequence[Tensor],
 
 def _channel_gate(x: Tensor, excitation: str, params: Sequence[Tensor], squeeze: str) -> Tensor:
     z = _global_pool(x, squeeze).flatten(1)  # (N, C)
-    s = as_gate(excitation, excitation_function(excitation)(z, *params), z)
-    return x * s[:, :, None, None]
+    s = excitation_function(excitation)(z, *params)
+    if s.shape != z.shape:  # (N, C, 1, 1) or a wrong shape (as_gate names the excitation)
+        s = as_gate(excitation, s, z)
+    return x * s.reshape(*z.shape, 1, 1)  # one view node (small maps: autograd nodes cost time)
 
 
 def channel_gate_reference(x: Tensor, excitation: str, params: Sequence[Tensor] = (), *,
