@@ -63,3 +63,19 @@ def test_plot_attention_summary_refuses_empty_maps(tmp_path):
         plot_attention_summary(AttentionMaps(), torch.rand(2, 1, 8, 8), [0, 1],
                                tmp_path / "f.png", mechanism="CNN+X")  # fmt: skip
     assert not (tmp_path / "f.png").exists()
+
+
+@pytest.mark.parametrize(("kind", "word"), [("spatial", "suppressed"), ("mixed", "relative")])
+def test_the_colour_bar_says_when_maps_are_scaled(monkeypatch, tmp_path, kind, word):
+    """A gate's value is drawn as such (spatial maps); min-max scaled maps (mixed, residual) are
+    labelled as relative weights."""
+    from visattn.viz import mechanisms
+
+    seen = {}
+    monkeypatch.setattr(mechanisms, "plot_spatial_attention",
+                        lambda *a, **kw: seen.update(kw))  # fmt: skip
+    shape = (2, 1, 6, 6) if kind == "spatial" else (2, 3, 6, 6)
+    maps = AttentionMaps(**{kind: {"layer": torch.rand(shape)}})
+    plot_attention_summary(maps, torch.rand(2, 1, 12, 12), [0, 1], tmp_path / "f.png",
+                           mechanism="m")  # fmt: skip
+    assert word in seen["colorbar_label"]

@@ -289,12 +289,14 @@ def plot_spatial_attention(
     *,
     max_images: int = 6,
     title: str = "CBAM spatial attention $M_s$ overlaid on the input, per layer",
+    colorbar_label: str = "attention weight (0 = suppressed, 1 = kept)",
 ) -> Path:
     """Each row an image; columns: the input, then M_s of every layer upsampled onto it.
 
     Args:
         images: (N, C, H, W).
         maps: layer name -> M_s (N, 1, h, w) with values in [0, 1] (from :func:`capture`).
+        colorbar_label: what the colours mean (scaled maps are relative weights).
     """
     images = _images(images)
     if not isinstance(maps, Mapping) or not maps:
@@ -316,7 +318,7 @@ def plot_spatial_attention(
     for r in range(n):
         _show(axes[r, 0], images[r])
     axes[0, 0].set_title("input", fontsize=8)
-    _heat_colorbar(fig, axes, "attention weight (0 = suppressed, 1 = kept)")
+    _heat_colorbar(fig, axes, colorbar_label)
     fig.suptitle(title)
     return _save(fig, path)
 

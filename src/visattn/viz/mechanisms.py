@@ -89,8 +89,14 @@ def plot_attention_summary(
     if where:
         n = min(int(images.shape[0]), max_images)
         title = f"{mechanism}: where the attention weighs, per layer"
-        plot_spatial_attention(images[:n], where, path, max_images=n, title=title)
         kinds = sorted(k for k in ("spatial", "mixed", "residual") if getattr(maps, k))
+        label = (
+            "attention weight (0 = suppressed, 1 = kept)"
+            if kinds == ["spatial"]
+            else "weight relative to the image's own range (scaled to [0, 1])"
+        )
+        plot_spatial_attention(images[:n], where, path, max_images=n, title=title,
+                               colorbar_label=label)  # fmt: skip
         how = {
             "spatial": "spatial maps as they are",
             "mixed": "maps over channels and positions averaged over the channels, then scaled "
