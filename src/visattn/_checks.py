@@ -16,6 +16,7 @@ __all__ = [
     "check_choice",
     "check_int",
     "check_pair",
+    "check_positive",
     "check_tensor",
     "describe",
 ]
@@ -61,6 +62,14 @@ def check_choice(value: Any, name: str, choices: Iterable[str]) -> str:
     choices = tuple(choices)
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+def check_positive(value: Any, name: str) -> float:
+    """Check that ``value`` is a real number > 0 (not a bool; NaN is refused); ``ValueError``
+    otherwise, e.g. ``reduction: expected a positive number, got 0``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name}: expected a positive number, got {value!r}")
     return value
 
 

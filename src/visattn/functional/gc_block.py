@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import _modes
-from .._checks import check_choice, check_tensor
+from .._checks import check_choice, check_positive, check_tensor
 from .attention import _check_bias, _check_mlp, _check_x, _linear
 
 __all__ = ["gc_context_weights", "global_context", "global_context_map"]
@@ -54,8 +54,7 @@ def _check_attn(x, weight, bias) -> None:
 
 
 def _check_eps(eps) -> None:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-        raise ValueError(f"eps: expected a positive number, got {eps!r}")
+    check_positive(eps, "eps")
 
 
 def check_global_context(x, attn, mlp, norm, fusion, eps) -> None:

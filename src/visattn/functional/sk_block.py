@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .._checks import check_int, check_tensor, describe
+from .._checks import check_int, check_positive, check_tensor, describe
 from .attention import _check_linear, _global_pool, _linear
 
 __all__ = ["selective_kernel", "sk_attention", "sk_attention_channels"]
@@ -57,8 +57,7 @@ def sk_attention_channels(
     timm's ``SelectiveKernel`` has no L (``min_channels=1``) and ``divisor=8``.
     """
     check_int(channels, "channels", minimum=1)
-    if isinstance(reduction, bool) or not isinstance(reduction, (int, float)) or reduction <= 0:
-        raise ValueError(f"reduction: expected a positive number, got {reduction!r}")
+    check_positive(reduction, "reduction")
     check_int(min_channels, "min_channels", minimum=1)
     check_int(divisor, "divisor", minimum=1)
     value = channels / reduction

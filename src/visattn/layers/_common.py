@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._checks import check_int
+from .._checks import check_int, check_positive
 
 __all__ = ["GATING_KINDS", "MAP_KINDS", "add_bottleneck", "bottleneck_weights", "check_channels",
            "map_kind", "reduced_channels"]  # fmt: skip
@@ -74,8 +74,7 @@ def reduced_channels(
     check_int(channels, "channels", minimum=1)
     if rd_channels is not None:
         return check_int(rd_channels, "rd_channels", minimum=1)
-    if isinstance(reduction, bool) or not isinstance(reduction, (int, float)) or reduction <= 0:
-        raise ValueError(f"reduction: expected a positive number, got {reduction!r}")
+    check_positive(reduction, "reduction")
     if reduction > channels:
         raise ValueError(
             f"reduction: expected a value <= channels ({channels}) so that the bottleneck keeps "

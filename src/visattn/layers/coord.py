@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from .. import _modes
-from .._checks import check_choice, check_int
+from .._checks import check_choice, check_int, check_positive
 from ..functional.attention import GATES
 from ..functional.coord_block import coord_attention, coord_attention_map
 from ._common import check_channels
@@ -49,8 +49,7 @@ def coord_channels(channels: int, reduction: float = 32, *, min_channels: int = 
     ``round_limit=0``), then at least ``min_channels``.
     """
     check_int(channels, "channels", minimum=1)
-    if isinstance(reduction, bool) or not isinstance(reduction, (int, float)) or reduction <= 0:
-        raise ValueError(f"reduction: expected a positive number, got {reduction!r}")
+    check_positive(reduction, "reduction")
     check_int(min_channels, "min_channels", minimum=1)
     if divisor is None:
         return max(min_channels, int(channels // reduction))

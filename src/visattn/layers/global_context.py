@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .. import _modes
-from .._checks import check_choice
+from .._checks import check_choice, check_positive
 from ..functional.gc_block import gc_context_weights, global_context, global_context_map
 from ._common import check_channels, reduced_channels
 
@@ -85,8 +85,7 @@ class GlobalContext(nn.Module):
         factory = {"device": device, "dtype": dtype}
         self.channels = channels
         self.fusion = check_choice(fusion, "fusion", _modes.GC_FUSIONS)
-        if isinstance(norm_eps, bool) or not isinstance(norm_eps, (int, float)) or norm_eps <= 0:
-            raise ValueError(f"norm_eps: expected a positive number, got {norm_eps!r}")
+        check_positive(norm_eps, "norm_eps")
         hidden = reduced_channels(channels, reduction, divisor=divisor, rd_channels=rd_channels)
         self.conv_attn = nn.Conv2d(channels, 1, 1, **factory) if use_attn else None
         mlp = _ConvMlpNorm(channels, hidden, norm_eps, factory)
